@@ -1,0 +1,3 @@
+from nnx.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `nnx` command line: typer commands rendered with rich."""

@@ -1,0 +1,129 @@
+"""Command definitions. Each command imports its implementation lazily so `nnx --help` is fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nnx.cli.common import handles_errors
+
+app = typer.Typer(
+    name="nnx",
+    help="A from-scratch neural network toolkit: train, evaluate and run MNIST classifiers on CPU or GPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Download and check the MNIST files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="MNIST folder (default: config, then $NNX_DATA_DIR, then ./data/mnist)."),
+]
+Device = Annotated[str | None, typer.Option("--device", help="cpu, gpu, gpu:N or auto.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
+
+
+@app.command()
+@handles_errors
+def train(
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="YAML file or built-in name (mnist_mlp, seed).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="training.epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="training.batch_size")] = None,
+    lr: Annotated[float | None, typer.Option(help="optimizer.lr")] = None,
+    device: Device = None,
+    seed: Annotated[int | None, typer.Option(help="training.seed")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 or float64")] = None,
+    data_dir: DataDir = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<time>-<name>).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any key: --set optimizer.momentum=0.5")
+    ] = None,
+    download: Annotated[bool, typer.Option(help="Download MNIST when it is missing.")] = True,
+    quiet: Quiet = False,
+) -> None:
+    """Train a network from a YAML config; writes a run directory with the model and metrics."""
+    from nnx.cli.train_cmd import run_train
+
+    flags = {
+        "training.epochs": epochs,
+        "training.batch_size": batch_size,
+        "optimizer.lr": lr,
+        "device": device,
+        "training.seed": seed,
+        "dtype": dtype,
+        "data.dir": str(data_dir) if data_dir else None,
+    }
+    run_train(config, set_ or [], flags, out, download, quiet)
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A model file, e.g. runs/<run>/model.npz.")],
+    data_dir: DataDir = None,
+    device: Device = None,
+    quiet: Quiet = False,
+) -> None:
+    """Test accuracy, per-class accuracy and the confusion matrix of a model on MNIST's test set."""
+    from nnx.cli.evaluate_cmd import run_evaluate
+
+    run_evaluate(model, data_dir, device or "cpu", quiet)
+
+
+@app.command()
+@handles_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="A model file.")],
+    input: Annotated[Path | None, typer.Argument(help="A PNG/JPEG image or a CSV file (seed format).")] = None,
+    test_index: Annotated[int | None, typer.Option(help="Use this MNIST test image instead.")] = None,
+    row: Annotated[int, typer.Option(help="Which data row of a CSV file.")] = 0,
+    data_dir: DataDir = None,
+    device: Device = None,
+) -> None:
+    """Classify one digit: draw it in the terminal with a confidence bar for every class."""
+    from nnx.cli.predict_cmd import run_predict
+
+    run_predict(model, input, test_index, row, data_dir, device or "cpu")
+
+
+@app.command()
+@handles_errors
+def info() -> None:
+    """Versions, which backends can run here, and the GPUs seen."""
+    from nnx.cli.info_cmd import run_info
+
+    run_info()
+
+
+@data_app.command("download")
+@handles_errors
+def data_download(
+    data_dir: DataDir = None,
+    mirror: Annotated[
+        list[str] | None, typer.Option("--mirror", help="Base URL to try (repeatable; default: the known mirrors).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Download again even when the files are present.")] = False,
+) -> None:
+    """Download the four MNIST files (SHA-256 verified) into the data directory."""
+    from nnx.cli.data_cmd import run_download
+
+    run_download(data_dir, mirror, force)
+
+
+@data_app.command("info")
+@handles_errors
+def data_info(data_dir: DataDir = None) -> None:
+    """Where the data is, file sizes, checksums and split sizes."""
+    from nnx.cli.data_cmd import run_data_info
+
+    run_data_info(data_dir)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,81 @@
+"""`nnx data download` and `nnx data info`, and fetching data on first use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from nnx.cli.common import stdout_console
+from nnx.data.download import download_mnist
+from nnx.data.idx import content_sha256
+from nnx.data.mnist import FILES, MIRRORS, find_file, label_counts, load_mnist, missing_files, resolve_data_dir
+from nnx.errors import DataError
+
+
+def download_with_progress(
+    data_dir: Path, console: Console, mirrors: list[str] | None = None, force: bool = False
+) -> None:
+    """Download what is missing, with a byte progress bar on a terminal and a line per file elsewhere."""
+    mirrors = mirrors or list(MIRRORS)
+    if console.is_terminal:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
+        ) as bars:
+            tasks: dict[str, int] = {}
+
+            def progress(name: str, done: int, total: int | None) -> None:
+                if name not in tasks:
+                    tasks[name] = bars.add_task(name, total=total)
+                bars.update(tasks[name], completed=done)
+
+            fetched = download_mnist(data_dir, mirrors, progress, force)
+    else:
+        fetched = download_mnist(data_dir, mirrors, None, force)
+    for path in fetched:
+        console.print(f"downloaded {path} (sha256 verified)", markup=False)
+
+
+def ensure_data(data_dir: Path, console: Console, download: bool = True) -> None:
+    missing = missing_files(data_dir)
+    if not missing:
+        return
+    if not download:
+        raise DataError(f"{data_dir}: missing {', '.join(missing)}; run `nnx data download` or drop --no-download")
+    console.print(f"MNIST not found in {data_dir}: downloading {len(missing)} file(s)", markup=False)
+    download_with_progress(data_dir, console)
+
+
+def run_download(data_dir: Path | None, mirrors: list[str] | None, force: bool) -> None:
+    console = stdout_console()
+    target = resolve_data_dir(data_dir)
+    download_with_progress(target, console, mirrors, force)
+    console.print(f"MNIST is in {target}", markup=False)
+
+
+def run_data_info(data_dir: Path | None) -> None:
+    console = stdout_console()
+    folder = resolve_data_dir(data_dir)
+    table = Table(title=f"MNIST in {folder.resolve()}")
+    for column in ("file", "on disk", "bytes", "sha256"):
+        table.add_column(column)
+    problems = []
+    for file in FILES.values():
+        path = find_file(folder, file)
+        if path is None:
+            table.add_row(file.name, "missing", "", "")
+            problems.append(f"{file.name} missing")
+            continue
+        digest, size = content_sha256(path)
+        ok = digest == file.sha256
+        if not ok:
+            problems.append(f"{path.name} checksum mismatch")
+        table.add_row(file.name, path.name, f"{size:,}", "ok" if ok else "MISMATCH")
+    console.print(table)
+    if problems:
+        raise DataError(f"{folder}: {'; '.join(problems)}")
+    mnist = load_mnist(folder, validation=0)
+    console.print(f"train {len(mnist.train):,} images, test {len(mnist.test):,} images, 28x28 uint8", markup=False)
+    console.print("train label counts 0-9: " + " ".join(map(str, label_counts(mnist.train.labels))), markup=False)

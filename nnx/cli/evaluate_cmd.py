@@ -1,0 +1,53 @@
+"""`nnx evaluate`: accuracy, per-class accuracy and the confusion matrix on MNIST's test set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from nnx.backend import get_backend
+from nnx.cli.common import stdout_console
+from nnx.cli.data_cmd import ensure_data
+from nnx.data.mnist import load_test, resolve_data_dir
+from nnx.io import load_model, read_header
+from nnx.metrics import confusion_matrix, per_class_accuracy
+from nnx.train import DeviceSplit, evaluate
+
+
+def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bool) -> None:
+    console = stdout_console()
+    header, _ = read_header(model_path)
+    backend = get_backend(device, header.get("dtype", "float32"))
+    loaded = load_model(model_path, backend)
+    folder = resolve_data_dir(data_dir)
+    ensure_data(folder, console)
+    test = DeviceSplit(load_test(folder), backend)
+    loss, accuracy, predictions = evaluate(loaded.model, test, loaded.preprocess, backend)
+    confusion = confusion_matrix(test.labels, predictions, backend)
+    console.print(
+        f"{model_path}: test accuracy {accuracy:.2%} ({int(confusion.trace()):,}/{len(test):,}), "
+        f"loss {loss:.4f}, device {backend.description()}",
+        markup=False,
+    )
+    if quiet:
+        return
+    per_class = per_class_accuracy(confusion)
+    classes = Table(title="per-class accuracy")
+    classes.add_column("class", justify="right")
+    classes.add_column("images", justify="right")
+    classes.add_column("accuracy", justify="right")
+    for digit in range(10):
+        classes.add_row(str(digit), f"{confusion[digit].sum():,}", f"{per_class[digit]:.2%}")
+    console.print(classes)
+    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    matrix.add_column("", justify="right", style="bold")
+    for digit in range(10):
+        matrix.add_column(str(digit), justify="right")
+    for true in range(10):
+        cells = [
+            f"[bold green]{n}[/]" if true == pred else (f"[red]{n}[/]" if n else "[dim]0[/]")
+            for pred, n in enumerate(confusion[true].tolist())
+        ]
+        matrix.add_row(str(true), *cells)
+    console.print(matrix)

@@ -1,0 +1,59 @@
+"""`nnx predict`: classify one digit from an image, a CSV row or the MNIST test set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nnx.backend import get_backend
+from nnx.cli.common import stdout_console
+from nnx.cli.data_cmd import ensure_data
+from nnx.cli.render import digit_text, probability_table
+from nnx.data.csvfile import read_csv
+from nnx.data.mnist import load_test, resolve_data_dir
+from nnx.errors import NnxError
+from nnx.images import load_digit_image
+from nnx.io import load_model, read_header
+from nnx.metrics import softmax
+
+
+def _read_input(
+    input: Path | None, test_index: int | None, row: int, data_dir: Path | None
+) -> tuple[np.ndarray, int | None, str]:
+    """(pixels uint8 (784,), true label if known, description)."""
+    if (input is None) == (test_index is None):
+        raise NnxError("give exactly one of: an input file (PNG/JPEG/CSV) or --test-index N")
+    if test_index is not None:
+        folder = resolve_data_dir(data_dir)
+        ensure_data(folder, stdout_console())
+        test = load_test(folder)
+        if not 0 <= test_index < len(test):
+            raise NnxError(f"--test-index {test_index}: the test set has images 0-{len(test) - 1}")
+        return test.images[test_index], int(test.labels[test_index]), f"MNIST test image {test_index}"
+    if input.suffix.lower() == ".csv":
+        images, labels = read_csv(input)
+        if not 0 <= row < len(images):
+            raise NnxError(f"--row {row}: {input} has data rows 0-{len(images) - 1}")
+        return images[row], int(labels[row]), f"{input} row {row}"
+    return load_digit_image(input), None, str(input)
+
+
+def run_predict(
+    model_path: Path, input: Path | None, test_index: int | None, row: int, data_dir: Path | None, device: str
+) -> None:
+    console = stdout_console()
+    pixels, label, source = _read_input(input, test_index, row, data_dir)
+    header, _ = read_header(model_path)
+    backend = get_backend(device, header.get("dtype", "float32"))
+    loaded = load_model(model_path, backend)
+    x = loaded.preprocess(backend.asarray(pixels.reshape(1, 784)), backend)
+    logits = backend.to_numpy(loaded.model.forward(x, training=False))[0].astype(np.float64)
+    probabilities = softmax(logits)
+    predicted = int(np.argmax(probabilities))
+    console.print(digit_text(pixels, console))
+    truth = f" (label {label}: {'correct' if label == predicted else 'wrong'})" if label is not None else ""
+    console.print(
+        f"{source}: predicted {predicted} with {probabilities[predicted]:.1%} confidence{truth}", markup=False
+    )
+    console.print(probability_table(probabilities))

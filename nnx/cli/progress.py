@@ -1,0 +1,90 @@
+"""Training progress: rich bars on a terminal, one plain line per epoch elsewhere."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nnx.backend import Backend
+from nnx.train import BatchProgress, Callback, EpochMetrics, TrainResult
+
+REFRESH_SECONDS = 0.25
+
+
+def epoch_line(m: EpochMetrics, epochs: int) -> str:
+    val = f"  val acc {m.val_accuracy:.2%}" if m.val_accuracy is not None else ""
+    return (
+        f"epoch {m.epoch}/{epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.2%}"
+        f"{val}  {m.seconds:.2f}s  lr {m.lr:.4g}"
+    )
+
+
+class PlainProgress(Callback):
+    """One line per epoch: for logs, CI and pipes."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.epochs = 0
+
+    def on_train_start(self, epochs: int, batches_per_epoch: int, samples_per_epoch: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        self.console.print(epoch_line(metrics, self.epochs), markup=False)
+
+
+class RichProgress(PlainProgress):
+    """An epoch bar and a batch bar with live loss and samples/s.
+
+    Device scalars are read only when the display refreshes (a few times a second), so a GPU is
+    not synchronised after every batch.
+    """
+
+    def __init__(self, console: Console, backend: Backend) -> None:
+        super().__init__(console)
+        self.backend = backend
+        self.last_refresh = 0.0
+        self.progress = Progress(
+            TextColumn("{task.description:>6}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+
+    def on_train_start(self, epochs: int, batches_per_epoch: int, samples_per_epoch: int) -> None:
+        super().on_train_start(epochs, batches_per_epoch, samples_per_epoch)
+        self.epoch_task = self.progress.add_task("epoch", total=epochs, status="")
+        self.batch_task = self.progress.add_task("batch", total=batches_per_epoch, status="")
+        self.progress.start()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.progress.reset(self.batch_task, status="")
+
+    def on_batch_end(self, p: BatchProgress) -> None:
+        now = time.monotonic()
+        if now - self.last_refresh < REFRESH_SECONDS and p.batch != p.batches:
+            return
+        self.last_refresh = now
+        loss = self.backend.to_float(p.loss_sum) / p.samples
+        rate = p.samples / p.elapsed if p.elapsed > 0 else 0.0
+        self.progress.update(self.batch_task, completed=p.batch, status=f"loss {loss:.4f}  {rate:,.0f} samples/s")
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        self.progress.console.print(epoch_line(metrics, self.epochs), markup=False)
+        self.progress.advance(self.epoch_task)
+
+    def on_train_end(self, result: TrainResult) -> None:
+        self.progress.stop()
+
+
+def make_progress(console: Console, backend: Backend, quiet: bool) -> list[Callback]:
+    if quiet:
+        return []
+    if console.is_terminal:
+        return [RichProgress(console, backend)]
+    return [PlainProgress(console)]

@@ -1,0 +1,47 @@
+"""Fully connected layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nnx.backend import Backend
+from nnx.nn.init import init_weight
+from nnx.nn.layer import Layer
+
+
+class Linear(Layer):
+    """y = x W + b.   x: (N, in_features), W: (in_features, out_features), b: (out_features,)."""
+
+    kind = "linear"
+
+    def __init__(
+        self,
+        backend: Backend,
+        in_features: int,
+        out_features: int,
+        init: str = "he",
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(backend)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.init = init
+        rng = rng if rng is not None else np.random.default_rng(0)
+        W = init_weight(rng, in_features, out_features, init)
+        self.params = {"W": backend.asarray(W), "b": self.xp.zeros(out_features, dtype=backend.dtype)}
+        self.grads = {k: self.xp.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        self.x = x
+        return x @ self.params["W"] + self.params["b"]
+
+    def backward(self, dy: Any) -> Any:
+        # dL/dW = x^T dy,  dL/db = sum_n dy,  dL/dx = dy W^T
+        self.xp.matmul(self.x.T, dy, out=self.grads["W"])
+        dy.sum(axis=0, out=self.grads["b"])
+        return dy @ self.params["W"].T if self.compute_dx else None
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.kind, "in": self.in_features, "out": self.out_features, "init": self.init}

@@ -1,0 +1,34 @@
+"""How uint8 pixels become the network's float input; recorded in every model file."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nnx.backend import Backend
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """x = (pixels / 255 - mean) / std, done on the device batch by batch."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def named(cls, mode: str) -> Preprocess:
+        return cls(MNIST_MEAN, MNIST_STD) if mode == "standard" else cls()
+
+    def __call__(self, pixels: Any, backend: Backend) -> Any:
+        """pixels: uint8 (N, 784) on the backend -> backend.dtype (N, 784)."""
+        x = pixels.astype(backend.dtype)
+        x *= 1.0 / (255.0 * self.std)
+        if self.mean:
+            x -= self.mean / self.std
+        return x
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": "1/255", **asdict(self)}
