@@ -13,7 +13,8 @@ from nnx.errors import NnxError
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False)
+    # soft_wrap: a message stays one line in logs instead of being cut at 80 columns.
+    return Console(highlight=False, soft_wrap=True)
 
 
 def stderr_console() -> Console:

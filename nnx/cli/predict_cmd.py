@@ -43,10 +43,10 @@ def run_predict(
     model_path: Path, input: Path | None, test_index: int | None, row: int, data_dir: Path | None, device: str
 ) -> None:
     console = stdout_console()
-    pixels, label, source = _read_input(input, test_index, row, data_dir)
     header, _ = read_header(model_path)
     backend = get_backend(device, header.get("dtype", "float32"))
     loaded = load_model(model_path, backend)
+    pixels, label, source = _read_input(input, test_index, row, data_dir)
     x = loaded.preprocess(backend.asarray(pixels.reshape(1, 784)), backend)
     logits = backend.to_numpy(loaded.model.forward(x, training=False))[0].astype(np.float64)
     probabilities = softmax(logits)

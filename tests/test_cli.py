@@ -1,0 +1,175 @@
+"""The CLI end to end through typer's CliRunner, on a tiny MNIST-shaped dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from nnx.cli.app import app
+from nnx.data.mnist import load_test
+from nnx.train import Callback
+
+runner = CliRunner()
+TINY = ["--epochs", "2", "--set", "training.validation=100", "--set", "model.hidden=[16]", "--set", "optimizer.lr=0.05"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def trained(tiny_mnist: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    result = invoke("train", "--data-dir", tiny_mnist, "--out", run, *TINY)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_train_writes_a_complete_run(trained: Path, tiny_mnist: Path) -> None:
+    assert sorted(p.name for p in trained.iterdir()) == ["config.yaml", "metrics.jsonl", "model.npz", "summary.json"]
+    summary = json.loads((trained / "summary.json").read_text())
+    for key in ("test_accuracy", "train_seconds", "samples_per_second", "peak_rss_mb", "device", "dtype", "seed"):
+        assert key in summary
+    assert summary["epochs"] == 2 and summary["device"] == "cpu" and 0.9 < summary["test_accuracy"] <= 1
+    epochs = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    config = (trained / "config.yaml").read_text()
+    assert "hidden:\n  - 16" in config and str(tiny_mnist) in config
+
+
+def test_train_output_is_plain_when_not_a_terminal(tiny_mnist: Path, tmp_path: Path) -> None:
+    result = invoke("train", "--data-dir", tiny_mnist, "--out", tmp_path / "r", *TINY)
+    assert result.exit_code == 0
+    assert "epoch 1/2  loss" in result.output and "epoch 2/2" in result.output
+    assert "test accuracy" in result.output and "model saved to" in result.output
+    assert "\r" not in result.output and "\x1b[" not in result.output  # no bars or colours in logs
+
+
+def test_train_quiet(tiny_mnist: Path, tmp_path: Path) -> None:
+    result = invoke("train", "-q", "--data-dir", tiny_mnist, "--out", tmp_path / "r", *TINY)
+    assert result.exit_code == 0
+    assert result.output.strip().splitlines()[-1].startswith("test accuracy")
+    assert "epoch 1/2" not in result.output
+
+
+def test_train_refuses_to_overwrite_a_run(trained: Path, tiny_mnist: Path) -> None:
+    before = (trained / "model.npz").read_bytes()
+    line = assert_one_line_error(invoke("train", "--data-dir", tiny_mnist, "--out", trained, *TINY))
+    assert "already holds a trained model" in line
+    assert (trained / "model.npz").read_bytes() == before
+
+
+def test_evaluate(trained: Path, tiny_mnist: Path) -> None:
+    result = invoke("evaluate", trained / "model.npz", "--data-dir", tiny_mnist)
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "confusion matrix" in result.output
+    assert "per-class accuracy" in result.output
+
+
+def test_predict_test_index(trained: Path, tiny_mnist: Path) -> None:
+    result = invoke("predict", trained / "model.npz", "--test-index", 7, "--data-dir", tiny_mnist)
+    assert result.exit_code == 0, result.output
+    label = int(load_test(tiny_mnist).labels[7])
+    assert f"MNIST test image 7: predicted {label}" in result.output
+    assert "@" in result.output  # the digit drawn in ASCII shades
+
+
+def test_predict_png_dark_ink_on_white(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
+    test = load_test(tiny_mnist)
+    png = tmp_path / "digit.png"
+    Image.fromarray(255 - test.images[3].reshape(28, 28)).resize((56, 56)).save(png)
+    result = invoke("predict", trained / "model.npz", png)
+    assert result.exit_code == 0, result.output
+    assert f"predicted {int(test.labels[3])}" in result.output
+
+
+def test_predict_csv_row(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
+    test = load_test(tiny_mnist)
+    csv = tmp_path / "digits.csv"
+    rows = [",".join(map(str, [int(test.labels[i]), *test.images[i].tolist()])) for i in (0, 1)]
+    csv.write_text("label," + ",".join(f"p{i}" for i in range(784)) + "\n" + "\n".join(rows) + "\n")
+    result = invoke("predict", trained / "model.npz", csv, "--row", 1)
+    assert result.exit_code == 0, result.output
+    assert f"row 1: predicted {int(test.labels[1])}" in result.output and "correct" in result.output
+
+
+def test_predict_bad_inputs(trained: Path, tmp_path: Path) -> None:
+    not_image = tmp_path / "x.png"
+    not_image.write_text("hello")
+    assert "not a readable image" in assert_one_line_error(invoke("predict", trained / "model.npz", not_image))
+    assert "exactly one of" in assert_one_line_error(invoke("predict", trained / "model.npz"))
+    assert "no such model file" in assert_one_line_error(invoke("predict", tmp_path / "none.npz", not_image))
+
+
+def test_device_gpu_without_cupy(tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    line = assert_one_line_error(invoke("train", "--device", "gpu", "--data-dir", tiny_mnist, "--out", tmp_path / "r"))
+    assert "nnx[gpu]" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_config_values_exit_2(tiny_mnist: Path, tmp_path: Path) -> None:
+    line = assert_one_line_error(invoke("train", "--batch-size", 0, "--lr", -1, "--data-dir", tiny_mnist))
+    assert "training.batch_size" in line and "optimizer.lr" in line
+
+
+def test_missing_data_without_download(tmp_path: Path) -> None:
+    line = assert_one_line_error(invoke("train", "--no-download", "--data-dir", tmp_path / "empty"))
+    assert "missing train-images-idx3-ubyte" in line
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_run(tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    class PressCtrlC(Callback):
+        def on_batch_end(self, progress) -> None:
+            if progress.epoch == 2 and progress.batch == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    import nnx.cli.train_cmd as train_cmd
+
+    monkeypatch.setattr(train_cmd, "make_progress", lambda *args: [PressCtrlC()])
+    run = tmp_path / "r"
+    result = invoke("train", "--data-dir", tiny_mnist, "--out", run, *TINY)
+    assert result.exit_code == 130, result.output
+    assert "Stopped by Ctrl-C during epoch 2" in result.output and "Traceback" not in result.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["epochs"] == 1
+    assert invoke("evaluate", run / "model.npz", "--data-dir", tiny_mnist).exit_code == 0
+
+
+def test_info_and_data_info(tiny_mnist: Path) -> None:
+    result = invoke("info")
+    assert result.exit_code == 0 and "backend cpu" in result.output and "numpy" in result.output
+    bad = invoke("data", "info", "--data-dir", tiny_mnist)  # tiny files are not the official ones
+    assert bad.exit_code == 2 and "checksum mismatch" in bad.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("train", "evaluate", "predict", "info", "data"):
+        assert command in result.output
+
+
+def test_model_trained_in_float64_predicts(tiny_mnist: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r64"
+    assert invoke("train", "--dtype", "float64", "--data-dir", tiny_mnist, "--out", run, *TINY).exit_code == 0
+    with np.load(run / "model.npz") as npz:
+        assert npz["0.W"].dtype == np.float64
+    assert invoke("predict", run / "model.npz", "--test-index", 0, "--data-dir", tiny_mnist).exit_code == 0

@@ -1,0 +1,102 @@
+"""YAML configs: validated, typed, every error named by its dotted key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nnx.config import BUILTIN_CONFIGS, load_config
+from nnx.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_builtin_configs_load() -> None:
+    config, path = load_config()
+    assert path.name == "mnist_mlp.yaml"
+    assert config.model.hidden == [64] and config.training.batch_size == 64
+    seed, _ = load_config("seed")
+    assert (seed.training.batch_size, seed.optimizer.lr, seed.training.epochs) == (1, 0.01, 10)
+    assert seed.model.hidden == [64] and seed.optimizer.momentum == 0
+
+
+def test_repo_configs_folder_is_the_packaged_one() -> None:
+    repo_configs = Path(__file__).parent.parent / "configs"
+    assert sorted(p.name for p in repo_configs.glob("*.yaml")) == sorted(p.name for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
+def test_good_file(tmp_path: Path) -> None:
+    config, _ = load_config(write(tmp_path, "training:\n  epochs: 3\noptimizer:\n  lr: 0.5\n"))
+    assert config.training.epochs == 3 and config.optimizer.lr == 0.5
+    assert config.name == "run"  # the file's stem when the file names none
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"optimizer\.learning_rate: unknown key"):
+        load_config(write(tmp_path, "optimizer:\n  learning_rate: 0.1\n"))
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"training\.epochs: .*integer.*'many'"):
+        load_config(write(tmp_path, "training:\n  epochs: many\n"))
+
+
+def test_negative_lr(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: Input should be greater than 0 \(got -0\.1\)"):
+        load_config(write(tmp_path, "optimizer:\n  lr: -0.1\n"))
+
+
+def test_batch_size_zero(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"training\.batch_size: Input should be greater than or equal to 1"):
+        load_config(write(tmp_path, "training:\n  batch_size: 0\n"))
+
+
+def test_all_errors_at_once_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "training:\n  batch_size: 0\n  epochs: -1\nmodel:\n  hiden: [3]\ndevice: tpu\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(path)
+    for key in ("training.batch_size", "training.epochs", "model.hiden", "device"):
+        assert key in message
+    assert "\n" not in message
+
+
+def test_set_overrides(tmp_path: Path) -> None:
+    config, _ = load_config(None, ["optimizer.momentum=0.5", "model.hidden=[128, 32]", "dtype=float64", "data.dir=/x"])
+    assert config.optimizer.momentum == 0.5
+    assert config.model.hidden == [128, 32]
+    assert config.dtype == "float64" and config.data.dir == "/x"
+
+
+def test_flags_win_over_set(tmp_path: Path) -> None:
+    config, _ = load_config(None, ["training.epochs=7"], {"training.epochs": 2, "optimizer.lr": None})
+    assert config.training.epochs == 2 and config.optimizer.lr == 0.02
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("optimizer.lr", "expected key.path=value"),
+        ("training.bogus=1", r"training\.bogus: unknown key"),
+        ("optimizer.lr.x=1", "optimizer.lr is not a section"),
+        ("optimizer.lr=[", "not valid YAML"),
+    ],
+)
+def test_bad_set(assignment: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [assignment])
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid YAML at line 3"):
+        load_config(write(tmp_path, "training:\n  epochs: [1\n"))
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))

@@ -1,0 +1,163 @@
+"""IDX and CSV readers: good files load; every kind of bad file is one clear error."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnx.data.csvfile import read_csv
+from nnx.data.idx import read_idx_images, read_idx_labels, write_idx
+from nnx.data.mnist import FILES, label_counts, load_mnist, resolve_data_dir, verify_file
+from nnx.errors import DataError
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_images_raw_and_gzip(tmp_path: Path, images: np.ndarray, compress: bool) -> None:
+    data = idx_bytes(images)
+    path = tmp_path / "imgs"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    loaded = read_idx_images(path)
+    assert loaded.dtype == np.uint8 and loaded.shape == (7, 784)
+    assert np.array_equal(loaded, images.reshape(7, 784))
+
+
+def test_idx_labels(tmp_path: Path) -> None:
+    path = tmp_path / "labels"
+    write_idx(path, np.array([0, 9, 3], dtype=np.uint8))
+    assert read_idx_labels(path).tolist() == [0, 9, 3]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: b"\x00\x00\x09\x03" + b[4:], "bad IDX magic"),
+        (lambda b: b"\x01\x00\x08\x03" + b[4:], "bad IDX magic"),
+        (lambda b: b[:-10], "truncated"),
+        (lambda b: b + b"\x00", "longer than its header"),
+        (lambda b: b[:10], "truncated header"),
+        (lambda b: b[:2], "too short"),
+    ],
+)
+def test_idx_bad_files(tmp_path: Path, images: np.ndarray, mutate, message: str) -> None:
+    path = tmp_path / "bad-images"
+    path.write_bytes(mutate(idx_bytes(images)))
+    with pytest.raises(DataError, match=message) as info:
+        read_idx_images(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_idx_wrong_dimensions(tmp_path: Path) -> None:
+    path = tmp_path / "labels-as-images"
+    write_idx(path, np.zeros(5, dtype=np.uint8))
+    with pytest.raises(DataError, match="expected 3 dimensions"):
+        read_idx_images(path)
+
+
+def test_idx_label_out_of_range(tmp_path: Path) -> None:
+    path = tmp_path / "labels"
+    write_idx(path, np.array([1, 2, 12], dtype=np.uint8))
+    with pytest.raises(DataError, match="label 12 at index 2"):
+        read_idx_labels(path)
+
+
+def test_idx_corrupt_gzip(tmp_path: Path, images: np.ndarray) -> None:
+    path = tmp_path / "imgs.gz"
+    path.write_bytes(gzip.compress(idx_bytes(images))[:-40])
+    with pytest.raises(DataError, match="corrupt gzip|truncated"):
+        read_idx_images(path)
+
+
+def test_images_and_labels_must_agree(tmp_path: Path, images: np.ndarray) -> None:
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(6, dtype=np.uint8))
+    with pytest.raises(DataError, match="7 images but .* 6 labels"):
+        load_mnist(tmp_path, validation=0)
+
+
+def test_validation_split(tiny_mnist: Path) -> None:
+    mnist = load_mnist(tiny_mnist, validation=100)
+    assert (len(mnist.train), len(mnist.validation), len(mnist.test)) == (500, 100, 200)
+    assert len(load_mnist(tiny_mnist, validation=0).validation) == 0
+    with pytest.raises(DataError, match="validation split 600"):
+        load_mnist(tiny_mnist, validation=600)
+
+
+def test_missing_data_names_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found; run `nnx data download`"):
+        load_mnist(tmp_path)
+
+
+def test_data_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NNX_DATA_DIR", "/from/env")
+    assert resolve_data_dir("/flag", "/config") == Path("/flag")
+    assert resolve_data_dir(None, "/config") == Path("/config")
+    assert resolve_data_dir() == Path("/from/env")
+    monkeypatch.delenv("NNX_DATA_DIR")
+    assert resolve_data_dir() == Path("data/mnist")
+
+
+def csv_text(rows: list[list[int]], header: bool) -> str:
+    lines = ["label," + ",".join(f"pixel{i}" for i in range(784))] if header else []
+    lines += [",".join(map(str, row)) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_csv_with_and_without_header(tmp_path: Path, header: bool) -> None:
+    rows = [[3] + [0] * 783 + [255], [7] + list(range(255)) + [1] * 529]
+    path = tmp_path / "digits.csv"
+    path.write_text(csv_text(rows, header))
+    images, labels = read_csv(path)
+    assert labels.tolist() == [3, 7]
+    assert images.shape == (2, 784) and images.dtype == np.uint8
+    assert images[0, -1] == 255 and images[1, 10] == 10
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([[3] + [0] * 700], "rows have 701 fields, expected 785"),
+        ([[3] + [0] * 783 + [256]], "pixel outside 0-255"),
+        ([[10] + [0] * 784], "label 10"),
+        ([[-1] + [0] * 784], "negative label"),
+    ],
+)
+def test_csv_bad_rows(tmp_path: Path, rows, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(csv_text(rows, header=False))
+    with pytest.raises(DataError, match=message):
+        read_csv(path)
+
+
+def test_csv_not_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("label,a\n1,x\n")
+    with pytest.raises(DataError, match="not a table of integers"):
+        read_csv(path)
+
+
+@pytest.mark.mnist
+def test_real_mnist_facts(mnist_dir: Path) -> None:
+    """The shared MNIST matches its published facts: sizes, label counts, pixel statistics."""
+    mnist = load_mnist(mnist_dir, validation=0)
+    assert mnist.train.images.shape == (60000, 784) and mnist.test.images.shape == (10000, 784)
+    assert label_counts(mnist.train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert label_counts(mnist.test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    pixels = mnist.train.images / 255.0
+    assert round(float(pixels.mean()), 4) == 0.1307 and round(float(pixels.std()), 4) == 0.3081
+    for file in (FILES["train_labels"], FILES["test_labels"]):
+        assert verify_file(mnist_dir / (file.name + ".gz"), file)
