@@ -1,0 +1,45 @@
+"""Reader for the seed project's CSV format: one image a row, the label then 784 pixels 0-255.
+
+A header row is optional (detected by its first field not being a number).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nnx.data.idx import check_labels
+from nnx.errors import DataError
+
+PIXELS = 784
+
+
+def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 784), labels uint8 (N,))."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read as text ({exc})") from None
+    lines = text.splitlines()
+    start = 1 if lines and not lines[0].split(",")[0].strip().lstrip("-").isdigit() else 0
+    rows = [line for line in lines[start:] if line.strip()]
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    try:
+        table = np.loadtxt(rows, delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a table of integers ({exc})") from None
+    if table.shape[1] != PIXELS + 1:
+        raise DataError(
+            f"{path}: rows have {table.shape[1]} fields, expected {PIXELS + 1} (label then {PIXELS} pixels)"
+        )
+    labels, pixels = table[:, 0], table[:, 1:]
+    if pixels.min() < 0 or pixels.max() > 255:
+        row, _ = np.argwhere((pixels < 0) | (pixels > 255))[0]
+        raise DataError(f"{path}: data row {row + 1} has a pixel outside 0-255")
+    if labels.min() < 0:
+        raise DataError(f"{path}: data row {int(np.argmin(labels)) + 1} has a negative label")
+    labels = labels.astype(np.int64)
+    check_labels(labels, path)
+    return pixels.astype(np.uint8), labels.astype(np.uint8)

@@ -1,0 +1,90 @@
+"""Fetch MNIST from its mirrors: each file verified by SHA-256 and written atomically."""
+
+from __future__ import annotations
+
+import gzip
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Callable, Iterable
+
+from nnx.atomic import write_atomic
+from nnx.data.mnist import FILES, MIRRORS, MnistFile, find_file, sha256_hex
+from nnx.errors import DataError
+
+# progress(file name, bytes so far, total bytes or None)
+Progress = Callable[[str, int, "int | None"], None]
+
+CHUNK = 1 << 16
+
+
+def _fetch(url: str, name: str, progress: Progress | None, timeout: float) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        total = response.headers.get("Content-Length")
+        total = int(total) if total and total.isdigit() else None
+        chunks, done = [], 0
+        while chunk := response.read(CHUNK):
+            chunks.append(chunk)
+            done += len(chunk)
+            if progress:
+                progress(name, done, total)
+    return b"".join(chunks)
+
+
+def _content_ok(archive: bytes, file: MnistFile) -> bool:
+    """The published archive's hash, or (for a mirror that recompressed) the content's hash."""
+    if sha256_hex(archive) == file.archive_sha256:
+        return True
+    try:
+        return sha256_hex(gzip.decompress(archive)) == file.sha256
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+def download_file(
+    file: MnistFile,
+    data_dir: Path,
+    mirrors: Iterable[str] = MIRRORS,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Try each mirror in order; keep the first archive whose hash checks out."""
+    target = data_dir / (file.name + ".gz")
+    tried = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + file.name + ".gz"
+        try:
+            archive = _fetch(url, file.name + ".gz", progress, timeout)
+        except urllib.error.HTTPError as exc:
+            tried.append(f"{url} (HTTP {exc.code})")
+            continue
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            tried.append(f"{url} ({reason})")
+            continue
+        if not _content_ok(archive, file):
+            tried.append(f"{url} (checksum mismatch)")
+            continue
+        write_atomic(target, archive)
+        return target
+    raise DataError(
+        f"could not download {file.name}.gz; tried: {'; '.join(tried) or 'no mirrors'}. "
+        f"Place the four MNIST .gz files in {data_dir} by hand, or set --data-dir"
+    )
+
+
+def download_mnist(
+    data_dir: Path,
+    mirrors: Iterable[str] = MIRRORS,
+    progress: Progress | None = None,
+    force: bool = False,
+) -> list[Path]:
+    """Download every MNIST file not already in `data_dir`; returns the paths fetched."""
+    mirrors = list(mirrors)
+    fetched = []
+    for file in FILES.values():
+        if not force and find_file(data_dir, file) is not None:
+            continue
+        fetched.append(download_file(file, data_dir, mirrors, progress))
+    return fetched
