@@ -73,7 +73,7 @@ def epoch_times(data_dir: Path, epochs: int) -> tuple[list[float], list[float]]:
     mnist = load_mnist(data_dir, 5000)
     pre = Preprocess.named("standard")
     model = build_model(mlp_spec([784, 64, 10]), backend, np.random.default_rng([0, 0]))
-    trainer = Trainer(model, SGD(model.parameters(), LR, MOMENTUM, nesterov=True), backend, pre)
+    trainer = Trainer(model, SGD(model.flat_parameters(), LR, MOMENTUM, nesterov=True, ops=backend.ops), backend, pre)
     train = DeviceSplit(mnist.train, backend)
     rng = np.random.default_rng([0, 0])
     params = [
@@ -129,7 +129,9 @@ def main() -> None:
     print(f"| hand-written NumPy epoch (same math, same batches) | {numpy_epoch_s:.3f} s |")
     print(f"| nnx / NumPy | {nnx_epoch / numpy_epoch_s:.2f}x |")
     print(f"| `nnx train` default config: test accuracy | {summary['test_accuracy']:.2%} |")
-    print(f"| `nnx train` default config: training time ({summary['epochs']} epochs) | {summary['train_seconds']:.2f} s |")
+    print(
+        f"| `nnx train` default config: training time ({summary['epochs']} epochs) | {summary['train_seconds']:.2f} s |"
+    )
     print(f"| `nnx train` samples/s | {summary['samples_per_second']:,.0f} |")
     print(f"| `nnx train` peak RSS (whole process) | {peak_rss_children:.0f} MB |")
     print(f"| `nnx --help` (median of 5) | {statistics.median(help_times):.3f} s |")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from nnx.errors import BackendError
+from nnx.ops import Ops
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -32,7 +33,12 @@ class Backend:
     xp: ModuleType
     dtype: np.dtype
     tf32: bool = False
-    _extras: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The hot elementwise chains: plain xp (the reference) or fused GPU kernels.
+    ops: Ops = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.ops is None:
+            self.ops = Ops(self.xp)
 
     @property
     def is_gpu(self) -> bool:
@@ -143,8 +149,9 @@ def _open_gpu(index: int, allow_tf32: bool) -> ModuleType:
     return cupy
 
 
-def get_backend(device: str = "cpu", dtype: str = "float32", allow_tf32: bool = False) -> Backend:
-    """Make the backend for `device` ("cpu", "gpu", "gpu:N" or "auto")."""
+def get_backend(device: str = "cpu", dtype: str = "float32", allow_tf32: bool = False, fused: bool = True) -> Backend:
+    """Make the backend for `device` ("cpu", "gpu", "gpu:N" or "auto"). On a GPU, `fused` picks
+    the fused CUDA kernels over the plain CuPy reference for the hot elementwise chains."""
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype {dtype!r}: use float32 or float64")
     kind, index = _parse_device(device)
@@ -159,4 +166,9 @@ def get_backend(device: str = "cpu", dtype: str = "float32", allow_tf32: bool = 
     else:
         cupy = _open_gpu(index, allow_tf32)
     tf32 = os.environ.get("CUPY_TF32", "0") == "1" and np_dtype == np.float32
-    return Backend(f"gpu:{index}", cupy, np_dtype, tf32=tf32)
+    ops = None
+    if fused:
+        from nnx.gpu_kernels import FusedOps
+
+        ops = FusedOps()
+    return Backend(f"gpu:{index}", cupy, np_dtype, tf32=tf32, ops=ops)

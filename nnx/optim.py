@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from nnx.ops import Ops
+
 
 class SGD:
     """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay.
 
-    g = dL/dW + wd W;   v <- mu v + g;   W <- W - lr (g + mu v) (Nesterov) or W - lr v.
-    With mu = 0 this is plain W <- W - lr g, the seed project's update.
+    d = dL/dW + wd W;   v <- mu v + d;   W <- W - lr (d + mu v) (Nesterov) or W - lr v.
+    With mu = 0 this is plain W <- W - lr d, the seed project's update. The arithmetic is
+    `Ops.sgd_update` (nnx/ops.py): one fused kernel per parameter array on a GPU. Give it
+    `model.flat_parameters()` and that is one kernel for the whole network.
     """
 
     def __init__(
@@ -20,22 +24,17 @@ class SGD:
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
+        ops: Ops | None = None,
     ) -> None:
         self.params = [(name, p, g) for name, p, g in params]
         self.lr = lr
         self.momentum = momentum
         self.nesterov = nesterov
         self.weight_decay = weight_decay
+        # The reference update uses array operators only, so it needs no xp of its own.
+        self.ops = ops or Ops(xp=None)
         self.velocity = {name: p * 0 for name, p, _ in self.params} if momentum else {}
 
     def step(self) -> None:
-        mu, lr = self.momentum, self.lr
         for name, p, g in self.params:
-            if self.weight_decay:
-                g = g + self.weight_decay * p
-            if mu:
-                v = self.velocity[name]
-                v *= mu
-                v += g
-                g = g + mu * v if self.nesterov else v
-            p -= lr * g
+            self.ops.sgd_update(p, g, self.velocity.get(name), self.lr, self.momentum, self.nesterov, self.weight_decay)

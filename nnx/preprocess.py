@@ -24,11 +24,7 @@ class Preprocess:
 
     def __call__(self, pixels: Any, backend: Backend) -> Any:
         """pixels: uint8 (N, 784) on the backend -> backend.dtype (N, 784)."""
-        x = pixels.astype(backend.dtype)
-        x *= 1.0 / (255.0 * self.std)
-        if self.mean:
-            x -= self.mean / self.std
-        return x
+        return backend.ops.normalize(pixels, 1.0 / (255.0 * self.std), self.mean / self.std, backend.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": "1/255", **asdict(self)}

@@ -41,7 +41,7 @@ def train_tiny(folder: Path, device="cpu", dtype="float32", epochs=3, batch_size
     model = build_model(mlp_spec([784, 32, 10]), backend, np.random.default_rng([seed, 0]))
     trainer = Trainer(
         model,
-        SGD(model.parameters(), lr=lr, momentum=0.9),
+        SGD(model.flat_parameters(), lr=lr, momentum=0.9, ops=backend.ops),
         backend,
         Preprocess.named("standard"),
         list(callbacks),
@@ -94,7 +94,7 @@ def test_stop_request_ends_after_the_current_batch(tiny_mnist: Path) -> None:
     backend = get_backend("cpu")
     data = load_mnist(tiny_mnist, validation=0)
     model = build_model(mlp_spec([784, 8, 10]), backend, np.random.default_rng(0))
-    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), backend, Preprocess(), [stopper])
+    trainer = Trainer(model, SGD(model.flat_parameters(), lr=0.1, ops=backend.ops), backend, Preprocess(), [stopper])
     stopper.trainer = trainer
     result = trainer.fit(DeviceSplit(data.train, backend), None, 5, 50, 0)
     assert result.interrupted and len(result.history) == 1 and result.samples_seen == 600 + 5 * 50

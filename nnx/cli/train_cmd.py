@@ -56,7 +56,7 @@ def run_train(
         mlp_spec([784, *config.model.hidden, 10], config.model.activation, config.model.init), backend, rng
     )
     o = config.optimizer
-    optimizer = SGD(model.parameters(), o.lr, o.momentum, o.nesterov, o.weight_decay)
+    optimizer = SGD(model.flat_parameters(), o.lr, o.momentum, o.nesterov, o.weight_decay, backend.ops)
     preprocess = Preprocess.named(config.data.normalize)
 
     run_dir = new_run_dir(config, str(out) if out else None)

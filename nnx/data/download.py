@@ -6,8 +6,8 @@ import gzip
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from nnx.atomic import write_atomic
 from nnx.data.mnist import FILES, MIRRORS, MnistFile, find_file, sha256_hex

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nnx.backend import Backend
 from nnx.nn.layer import Layer
 
 
@@ -12,13 +13,18 @@ class ReLU(Layer):
 
     kind = "relu"
 
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
+        # Set by Sequential when the Linear before this layer already applied max(., 0).
+        self.applied_by_previous = False
+
     def forward(self, x: Any, training: bool = False) -> Any:
-        self.mask = x > 0
-        return self.xp.maximum(x, 0)
+        self.y = x if self.applied_by_previous else self.xp.maximum(x, 0)
+        return self.y
 
     def backward(self, dy: Any) -> Any:
-        # dL/dx = dy * 1[x > 0]
-        return dy * self.mask
+        # dL/dx = dy * 1[x > 0], and x > 0 exactly where y > 0
+        return self.backend.ops.relu_backward(dy, self.y)
 
 
 class Sigmoid(Layer):

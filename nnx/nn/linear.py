@@ -12,7 +12,11 @@ from nnx.nn.layer import Layer
 
 
 class Linear(Layer):
-    """y = x W + b.   x: (N, in_features), W: (in_features, out_features), b: (out_features,)."""
+    """y = x W + b.   x: (N, in_features), W: (in_features, out_features), b: (out_features,).
+
+    When a ReLU follows, `Sequential` sets `fuse_relu` and this layer returns max(x W + b, 0) in
+    one pass over the output (one fused kernel on a GPU); the ReLU then only does the backward.
+    """
 
     kind = "linear"
 
@@ -32,9 +36,12 @@ class Linear(Layer):
         W = init_weight(rng, in_features, out_features, init)
         self.params = {"W": backend.asarray(W), "b": self.xp.zeros(out_features, dtype=backend.dtype)}
         self.grads = {k: self.xp.zeros_like(v) for k, v in self.params.items()}
+        self.fuse_relu = False
 
     def forward(self, x: Any, training: bool = False) -> Any:
         self.x = x
+        if self.fuse_relu:
+            return self.backend.ops.bias_relu(x @ self.params["W"], self.params["b"])
         return x @ self.params["W"] + self.params["b"]
 
     def backward(self, dy: Any) -> Any:

@@ -8,19 +8,44 @@ from typing import Any
 import numpy as np
 
 from nnx.backend import Backend
-from nnx.nn.activations import ACTIVATIONS
+from nnx.nn.activations import ACTIVATIONS, ReLU
 from nnx.nn.layer import Layer
 from nnx.nn.linear import Linear
 
 
 class Sequential:
-    """y = f_L(... f_2(f_1(x))).   Backward runs the chain rule in reverse order."""
+    """y = f_L(... f_2(f_1(x))).   Backward runs the chain rule in reverse order.
+
+    All parameters live in one flat array (and all gradients in another); each layer's `params`
+    and `grads` are views into them, so an optimizer can update the whole network in one pass.
+    """
 
     def __init__(self, layers: list[Layer], backend: Backend) -> None:
         self.layers = layers
         self.backend = backend
         if layers:
             layers[0].compute_dx = False
+        for layer, following in zip(layers, layers[1:], strict=False):
+            if isinstance(layer, Linear) and isinstance(following, ReLU):
+                layer.fuse_relu = True
+                following.applied_by_previous = True
+        self.flat_params, self.flat_grads = self._flatten()
+
+    def _flatten(self) -> tuple[Any, Any]:
+        xp = self.backend.xp
+        sizes = [int(p.size) for _, p, _ in self.parameters()]
+        flat_params = xp.zeros(sum(sizes), dtype=self.backend.dtype)
+        flat_grads = xp.zeros(sum(sizes), dtype=self.backend.dtype)
+        offset = 0
+        for layer in self.layers:
+            for key, param in layer.params.items():
+                size = int(param.size)
+                view = flat_params[offset : offset + size].reshape(param.shape)
+                view[...] = param
+                layer.params[key] = view
+                layer.grads[key] = flat_grads[offset : offset + size].reshape(param.shape)
+                offset += size
+        return flat_params, flat_grads
 
     def forward(self, x: Any, training: bool = False) -> Any:
         self.backend.check_owned(x, "the network's input")
@@ -37,6 +62,10 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             for key, param in layer.params.items():
                 yield f"{i}.{key}", param, layer.grads[key]
+
+    def flat_parameters(self) -> list[tuple[str, Any, Any]]:
+        """All parameters as one (name, param, grad) triple: what an optimizer updates at once."""
+        return [("all", self.flat_params, self.flat_grads)]
 
     def state(self) -> dict[str, np.ndarray]:
         """Host copies of every parameter, keyed like `parameters()`; the model is not touched."""

@@ -1,0 +1,106 @@
+"""Fused CUDA kernels for the chains in nnx/ops.py (imported by the backend on a GPU only).
+
+Each replaces several CuPy kernel launches with one; `Ops` (plain xp) stays the reference that
+the GPU tests compare these against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cupy
+
+from nnx.ops import Ops
+
+_normalize = cupy.ElementwiseKernel(
+    "uint8 pixel, T scale, T shift", "T x", "x = (T)pixel * scale - shift", "nnx_normalize"
+)
+
+# max(a + b, 0), letting NaN through as the reference's xp.maximum does.
+_bias_relu = cupy.ElementwiseKernel(
+    "T a, T b", "T y", "T s = a + b; y = (s > (T)0 || isnan(s)) ? s : (T)0;", "nnx_bias_relu"
+)
+
+_relu_backward = cupy.ElementwiseKernel("T dy, T y", "T dx", "dx = y > (T)0 ? dy : (T)0", "nnx_relu_backward")
+
+_sgd = cupy.ElementwiseKernel("T g, T lr, T wd", "T p", "p -= lr * (g + wd * p)", "nnx_sgd")
+
+_sgd_momentum = cupy.ElementwiseKernel(
+    "T g, T lr, T mu, T wd, T nesterov",
+    "T p, T v",
+    """
+    T d = g + wd * p;
+    v = mu * v + d;
+    p -= lr * (nesterov != (T)0 ? d + mu * v : v);
+    """,
+    "nnx_sgd_momentum",
+)
+
+# One thread per row: max, exp, sum, the loss term and dL/dz = (p - onehot) / N for that row.
+_SOFTMAX_XENT = r"""
+extern "C" __global__ void nnx_softmax_xent_{T}(
+        const {T}* z, const long long* y, {T}* dz, {T}* row_loss, const int n, const int c) {{
+    const int row = blockDim.x * blockIdx.x + threadIdx.x;
+    if (row >= n) return;
+    const {T}* zr = z + (long long)row * c;
+    {T}* dr = dz + (long long)row * c;
+    {T} m = zr[0];
+    for (int k = 1; k < c; ++k) m = {max}(m, zr[k]);
+    {T} s = 0;
+    for (int k = 0; k < c; ++k) {{
+        dr[k] = {exp}(zr[k] - m);
+        s += dr[k];
+    }}
+    const long long t = y[row];
+    for (int k = 0; k < c; ++k) dr[k] = (dr[k] / s - (k == t ? ({T})1 : ({T})0)) / ({T})n;
+    row_loss[row] = {log}(s) - (zr[t] - m);
+}}
+"""
+_MATH = {
+    "float": {"max": "fmaxf", "exp": "expf", "log": "logf"},
+    "double": {"max": "fmax", "exp": "exp", "log": "log"},
+}
+_C_TYPES = {"float32": "float", "float64": "double"}
+_softmax_kernels: dict[str, Any] = {}
+
+
+def _softmax_kernel(dtype: Any) -> Any:
+    c_type = _C_TYPES[cupy.dtype(dtype).name]
+    if c_type not in _softmax_kernels:
+        source = _SOFTMAX_XENT.format(T=c_type, **_MATH[c_type])
+        _softmax_kernels[c_type] = cupy.RawKernel(source, f"nnx_softmax_xent_{c_type}")
+    return _softmax_kernels[c_type]
+
+
+class FusedOps(Ops):
+    def __init__(self) -> None:
+        super().__init__(cupy)
+
+    def normalize(self, pixels: Any, scale: float, shift: float, dtype: Any) -> Any:
+        t = cupy.dtype(dtype).type
+        return _normalize(pixels, t(scale), t(shift), cupy.empty(pixels.shape, dtype=dtype))
+
+    def bias_relu(self, a: Any, b: Any) -> Any:
+        return _bias_relu(a, b, a)
+
+    def relu_backward(self, dy: Any, y: Any) -> Any:
+        return _relu_backward(dy, y)
+
+    def softmax_cross_entropy(self, z: Any, y: Any) -> tuple[Any, Any]:
+        z = cupy.ascontiguousarray(z)
+        y = cupy.ascontiguousarray(y, dtype=cupy.int64)
+        n, c = z.shape
+        dz = cupy.empty_like(z)
+        row_loss = cupy.empty(n, dtype=z.dtype)
+        threads = 128
+        _softmax_kernel(z.dtype)(
+            ((n + threads - 1) // threads,), (threads,), (z, y, dz, row_loss, cupy.int32(n), cupy.int32(c))
+        )
+        return row_loss.mean(), dz
+
+    def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
+        t = p.dtype.type
+        if v is None:
+            _sgd(g, t(lr), t(wd), p)
+        else:
+            _sgd_momentum(g, t(lr), t(mu), t(wd), t(1 if nesterov else 0), p, v)

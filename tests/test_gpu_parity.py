@@ -1,0 +1,198 @@
+"""CPU vs GPU: the same host inputs give the same results on both backends.
+
+Every test here needs a usable CUDA device (marked `gpu`; skipped with the reason elsewhere).
+The harness itself (nnx.testing.assert_parity) is exercised on two CPU configurations in
+test_training.py, so CI checks the comparison logic without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nnx.backend import get_backend
+from nnx.cli.app import app
+from nnx.data.mnist import Split, load_mnist
+from nnx.io import load_model, save_model
+from nnx.nn import ACTIVATIONS, Linear, SoftmaxCrossEntropy, build_model, mlp_spec
+from nnx.ops import Ops
+from nnx.optim import SGD
+from nnx.preprocess import Preprocess
+from nnx.testing import assert_parity, relative_error
+from nnx.train import DeviceSplit, Trainer, evaluate
+
+pytestmark = pytest.mark.gpu
+DTYPES = ["float64", "float32"]
+
+
+def pair(dtype: str):
+    return get_backend("cpu", dtype), get_backend("gpu", dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_forward_backward(dtype: str) -> None:
+    host = np.random.default_rng(0)
+    x, dy = host.normal(size=(32, 20)), host.normal(size=(32, 7))
+
+    def run(backend):
+        layer = Linear(backend, 20, 7, "he", np.random.default_rng(1))
+        y = layer.forward(backend.asarray(x), training=True)
+        dx = layer.backward(backend.asarray(dy))
+        return {"y": y, "dx": dx, "dW": layer.grads["W"], "db": layer.grads["b"]}
+
+    assert_parity(run, *pair(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", sorted(ACTIVATIONS))
+def test_activation_forward_backward(dtype: str, kind: str) -> None:
+    host = np.random.default_rng(2)
+    x, dy = host.normal(size=(16, 33)), host.normal(size=(16, 33))
+
+    def run(backend):
+        layer = ACTIVATIONS[kind](backend)
+        y = layer.forward(backend.asarray(x), training=True)
+        return {"y": y, "dx": layer.backward(backend.asarray(dy))}
+
+    assert_parity(run, *pair(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_forward_backward(dtype: str) -> None:
+    host = np.random.default_rng(3)
+    z, y = host.normal(size=(64, 10)) * 4, host.integers(0, 10, size=64)
+
+    def run(backend):
+        loss_fn = SoftmaxCrossEntropy(backend)
+        loss = loss_fn.forward(backend.asarray(z), backend.asarray(y, dtype=np.int64))
+        return {"loss": loss, "dz": loss_fn.backward()}
+
+    assert_parity(run, *pair(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 1e-4), (0.9, True, 0.0)])
+def test_sgd_steps(dtype: str, momentum: float, nesterov: bool, wd: float) -> None:
+    host = np.random.default_rng(4)
+    p0, grads = host.normal(size=500), host.normal(size=(3, 500))
+
+    def run(backend):
+        p = backend.asarray(p0)
+        g = backend.xp.zeros_like(p)
+        opt = SGD([("p", p, g)], 0.1, momentum, nesterov, wd, backend.ops)
+        for grad in grads:
+            g[...] = backend.asarray(grad)
+            opt.step()
+        return p
+
+    assert_parity(run, *pair(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_kernels_match_the_xp_reference(dtype: str) -> None:
+    """Each fused CUDA kernel against the plain CuPy code it replaces, on the same GPU."""
+    gpu = get_backend("gpu", dtype)
+    fused, reference = gpu.ops, Ops(gpu.xp)
+    assert type(fused) is not Ops
+    host = np.random.default_rng(5)
+    a, b = host.normal(size=(64, 33)), host.normal(size=33)
+    z, labels = host.normal(size=(64, 10)) * 5, host.integers(0, 10, size=64)
+    pixels = host.integers(0, 256, size=(64, 784), dtype=np.uint8)
+    p0, g0, v0 = host.normal(size=(3, 1000))
+
+    def run_with(ops):
+        def run(backend):
+            xp = backend.xp
+            out = {"bias_relu": ops.bias_relu(backend.asarray(a), backend.asarray(b))}
+            out["relu_backward"] = ops.relu_backward(backend.asarray(a), backend.asarray(a))
+            loss, dz = ops.softmax_cross_entropy(backend.asarray(z), backend.asarray(labels, dtype=np.int64))
+            out.update(loss=loss, dz=dz)
+            out["normalize"] = ops.normalize(
+                backend.asarray(pixels), 1 / (255 * 0.3081), 0.1307 / 0.3081, backend.dtype
+            )
+            for nesterov in (False, True):
+                p, v = backend.asarray(p0), backend.asarray(v0)
+                ops.sgd_update(p, backend.asarray(g0), v, 0.05, 0.9, nesterov, 1e-3)
+                out[f"sgd_p_{nesterov}"], out[f"sgd_v_{nesterov}"] = p, v
+            p = backend.asarray(p0)
+            ops.sgd_update(p, backend.asarray(g0), None, 0.05, 0.0, False, 0.0)
+            out["sgd_plain"] = p
+            assert all(isinstance(value, xp.ndarray) for value in out.values())
+            return out
+
+        return run
+
+    fused_out = run_with(fused)(gpu)
+    reference_out = run_with(reference)(gpu)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for key in reference_out:
+        err = relative_error(gpu.to_numpy(fused_out[key]), gpu.to_numpy(reference_out[key]))
+        assert err <= tol, f"{key}: fused vs reference relative error {err:.3g}"
+
+
+def train_steps(backend, subset: Split, test: Split, steps: int = 300, batch: int = 64):
+    model = build_model(mlp_spec([784, 64, 10]), backend, np.random.default_rng([0, 0]))
+    optimizer = SGD(model.flat_parameters(), 0.02, 0.9, True, 0.0, backend.ops)
+    trainer = Trainer(model, optimizer, backend, Preprocess.named("standard"), schedule="cosine")
+    trainer.fit(DeviceSplit(subset, backend), None, 1, batch, 0)
+    _, _, predictions = evaluate(model, DeviceSplit(test, backend), Preprocess.named("standard"), backend)
+    return model.state(), backend.to_numpy(predictions)
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("dtype,weight_tol", [("float64", 1e-9), ("float32", 1e-3)])
+def test_300_steps_of_training_agree(mnist_dir: Path, dtype: str, weight_tol: float) -> None:
+    mnist = load_mnist(mnist_dir, 5000)
+    subset = Split(mnist.train.images[: 300 * 64], mnist.train.labels[: 300 * 64])
+    cpu_weights, cpu_pred = train_steps(get_backend("cpu", dtype), subset, mnist.test)
+    gpu_weights, gpu_pred = train_steps(get_backend("gpu", dtype), subset, mnist.test)
+    for name in cpu_weights:
+        err = relative_error(cpu_weights[name], gpu_weights[name])
+        assert err <= weight_tol, f"{name}: relative error {err:.3g}"
+    assert (cpu_pred == gpu_pred).mean() >= 0.999
+
+
+def test_model_moves_between_devices(tmp_path: Path) -> None:
+    gpu = get_backend("gpu", "float32")
+    model = build_model(mlp_spec([784, 32, 10]), gpu, np.random.default_rng(0))
+    before = {name: gpu.to_numpy(p).copy() for name, p, _ in model.parameters()}
+    save_model(tmp_path / "gpu.npz", model, Preprocess())
+    assert all(isinstance(p, gpu.xp.ndarray) for _, p, _ in model.parameters())  # saving did not move it
+    on_cpu = load_model(tmp_path / "gpu.npz", get_backend("cpu", "float32"))
+    for name, p, _ in on_cpu.model.parameters():
+        assert np.array_equal(p, before[name])
+    save_model(tmp_path / "cpu.npz", on_cpu.model, Preprocess())
+    back = load_model(tmp_path / "cpu.npz", gpu)
+    for name, p, _ in back.model.parameters():
+        assert np.array_equal(gpu.to_numpy(p), before[name])
+
+
+def test_tf32_is_off_by_default() -> None:
+    import os
+
+    assert get_backend("gpu", "float32").tf32 is False
+    assert os.environ.get("CUPY_TF32", "0") != "1"
+
+
+def test_cpu_arrays_are_refused_by_a_gpu_model() -> None:
+    from nnx.errors import BackendError
+
+    gpu = get_backend("gpu")
+    model = build_model(mlp_spec([4, 2]), gpu, np.random.default_rng(0))
+    with pytest.raises(BackendError, match="numpy.ndarray but the model lives on gpu:0"):
+        model.forward(np.zeros((1, 4), dtype=np.float32))
+
+
+@pytest.mark.mnist
+def test_train_on_gpu_reaches_97_5(mnist_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gpu-run"
+    result = CliRunner().invoke(app, ["train", "--device", "gpu", "--data-dir", str(mnist_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "gpu:0" and summary["test_accuracy"] >= 0.975 and summary["tf32"] is False
+    evaluated = CliRunner().invoke(app, ["evaluate", str(out / "model.npz"), "--data-dir", str(mnist_dir)])
+    assert evaluated.exit_code == 0 and f"{summary['test_accuracy']:.2%}" in evaluated.output
