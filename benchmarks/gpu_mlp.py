@@ -1,0 +1,191 @@
+"""MLP epoch times on the CPU and the GPU, nnx beside PyTorch eager (when installed).
+
+Rows: 784-64-10 at batch 64 and 1024, and 784-1024-1024-10 at batch 1024. Every contender trains
+the same model from the same initial weights, on the same batch order (nnx's host permutation),
+with the same hyperparameters (SGD, Nesterov momentum 0.9, lr 0.02) and the same per-batch uint8
+-> float conversion on the device. Each figure is the median of the timed epochs after one
+warm-up epoch. Then the default config is trained on the GPU and the training time until the test
+accuracy first reaches 97.5% is reported.
+
+Run: NNX_DATA_DIR=... python benchmarks/gpu_mlp.py [--epochs 2] [--no-cpu] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from nnx.backend import Backend, get_backend, gpu_unavailable_reason
+from nnx.data.mnist import load_mnist, resolve_data_dir
+from nnx.nn import build_model, mlp_spec
+from nnx.optim import SGD
+from nnx.preprocess import Preprocess
+from nnx.train import Callback, DeviceSplit, Trainer, epoch_order, evaluate
+
+LR, MOMENTUM = 0.02, 0.9
+CASES = [([784, 64, 10], 64), ([784, 64, 10], 1024), ([784, 1024, 1024, 10], 1024)]
+PRE = Preprocess.named("standard")
+
+
+def nnx_epochs(backend: Backend, sizes: list[int], batch: int, train, epochs: int) -> list[float]:
+    model = build_model(mlp_spec(sizes), backend, np.random.default_rng([0, 0]))
+    trainer = Trainer(model, SGD(model.flat_parameters(), LR, MOMENTUM, True, 0.0, backend.ops), backend, PRE)
+    data = DeviceSplit(train, backend)
+    times = []
+    for epoch in range(epochs + 1):  # epoch 0 warms up (kernel compilation, allocator)
+        backend.synchronize()
+        times.append(trainer.fit(data, None, 1, batch, seed=epoch).train_seconds)
+    return times[1:]
+
+
+def torch_epochs(device: str, sizes: list[int], batch: int, train, epochs: int) -> list[float] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device(device)
+    host = build_model(mlp_spec(sizes), get_backend("cpu", "float32"), np.random.default_rng([0, 0]))
+    layers: list[Any] = []
+    for layer in host.layers:
+        if layer.kind == "linear":
+            linear = torch.nn.Linear(layer.in_features, layer.out_features)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(layer.params["W"].T.copy()))
+                linear.bias.copy_(torch.from_numpy(layer.params["b"].copy()))
+            layers.append(linear)
+        else:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers).to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True)
+    images = torch.from_numpy(np.ascontiguousarray(train.images)).to(dev)
+    labels = torch.from_numpy(train.labels.astype(np.int64)).to(dev)
+    scale, shift = 1.0 / (255.0 * PRE.std), PRE.mean / PRE.std
+    times = []
+    for epoch in range(epochs + 1):
+        order = torch.from_numpy(epoch_order(epoch, 1, len(labels))).to(dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        for start in range(0, len(labels), batch):
+            idx = order[start : start + batch]
+            x = images[idx].float().mul_(scale).sub_(shift)
+            y = labels[idx]
+            z = model(x)
+            loss = torch.nn.functional.cross_entropy(z, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (z.argmax(dim=1) == y).sum()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return times[1:]
+
+
+class TestAccuracyClock(Callback):
+    """Training seconds until the test accuracy first reaches the target (test set evaluated after
+    each epoch, outside the timed training)."""
+
+    def __init__(self, model, test, backend: Backend, target: float) -> None:
+        self.model, self.test, self.backend, self.target = model, test, backend, target
+        self.elapsed = 0.0
+        self.reached: float | None = None
+        self.accuracies: list[float] = []
+
+    def on_epoch_end(self, metrics) -> None:
+        self.elapsed += metrics.seconds
+        accuracy = evaluate(self.model, self.test, PRE, self.backend)[1]
+        self.accuracies.append(accuracy)
+        if self.reached is None and accuracy >= self.target:
+            self.reached = self.elapsed
+
+
+def time_to_accuracy(backend: Backend, mnist, target: float = 0.975) -> TestAccuracyClock:
+    nnx_epochs(backend, [784, 64, 10], 64, mnist.train, 0)  # warm-up: compile kernels once
+    model = build_model(mlp_spec([784, 64, 10]), backend, np.random.default_rng([0, 0]))
+    clock = TestAccuracyClock(model, DeviceSplit(mnist.test, backend), backend, target)
+    optimizer = SGD(model.flat_parameters(), LR, MOMENTUM, True, 0.0, backend.ops)
+    Trainer(model, optimizer, backend, PRE, [clock], schedule="cosine").fit(
+        DeviceSplit(mnist.train, backend), None, 10, 64, 0
+    )
+    return clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    mnist = load_mnist(resolve_data_dir(), 5000)
+    n = len(mnist.train)
+    gpu_reason = gpu_unavailable_reason()
+    devices = ([] if args.no_cpu else ["cpu"]) + (["gpu"] if gpu_reason is None else [])
+    rows = []
+    for sizes, batch in CASES:
+        row: dict[str, Any] = {"model": "-".join(map(str, sizes)), "batch": batch}
+        for device in devices:
+            backend = get_backend(device, "float32")
+            row[f"nnx_{device}"] = statistics.median(nnx_epochs(backend, sizes, batch, mnist.train, args.epochs))
+            torch_times = torch_epochs("cuda" if device == "gpu" else "cpu", sizes, batch, mnist.train, args.epochs)
+            if torch_times:
+                row[f"torch_{device}"] = statistics.median(torch_times)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    result: dict[str, Any] = {"rows": rows, "samples_per_epoch": n, "python": platform.python_version()}
+    if gpu_reason is None:
+        import cupy
+
+        gpu = get_backend("gpu", "float32")
+        clock = time_to_accuracy(gpu, mnist)
+        result["gpu"] = gpu.description()
+        result["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        result["cupy"] = cupy.__version__
+        result["time_to_97_5"] = clock.reached
+        result["gpu_test_accuracies"] = clock.accuracies
+    else:
+        result["gpu"] = f"none ({gpu_reason})"
+    try:
+        import torch
+
+        result["torch"] = torch.__version__
+    except ImportError:
+        result["torch"] = "not installed"
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+    print(
+        f"\nGPU: {result['gpu']}; CuPy {result.get('cupy', '-')}; CUDA runtime {result.get('cuda_runtime', '-')}; "
+        f"PyTorch {result['torch']}; epoch = {n:,} images; median of {args.epochs} epochs after a warm-up"
+    )
+    columns = [c for c in ("nnx_cpu", "torch_cpu", "nnx_gpu", "torch_gpu") if any(c in r for r in rows)]
+    print(
+        "| model | batch | " + " | ".join(f"{c} s/epoch (samples/s)" for c in columns) + " | GPU speed-up vs nnx CPU |"
+    )
+    print("| --- | --- | " + " | ".join("---" for _ in columns) + " | --- |")
+    for row in rows:
+        cells = [f"{row[c]:.3f} ({n / row[c]:,.0f})" if c in row else "-" for c in columns]
+        speedup = f"{row['nnx_cpu'] / row['nnx_gpu']:.1f}x" if "nnx_cpu" in row and "nnx_gpu" in row else "-"
+        print(f"| {row['model']} | {row['batch']} | " + " | ".join(cells) + f" | {speedup} |")
+    if "time_to_97_5" in result:
+        reached = result["time_to_97_5"]
+        shown = f"{reached:.2f} s" if reached is not None else "not reached in 10 epochs"
+        print(f"GPU time to 97.5% test accuracy (default config): {shown}")
+
+
+if __name__ == "__main__":
+    main()
