@@ -33,6 +33,8 @@ class Backend:
     xp: ModuleType
     dtype: np.dtype
     tf32: bool = False
+    # Why "auto" settled on the CPU (None when it was not asked to choose or found a GPU).
+    auto_fallback: str | None = None
     # The hot elementwise chains: plain xp (the reference) or fused GPU kernels.
     ops: Ops = field(default=None, repr=False)  # type: ignore[assignment]
 
@@ -161,8 +163,8 @@ def get_backend(device: str = "cpu", dtype: str = "float32", allow_tf32: bool = 
     if kind == "auto":
         try:
             cupy = _open_gpu(index, allow_tf32)
-        except BackendError:
-            return Backend("cpu", np, np_dtype)
+        except BackendError as exc:
+            return Backend("cpu", np, np_dtype, auto_fallback=str(exc))
     else:
         cupy = _open_gpu(index, allow_tf32)
     tf32 = os.environ.get("CUPY_TF32", "0") == "1" and np_dtype == np.float32

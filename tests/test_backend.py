@@ -65,7 +65,8 @@ def test_gpu_index_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_auto_falls_back_to_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cupy", None)
-    assert get_backend("auto").name == "cpu"
+    backend = get_backend("auto")
+    assert backend.name == "cpu" and "nnx[gpu]" in backend.auto_fallback
 
 
 def test_mixed_inputs_are_refused() -> None:

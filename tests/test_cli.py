@@ -124,6 +124,13 @@ def test_device_gpu_without_cupy(tiny_mnist: Path, tmp_path: Path, monkeypatch: 
     assert not (tmp_path / "r").exists()
 
 
+def test_device_auto_says_what_it_chose(tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    result = invoke("train", "--device", "auto", "--data-dir", tiny_mnist, "--out", tmp_path / "r", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "device auto -> cpu: no usable GPU" in result.output
+
+
 def test_bad_config_values_exit_2(tiny_mnist: Path, tmp_path: Path) -> None:
     line = assert_one_line_error(invoke("train", "--batch-size", 0, "--lr", -1, "--data-dir", tiny_mnist))
     assert "training.batch_size" in line and "optimizer.lr" in line

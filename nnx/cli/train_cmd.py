@@ -62,6 +62,9 @@ def run_train(
     run_dir = new_run_dir(config, str(out) if out else None)
     writer = RunWriter(run_dir, config)
     if not quiet:
+        if config.device == "auto":
+            why = f": no usable GPU ({backend.auto_fallback})" if backend.auto_fallback else ""
+            console.print(f"device auto -> {backend.name}{why}", markup=False)
         console.print(
             f"nnx {__version__} | {config_path.name} | device {backend.description()} | "
             f"model {' -> '.join(str(s) for s in [784, *config.model.hidden, 10])} "
@@ -152,7 +155,7 @@ def run_train(
     if result.interrupted:
         console.print(
             f"Stopped by Ctrl-C during epoch {len(result.history) + 1}. Kept in {run_dir}: config.yaml, "
-            f"metrics.jsonl ({len(result.history)} complete epochs), model.npz (weights at the stop), summary.json",
+            f"metrics.jsonl ({len(result.history)} complete epoch(s)), model.npz (weights at the stop), summary.json",
             markup=False,
         )
         raise typer.Exit(130)
