@@ -27,10 +27,90 @@ class DataConfig(Strict):
     normalize: Literal["standard", "unit"] = "standard"
 
 
+Init = Literal["he", "xavier", "uniform"]
+Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu"]
+
+
+# One schema per layer type, for `model.layers`: `- relu`, `- conv2d: {out: 32, padding: 1}`.
+class LinearLayer(Strict):
+    out: int = Field(ge=1)
+    init: Init = "he"
+
+
+class Conv2DLayer(Strict):
+    out: int = Field(ge=1)
+    kernel: int = Field(3, ge=1)
+    stride: int = Field(1, ge=1)
+    padding: int = Field(0, ge=0)
+    init: Init = "he"
+
+
+class PoolLayer(Strict):
+    size: int = Field(2, ge=1)
+    stride: int | None = Field(None, ge=1)
+
+
+class DropoutLayer(Strict):
+    p: float = Field(0.5, ge=0, lt=1)
+
+
+class BatchNormLayer(Strict):
+    momentum: float = Field(0.1, gt=0, le=1)
+    eps: float = Field(1e-5, gt=0)
+
+
+class AlphaLayer(Strict):
+    alpha: float = Field(gt=0)
+
+
+class NoOptions(Strict):
+    pass
+
+
+LAYER_SCHEMAS: dict[str, type[Strict]] = {
+    "linear": LinearLayer,
+    "conv2d": Conv2DLayer,
+    "maxpool2d": PoolLayer,
+    "avgpool2d": PoolLayer,
+    "dropout": DropoutLayer,
+    "batchnorm": BatchNormLayer,
+    "leaky_relu": AlphaLayer,
+    "elu": AlphaLayer,
+    **{kind: NoOptions for kind in ("relu", "sigmoid", "tanh", "gelu", "flatten", "softmax")},
+}
+DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0}
+
+
+def _normalise_layer(index: int, item: Any) -> dict[str, Any]:
+    """`relu` or `{conv2d: {out: 32}}` -> {"type": "conv2d", "out": 32, ...defaults}."""
+    if isinstance(item, str):
+        kind, options = item, {}
+    elif isinstance(item, dict) and len(item) == 1:
+        kind, options = next(iter(item.items()))
+        options = options or {}
+    else:
+        raise ValueError(f"layer {index}: expected a name (relu) or one mapping (conv2d: {{out: 32}})")
+    if kind not in LAYER_SCHEMAS:
+        raise ValueError(f"layer {index}: unknown layer type {kind!r} (known: {', '.join(LAYER_SCHEMAS)})")
+    if not isinstance(options, dict):
+        raise ValueError(f"layer {index} ({kind}): options must be a mapping, got {options!r}")
+    if kind in DEFAULT_ALPHA:
+        options = {"alpha": DEFAULT_ALPHA[kind], **options}
+    try:
+        parsed = LAYER_SCHEMAS[kind].model_validate(options)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e, prefix=f"{index}.{kind}") for e in exc.errors())
+        raise ValueError(problems) from None
+    return {"type": kind, **parsed.model_dump(exclude_none=True)}
+
+
 class ModelConfig(Strict):
+    """An MLP by its hidden sizes, or any network as a list of layers (which then wins)."""
+
     hidden: list[int] = Field(default_factory=lambda: [64])
-    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
-    init: Literal["he", "xavier", "uniform"] = "he"
+    activation: Activation = "relu"
+    init: Init = "he"
+    layers: list[Any] | None = None
 
     @field_validator("hidden")
     @classmethod
@@ -39,15 +119,60 @@ class ModelConfig(Strict):
             raise ValueError("every hidden size must be >= 1")
         return sizes
 
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, layers: list[Any] | None) -> list[Any] | None:
+        if layers is None:
+            return None
+        if not layers:
+            raise ValueError("needs at least one layer")
+        return [_normalise_layer(i, item) for i, item in enumerate(layers)]
+
+    def layer_specs(self) -> list[dict[str, Any]]:
+        if self.layers is not None:
+            return [dict(layer) for layer in self.layers]
+        specs: list[dict[str, Any]] = []
+        for size in self.hidden:
+            specs += [{"type": "linear", "out": size, "init": self.init}, {"type": self.activation}]
+        return [*specs, {"type": "linear", "out": 10, "init": self.init}]
+
 
 class OptimizerConfig(Strict):
-    name: Literal["sgd"] = "sgd"
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    nesterov: bool = False
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd
+    nesterov: bool = False  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    rho: float = Field(0.99, gt=0, lt=1)  # rmsprop
+    eps: float = Field(1e-8, gt=0)  # adam, adamw, rmsprop
     weight_decay: float = Field(0.0, ge=0)
-    # none: constant lr; cosine: lr * (1 + cos(pi t / T)) / 2 over the whole run, per batch.
-    schedule: Literal["none", "cosine"] = "none"
+    clip_norm: float | None = Field(None, gt=0)  # clip gradients to this global L2 norm
+
+
+class ScheduleConfig(Strict):
+    """Learning rate per batch: see nnx.optim.Schedule for the formulas."""
+
+    name: Literal["none", "step", "exponential", "cosine", "onecycle"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_epochs: int = Field(1, ge=1)  # step
+    gamma: float = Field(0.1, gt=0, le=1)  # step, exponential
+    pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle
+    div_factor: float = Field(25.0, ge=1)  # onecycle
+    final_div_factor: float = Field(1e4, ge=1)  # onecycle
+
+
+class EarlyStoppingConfig(Strict):
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class AugmentConfig(Strict):
+    """Random shifts and rotations of each training image, on the device; off by default."""
+
+    enabled: bool = False
+    max_shift: int = Field(2, ge=0, le=8)  # pixels
+    max_rotation: float = Field(10.0, ge=0, le=45)  # degrees
 
 
 class TrainingConfig(Strict):
@@ -55,6 +180,8 @@ class TrainingConfig(Strict):
     batch_size: int = Field(64, ge=1)
     seed: int = Field(0, ge=0)
     validation: int = Field(5000, ge=0)
+    early_stopping: EarlyStoppingConfig | None = None
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
 class Config(Strict):
@@ -65,6 +192,7 @@ class Config(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: str | None = None
 
@@ -77,8 +205,8 @@ class Config(Strict):
         raise ValueError("expected cpu, gpu, gpu:N or auto")
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def _describe(error: dict[str, Any], prefix: str = "") -> str:
+    key = ".".join(str(part) for part in ([prefix] if prefix else []) + list(error["loc"])) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     value = error.get("input")

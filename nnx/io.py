@@ -110,10 +110,12 @@ def load_model(path: Path, backend: Backend) -> LoadedModel:
     """Rebuild the network on `backend` (its dtype) from a model file."""
     header, arrays = read_header(path)
     try:
+        if not isinstance(header["architecture"], list):
+            raise TypeError("the architecture is not a list of layers")
         model = build_model(header["architecture"], backend, np.random.default_rng(0))
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(f"{path}: unsupported architecture ({exc})") from None
-    expected = {name: tuple(p.shape) for name, p, _ in model.parameters()}
+    expected = model.state_shapes()
     got = {name: a.shape for name, a in arrays.items()}
     if expected != got:
         raise ModelFileError(f"{path}: parameter shapes {got} do not fit the architecture {expected}")

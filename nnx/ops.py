@@ -7,12 +7,45 @@ optimizers call them through `backend.ops`, so they never know which one they go
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+_M1, _M2, _GOLDEN = 0x85EBCA6B, 0xC2B2AE35, 0x9E3779B1
+_MASK32 = 0xFFFFFFFF
+
+
+def mix_key(*parts: int) -> int:
+    """Fold integers (seed, epoch, batch, layer...) into one 32-bit key (murmur3's finaliser)."""
+    h = 0
+    for part in parts:
+        h = (h ^ (int(part) & _MASK32)) * _GOLDEN & _MASK32
+        h ^= h >> 16
+        h = h * _M1 & _MASK32
+        h ^= h >> 13
+        h = h * _M2 & _MASK32
+        h ^= h >> 16
+    return h
 
 
 class Ops:
     def __init__(self, xp: Any) -> None:
         self.xp = xp
+
+    def uniform(self, shape: tuple[int, ...], key: int, dtype: Any) -> Any:
+        """Counter-based uniform numbers in [0, 1): u_i = fmix32(i * golden + key) / 2^32, kept to
+        24 bits so float32 holds them exactly. A pure function of (key, i): the same on every
+        backend, and nothing to save or restore when a run resumes mid-epoch."""
+        xp = self.xp
+        u32 = xp.uint32
+        h = xp.arange(math.prod(shape), dtype=u32)
+        h *= u32(_GOLDEN)
+        h += u32(key & _MASK32)
+        h ^= h >> u32(16)
+        h *= u32(_M1)
+        h ^= h >> u32(13)
+        h *= u32(_M2)
+        h ^= h >> u32(16)
+        return ((h >> u32(8)).astype(dtype) * (1.0 / (1 << 24))).reshape(shape)
 
     def normalize(self, pixels: Any, scale: float, shift: float, dtype: Any) -> Any:
         """x = pixels * scale - shift, from uint8 to `dtype`."""
@@ -60,3 +93,39 @@ class Ops:
         v *= mu
         v += d
         p -= lr * (d + mu * v if nesterov else v)
+
+    def adam_update(
+        self,
+        p: Any,
+        g: Any,
+        m: Any,
+        v: Any,
+        lr: float,
+        b1: float,
+        b2: float,
+        eps: float,
+        step: int,
+        wd: float,
+        decoupled: bool,
+    ) -> None:
+        """In place, Adam (Kingma & Ba 2015), with L2 (Adam) or decoupled (AdamW) weight decay:
+        d = g (+ wd p);  m <- b1 m + (1 - b1) d;  v <- b2 v + (1 - b2) d^2;
+        p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)  (- lr wd p for AdamW)."""
+        xp = self.xp
+        if decoupled and wd:
+            p *= 1 - lr * wd
+        d = g + wd * p if (wd and not decoupled) else g
+        m *= b1
+        m += (1 - b1) * d
+        v *= b2
+        v += (1 - b2) * (d * d)
+        m_hat = m / (1 - b1**step)
+        v_hat = v / (1 - b2**step)
+        p -= lr * m_hat / (xp.sqrt(v_hat) + eps)
+
+    def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
+        """In place, RMSprop: d = g + wd p;  s <- rho s + (1 - rho) d^2;  p <- p - lr d / (sqrt(s) + eps)."""
+        d = g + wd * p if wd else g
+        s *= rho
+        s += (1 - rho) * (d * d)
+        p -= lr * d / (self.xp.sqrt(s) + eps)

@@ -3,24 +3,33 @@
 It prints nothing: it reports through callbacks, which the CLI renders as progress bars and a
 notebook or test can consume as they like. Loss and accuracy accumulate on the device; reading
 them (a synchronisation on the GPU) is left to whoever listens, as often as it wants.
+
+Everything random in an epoch is a function of (seed, epoch, batch): the batch order, dropout
+masks, augmentation. So a run can stop anywhere and resume bitwise identical from a checkpoint
+that holds the weights, the optimizer's state and the loop's `TrainState`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from nnx.backend import Backend
 from nnx.data.mnist import Split
+from nnx.errors import NnxError
 from nnx.nn.loss import SoftmaxCrossEntropy
 from nnx.nn.sequential import Sequential
+from nnx.optim import Optimizer, Schedule
 from nnx.preprocess import Preprocess
 
 EVAL_BATCH = 2000
+# Batches between finiteness checks of the loss: each check reads one device scalar.
+DIVERGENCE_CHECK_EVERY = 50
 
 
 class DeviceSplit:
@@ -45,7 +54,7 @@ class BatchProgress:
     samples: int  # seen so far this epoch
     loss_sum: Any
     correct: Any
-    elapsed: float  # seconds since the epoch began (host clock, not synchronised)
+    elapsed: float  # seconds since the epoch (or its resumed part) began; host clock
 
 
 @dataclass
@@ -59,7 +68,34 @@ class EpochMetrics:
     lr: float
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
+
+
+@dataclass
+class TrainState:
+    """Where the loop stands: enough, with weights and optimizer state, to resume exactly."""
+
+    epoch: int = 1  # the epoch in progress, or the next to run
+    batch: int = 0  # batches of `epoch` already done
+    loss_sum: float = 0.0  # partial-epoch accumulators
+    correct: int = 0
+    seen: int = 0
+    epoch_seconds: float = 0.0
+    history: list[EpochMetrics] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+    best_metric: float | None = None
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        data = dict(data)
+        data["history"] = [EpochMetrics(**m) for m in data.get("history", [])]
+        return cls(**data)
 
 
 @dataclass
@@ -68,6 +104,25 @@ class TrainResult:
     train_seconds: float = 0.0
     samples_seen: int = 0
     interrupted: bool = False
+    stopped_early: bool = False
+    best_epoch: int = 0
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when `metric` (val_accuracy or val_loss) has not improved by min_delta for
+    `patience` epochs; the trainer keeps the best weights."""
+
+    metric: str = "val_accuracy"
+    patience: int = 5
+    min_delta: float = 0.0
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        if self.metric == "val_loss":
+            return value < best - self.min_delta
+        return value > best + self.min_delta
 
 
 class Callback:
@@ -80,6 +135,10 @@ class Callback:
     def on_train_end(self, result: TrainResult) -> None: ...
 
 
+class TrainingDivergedError(NnxError):
+    exit_code = 1
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The host permutation for one epoch: a function of (seed, epoch) only, so CPU and GPU runs
     see the same batches and a run can be resumed at any epoch."""
@@ -88,7 +147,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     # lr_t = lr * (1 + cos(pi t / T)) / 2
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    return Schedule("cosine").lr(base_lr, step, total_steps, max(total_steps, 1))
 
 
 def evaluate(
@@ -105,7 +164,7 @@ def evaluate(
     predictions = xp.empty(len(data), dtype=np.int64)
     for start in range(0, len(data), batch_size):
         stop = min(start + batch_size, len(data))
-        z = model.forward(preprocess(data.images[start:stop], backend), training=False)
+        z = model.logits(preprocess(data.images[start:stop], backend), training=False)
         loss_sum += loss_fn.forward(z, data.labels[start:stop]) * (stop - start)
         predictions[start:stop] = z.argmax(axis=1)
     correct = (predictions == data.labels).sum()
@@ -117,11 +176,14 @@ class Trainer:
     def __init__(
         self,
         model: Sequential,
-        optimizer: Any,
+        optimizer: Optimizer,
         backend: Backend,
         preprocess: Preprocess,
         callbacks: list[Callback] | None = None,
-        schedule: str = "none",
+        schedule: str | Schedule = "none",
+        augment: Callable[[Any, int], Any] | None = None,
+        early_stopping: EarlyStopping | None = None,
+        checkpoint: Callable[[TrainState], None] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -129,7 +191,11 @@ class Trainer:
         self.preprocess = preprocess
         self.callbacks = callbacks or []
         self.loss_fn = SoftmaxCrossEntropy(backend)
-        self.schedule = schedule
+        self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+        self.augment = augment  # augment(uint8 images (B, 784) on the device, key) -> images
+        self.early_stopping = early_stopping
+        self.checkpoint = checkpoint  # called with the state after every epoch and on a stop
+        self.best_state: dict[str, np.ndarray] | None = None
         self.stop_requested = False
 
     def request_stop(self) -> None:
@@ -147,32 +213,44 @@ class Trainer:
         epochs: int,
         batch_size: int,
         seed: int,
+        state: TrainState | None = None,
     ) -> TrainResult:
+        """Train until `epochs` are done, starting from `state` (a resumed run) or the start."""
         backend, xp, model, loss_fn = self.backend, self.backend.xp, self.model, self.loss_fn
+        state = state or TrainState()
         n = len(train)
         batches = math.ceil(n / batch_size)
         base_lr = self.optimizer.lr
-        result = TrainResult()
         self._emit("on_train_start", epochs, batches, n)
-        for epoch in range(1, epochs + 1):
+        result = TrainResult()
+        while state.epoch <= epochs and not self.stop_requested:
+            epoch = state.epoch
             self._emit("on_epoch_start", epoch)
             order = backend.asarray(epoch_order(seed, epoch, n))
-            loss_sum = xp.zeros((), dtype=backend.dtype)
-            correct = xp.zeros((), dtype=np.int64)
+            loss_sum = xp.asarray(state.loss_sum, dtype=backend.dtype)
+            correct = xp.asarray(state.correct, dtype=np.int64)
+            seen = state.seen
             started = time.perf_counter()
-            seen = 0
-            for batch in range(batches):
-                if self.schedule == "cosine":
-                    self.optimizer.lr = cosine_lr(base_lr, (epoch - 1) * batches + batch, epochs * batches)
+            for batch in range(state.batch, batches):
+                self.optimizer.lr = self.schedule.lr(base_lr, (epoch - 1) * batches + batch, epochs * batches, batches)
                 idx = order[batch * batch_size : (batch + 1) * batch_size]
                 y = train.labels[idx]
-                z = model.forward(self.preprocess(train.images[idx], backend), training=True)
+                pixels = train.images[idx]
+                if self.augment is not None:
+                    pixels = self.augment(pixels, _key(seed, epoch, batch, "augment"))
+                model.set_random_key(seed, epoch, batch)
+                z = model.logits(self.preprocess(pixels, backend), training=True)
                 loss = loss_fn.forward(z, y)
                 correct += (z.argmax(axis=1) == y).sum()
                 model.backward(loss_fn.backward())
                 self.optimizer.step()
                 loss_sum += loss * len(idx)
                 seen += len(idx)
+                state.batch = batch + 1
+                if (batch + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(backend.to_float(loss)):
+                    raise TrainingDivergedError(
+                        f"the loss became {backend.to_float(loss)} at epoch {epoch}, batch {batch + 1}"
+                    )
                 self._emit(
                     "on_batch_end",
                     BatchProgress(epoch, batch + 1, batches, seen, loss_sum, correct, time.perf_counter() - started),
@@ -180,26 +258,71 @@ class Trainer:
                 if self.stop_requested:
                     break
             backend.synchronize()
-            seconds = time.perf_counter() - started
-            result.train_seconds += seconds
-            result.samples_seen += seen
-            if self.stop_requested:
+            state.epoch_seconds += time.perf_counter() - started
+            train_loss = backend.to_float(loss_sum) / max(seen, 1)
+            if not math.isfinite(train_loss):
+                raise TrainingDivergedError(f"the loss became {train_loss} during epoch {epoch} (checked at its end)")
+            if state.batch < batches:  # stopped mid-epoch: keep the partial accumulators
+                state.loss_sum, state.correct, state.seen = backend.to_float(loss_sum), int(correct), seen
                 result.interrupted = True
                 break
-            val_loss = val_acc = None
-            if validation is not None and len(validation):
-                val_loss, val_acc, _ = evaluate(model, validation, self.preprocess, backend)
-            metrics = EpochMetrics(
-                epoch=epoch,
-                train_loss=backend.to_float(loss_sum) / seen,
-                train_accuracy=backend.to_float(correct) / seen,
-                val_loss=val_loss,
-                val_accuracy=val_acc,
-                seconds=seconds,
-                lr=self.optimizer.lr,
-            )
-            result.history.append(metrics)
+            metrics = self._finish_epoch(state, validation, train_loss, backend.to_float(correct) / seen, seen)
             self._emit("on_epoch_end", metrics)
+            if self._should_stop_early(state, metrics):
+                result.stopped_early = True
+                self._checkpoint(state)
+                break
+            self._checkpoint(state)
+        if self.stop_requested and not result.stopped_early:
+            result.interrupted = state.epoch <= epochs
+            self._checkpoint(state)
         self.optimizer.lr = base_lr
+        result.history = list(state.history)
+        # Counting the unfinished part of an epoch too (a run stopped mid-epoch).
+        result.train_seconds = state.train_seconds + state.epoch_seconds
+        result.samples_seen = state.samples_seen + state.seen
+        result.best_epoch = state.best_epoch
         self._emit("on_train_end", result)
         return result
+
+    def _finish_epoch(
+        self, state: TrainState, validation: DeviceSplit | None, train_loss: float, train_acc: float, seen: int
+    ) -> EpochMetrics:
+        val_loss = val_acc = None
+        if validation is not None and len(validation):
+            val_loss, val_acc, _ = evaluate(self.model, validation, self.preprocess, self.backend)
+        metrics = EpochMetrics(
+            state.epoch, train_loss, train_acc, val_loss, val_acc, state.epoch_seconds, self.optimizer.lr
+        )
+        state.history.append(metrics)
+        state.train_seconds += state.epoch_seconds
+        state.samples_seen += seen
+        state.epoch += 1
+        state.batch = state.seen = state.correct = 0
+        state.loss_sum = state.epoch_seconds = 0.0
+        return metrics
+
+    def _should_stop_early(self, state: TrainState, metrics: EpochMetrics) -> bool:
+        rule = self.early_stopping
+        if rule is None:
+            return False
+        value = getattr(metrics, rule.metric)
+        if value is None:
+            raise NnxError(f"early stopping on {rule.metric} needs a validation split (training.validation > 0)")
+        if rule.improved(value, state.best_metric):
+            state.best_metric, state.best_epoch = value, metrics.epoch
+            state.epochs_without_improvement = 0
+            self.best_state = self.model.state()
+            return False
+        state.epochs_without_improvement += 1
+        return state.epochs_without_improvement >= rule.patience
+
+    def _checkpoint(self, state: TrainState) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint(state)
+
+
+def _key(seed: int, epoch: int, batch: int, purpose: str) -> int:
+    from nnx.ops import mix_key
+
+    return mix_key(seed, epoch, batch, sum(map(ord, purpose)))

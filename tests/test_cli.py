@@ -42,7 +42,13 @@ def trained(tiny_mnist: Path, tmp_path: Path) -> Path:
 
 
 def test_train_writes_a_complete_run(trained: Path, tiny_mnist: Path) -> None:
-    assert sorted(p.name for p in trained.iterdir()) == ["config.yaml", "metrics.jsonl", "model.npz", "summary.json"]
+    assert sorted(p.name for p in trained.iterdir()) == [
+        "checkpoint.npz",
+        "config.yaml",
+        "metrics.jsonl",
+        "model.npz",
+        "summary.json",
+    ]
     summary = json.loads((trained / "summary.json").read_text())
     for key in ("test_accuracy", "train_seconds", "samples_per_second", "peak_rss_mb", "device", "dtype", "seed"):
         assert key in summary

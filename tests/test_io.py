@@ -91,7 +91,7 @@ def test_unknown_layer_type(saved, tmp_path: Path) -> None:
     arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     odd = tmp_path / "odd.npz"
     np.savez(odd, **arrays)
-    with pytest.raises(ModelFileError, match="unknown type 'quantum'"):
+    with pytest.raises(ModelFileError, match="unknown layer type 'quantum'"):
         load_model(odd, get_backend("cpu"))
 
 

@@ -45,6 +45,9 @@ def train(
         list[str] | None, typer.Option("--set", help="Override any key: --set optimizer.momentum=0.5")
     ] = None,
     download: Annotated[bool, typer.Option(help="Download MNIST when it is missing.")] = True,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue a stopped run from its directory's checkpoint.")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a network from a YAML config; writes a run directory with the model and metrics."""
@@ -59,7 +62,7 @@ def train(
         "dtype": dtype,
         "data.dir": str(data_dir) if data_dir else None,
     }
-    run_train(config, set_ or [], flags, out, download, quiet)
+    run_train(config, set_ or [], flags, out, download, quiet, resume)
 
 
 @app.command()

@@ -11,19 +11,22 @@ import typer
 from rich.table import Table
 
 from nnx import __version__
-from nnx.backend import get_backend
+from nnx.augment import ShiftRotate
+from nnx.backend import Backend, get_backend
+from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.cli.progress import make_progress
-from nnx.config import load_config
+from nnx.config import Config, load_config
 from nnx.data.mnist import load_mnist, resolve_data_dir
-from nnx.io import save_model
+from nnx.errors import NnxError
+from nnx.io import read_header, save_model
 from nnx.metrics import peak_rss_mb
-from nnx.nn import build_model, mlp_spec
-from nnx.optim import SGD
+from nnx.nn import Sequential, build_model
+from nnx.optim import OPTIMIZERS, Optimizer, Schedule
 from nnx.preprocess import Preprocess
 from nnx.runs import RunWriter, new_run_dir
-from nnx.train import Callback, DeviceSplit, EpochMetrics, Trainer, evaluate
+from nnx.train import Callback, DeviceSplit, EarlyStopping, EpochMetrics, Trainer, TrainState, evaluate
 
 
 class MetricsWriter(Callback):
@@ -34,6 +37,25 @@ class MetricsWriter(Callback):
         self.writer.add_epoch(metrics.to_dict())
 
 
+def build_model_for(config: Config, backend: Backend) -> Sequential:
+    rng = np.random.default_rng([config.training.seed, 0])
+    try:
+        return build_model(config.model.layer_specs(), backend, rng, classes=10)
+    except ValueError as exc:
+        raise NnxError(f"model.layers: {exc}") from None
+
+
+def build_optimizer(config: Config, model: Sequential, backend: Backend) -> Optimizer:
+    o = config.optimizer
+    common = {"weight_decay": o.weight_decay, "ops": backend.ops, "clip_norm": o.clip_norm}
+    params = model.flat_parameters()
+    if o.name == "sgd":
+        return OPTIMIZERS["sgd"](params, o.lr, o.momentum, o.nesterov, **common)
+    if o.name == "rmsprop":
+        return OPTIMIZERS["rmsprop"](params, o.lr, o.rho, o.eps, **common)
+    return OPTIMIZERS[o.name](params, o.lr, o.betas, o.eps, **common)
+
+
 def run_train(
     config_name: str | None,
     assignments: list[str],
@@ -41,46 +63,66 @@ def run_train(
     out: Path | None,
     download: bool,
     quiet: bool,
+    resume: Path | None = None,
 ) -> None:
     console = stdout_console()
+    if resume is not None:
+        if not (resume / "config.yaml").is_file() or not (resume / CHECKPOINT).is_file():
+            raise NnxError(f"{resume}: not a run directory with config.yaml and {CHECKPOINT} to resume")
+        config_name = str(resume / "config.yaml")
     config, config_path = load_config(config_name, assignments, flags)
     backend = get_backend(config.device, config.dtype, config.allow_tf32)
     data_dir = resolve_data_dir(None, config.data.dir)
     config.data.dir = str(data_dir)
+    model = build_model_for(config, backend)
+    optimizer = build_optimizer(config, model, backend)
     ensure_data(data_dir, console, download)
     mnist = load_mnist(data_dir, config.training.validation)
-
     t = config.training
-    rng = np.random.default_rng([t.seed, 0])
-    model = build_model(
-        mlp_spec([784, *config.model.hidden, 10], config.model.activation, config.model.init), backend, rng
-    )
-    o = config.optimizer
-    optimizer = SGD(model.flat_parameters(), o.lr, o.momentum, o.nesterov, o.weight_decay, backend.ops)
     preprocess = Preprocess.named(config.data.normalize)
 
-    run_dir = new_run_dir(config, str(out) if out else None)
+    run_dir = resume if resume is not None else new_run_dir(config, str(out) if out else None)
     writer = RunWriter(run_dir, config)
+    state = TrainState()
+    if resume is not None:
+        state = load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
+        writer.metric_lines = [__import__("json").dumps(m.to_dict()) for m in state.history]
     if not quiet:
         if config.device == "auto":
             why = f": no usable GPU ({backend.auto_fallback})" if backend.auto_fallback else ""
             console.print(f"device auto -> {backend.name}{why}", markup=False)
         console.print(
             f"nnx {__version__} | {config_path.name} | device {backend.description()} | "
-            f"model {' -> '.join(str(s) for s in [784, *config.model.hidden, 10])} "
-            f"({model.count_parameters():,} parameters) | train {len(mnist.train):,} "
-            f"val {len(mnist.validation):,} test {len(mnist.test):,} | run {run_dir}",
+            f"model {model.describe()} ({model.count_parameters():,} parameters) | "
+            f"train {len(mnist.train):,} val {len(mnist.validation):,} test {len(mnist.test):,} | run {run_dir}",
             markup=False,
         )
+        if resume is not None:
+            console.print(f"resuming at epoch {state.epoch}, batch {state.batch}", markup=False)
 
+    early = t.early_stopping
     trainer = Trainer(
         model,
         optimizer,
         backend,
         preprocess,
         [MetricsWriter(writer), *make_progress(console, backend, quiet)],
-        o.schedule,
+        Schedule(**config.schedule.model_dump()),
+        augment=ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if t.augment.enabled else None,
+        early_stopping=EarlyStopping(early.metric, early.patience, early.min_delta) if early else None,
     )
+    if resume is not None and (run_dir / BEST).is_file():
+        trainer.best_state = read_header(run_dir / BEST)[1]
+    saved_best_epoch = state.best_epoch
+
+    def checkpoint(current: TrainState) -> None:
+        nonlocal saved_best_epoch
+        if trainer.best_state is not None and current.best_epoch != saved_best_epoch:
+            save_model(run_dir / BEST, _with_state(model, trainer.best_state), preprocess)
+            saved_best_epoch = current.best_epoch
+        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, current)
+
+    trainer.checkpoint = checkpoint
     train_data = DeviceSplit(mnist.train, backend)
     val_data = DeviceSplit(mnist.validation, backend) if len(mnist.validation) else None
 
@@ -94,11 +136,16 @@ def run_train(
     except ValueError:  # not the main thread (e.g. embedded): Ctrl-C keeps its default meaning
         previous = None
     try:
-        result = trainer.fit(train_data, val_data, t.epochs, t.batch_size, t.seed)
+        result = trainer.fit(train_data, val_data, t.epochs, t.batch_size, t.seed, state)
+    except NnxError as exc:
+        kept = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if (run_dir / CHECKPOINT).exists() else ""
+        raise type(exc)(f"{exc}{kept}; try a lower optimizer.lr or optimizer.clip_norm") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
+    if trainer.early_stopping is not None and trainer.best_state is not None and not result.interrupted:
+        model.load_state(trainer.best_state)  # early stopping keeps the best epoch's weights
     test_loss, test_acc, _ = evaluate(model, DeviceSplit(mnist.test, backend), preprocess, backend)
     val_accs = [m.val_accuracy for m in result.history if m.val_accuracy is not None]
     summary = {
@@ -118,6 +165,9 @@ def run_train(
         "epochs": len(result.history),
         "epochs_planned": t.epochs,
         "interrupted": result.interrupted,
+        "stopped_early": result.stopped_early,
+        "best_epoch": result.best_epoch or None,
+        "model_description": model.describe(),
         "nnx_version": __version__,
         "model": str(run_dir / "model.npz"),
     }
@@ -133,29 +183,39 @@ def run_train(
         extra={"config_name": config.name, "interrupted": result.interrupted},
     )
     writer.write_summary(summary)
-
-    if quiet:
-        console.print(f"test accuracy {test_acc:.2%}; model saved to {run_dir / 'model.npz'}", markup=False)
-    else:
-        table = Table(title="nnx train: summary", show_header=False)
-        table.add_column(style="bold")
-        table.add_column()
-        table.add_row("test accuracy", f"{test_acc:.2%}")
-        table.add_row("epochs", f"{len(result.history)} of {t.epochs}")
-        table.add_row("training time", f"{result.train_seconds:.2f} s")
-        table.add_row("samples/s", f"{summary['samples_per_second']:,.0f}")
-        table.add_row(
-            "peak memory",
-            f"{summary['peak_rss_mb']:.0f} MB RSS"
-            + (f", GPU pool {summary['gpu_pool_mb']:.0f} MB" if summary["gpu_pool_mb"] is not None else ""),
-        )
-        table.add_row("device", backend.description())
-        table.add_row("model saved to", str(run_dir / "model.npz"))
-        console.print(table)
+    _print_summary(console, summary, result, t.epochs, backend, run_dir, quiet)
     if result.interrupted:
         console.print(
             f"Stopped by Ctrl-C during epoch {len(result.history) + 1}. Kept in {run_dir}: config.yaml, "
-            f"metrics.jsonl ({len(result.history)} complete epoch(s)), model.npz (weights at the stop), summary.json",
+            f"metrics.jsonl ({len(result.history)} complete epoch(s)), {CHECKPOINT} (to continue: "
+            f"nnx train --resume {run_dir}), model.npz (weights at the stop), summary.json",
             markup=False,
         )
         raise typer.Exit(130)
+
+
+def _with_state(model: Sequential, arrays: dict[str, np.ndarray]) -> Sequential:
+    """A copy of `model` holding `arrays` (for saving the best weights without touching it)."""
+    copy = build_model(model.spec(), model.backend, np.random.default_rng(0))
+    copy.load_state(arrays)
+    return copy
+
+
+def _print_summary(console, summary, result, epochs, backend, run_dir, quiet) -> None:
+    test_acc = summary["test_accuracy"]
+    if quiet:
+        console.print(f"test accuracy {test_acc:.2%}; model saved to {run_dir / 'model.npz'}", markup=False)
+        return
+    table = Table(title="nnx train: summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("test accuracy", f"{test_acc:.2%}")
+    stopped = f" (early stop; best epoch {result.best_epoch})" if result.stopped_early else ""
+    table.add_row("epochs", f"{len(result.history)} of {epochs}{stopped}")
+    table.add_row("training time", f"{result.train_seconds:.2f} s")
+    table.add_row("samples/s", f"{summary['samples_per_second']:,.0f}")
+    gpu = f", GPU pool {summary['gpu_pool_mb']:.0f} MB" if summary["gpu_pool_mb"] is not None else ""
+    table.add_row("peak memory", f"{summary['peak_rss_mb']:.0f} MB RSS{gpu}")
+    table.add_row("device", backend.description())
+    table.add_row("model saved to", str(run_dir / "model.npz"))
+    console.print(table)

@@ -16,12 +16,17 @@ class Layer:
     """
 
     kind: str = "layer"
+    uses_random = False  # True for layers that draw random numbers in training (dropout)
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.xp = backend.xp
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
+        # State that is saved with the model but not trained (batch norm's running statistics).
+        self.buffers: dict[str, Any] = {}
+        # Set by Sequential before every training batch; random layers derive their numbers from it.
+        self.random_key = 0
         # The first layer of a network has no use for dL/dx; skipping it saves a matmul.
         self.compute_dx = True
 

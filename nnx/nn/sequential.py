@@ -1,16 +1,24 @@
-"""A network as a chain of layers."""
+"""A network as a chain of layers, and building one from its layer list."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from nnx.backend import Backend
-from nnx.nn.activations import ACTIVATIONS, ReLU
+from nnx.nn.activations import ACTIVATIONS, ReLU, Softmax
+from nnx.nn.conv import AvgPool2D, Conv2D, Flatten, MaxPool2D, Reshape, output_size
 from nnx.nn.layer import Layer
 from nnx.nn.linear import Linear
+from nnx.nn.regularize import BatchNorm, Dropout
+from nnx.ops import mix_key
+
+INPUT_SHAPE = (784,)
+IMAGE_SHAPE = (1, 28, 28)
+CLASSES = 10
 
 
 class Sequential:
@@ -30,12 +38,15 @@ class Sequential:
                 layer.fuse_relu = True
                 following.applied_by_previous = True
         self.flat_params, self.flat_grads = self._flatten()
+        # A final Softmax is for inference; training feeds logits to the fused loss instead.
+        self.logit_layers = layers[:-1] if layers and isinstance(layers[-1], Softmax) else layers
+        self.random_layers = [(i, layer) for i, layer in enumerate(layers) if layer.uses_random]
 
     def _flatten(self) -> tuple[Any, Any]:
         xp = self.backend.xp
-        sizes = [int(p.size) for _, p, _ in self.parameters()]
-        flat_params = xp.zeros(sum(sizes), dtype=self.backend.dtype)
-        flat_grads = xp.zeros(sum(sizes), dtype=self.backend.dtype)
+        total = sum(int(p.size) for _, p, _ in self.parameters())
+        flat_params = xp.zeros(total, dtype=self.backend.dtype)
+        flat_grads = xp.zeros(total, dtype=self.backend.dtype)
         offset = 0
         for layer in self.layers:
             for key, param in layer.params.items():
@@ -48,14 +59,31 @@ class Sequential:
         return flat_params, flat_grads
 
     def forward(self, x: Any, training: bool = False) -> Any:
+        """The network's output (probabilities when it ends in a Softmax layer)."""
         self.backend.check_owned(x, "the network's input")
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
 
+    def logits(self, x: Any, training: bool = False) -> Any:
+        """The output before a final Softmax: what the loss is computed from."""
+        self.backend.check_owned(x, "the network's input")
+        for layer in self.logit_layers:
+            x = layer.forward(x, training)
+        return x
+
     def backward(self, dy: Any) -> None:
-        for layer in reversed(self.layers):
+        """Backpropagate dL/d(logits) through the layers `logits` ran."""
+        for layer in reversed(self.logit_layers):
             dy = layer.backward(dy)
+
+    def set_random_key(self, *parts: int) -> None:
+        """Key every layer's random numbers for the next batch, e.g. by (seed, epoch, batch)."""
+        if not self.random_layers:
+            return
+        base = mix_key(*parts)
+        for i, layer in self.random_layers:
+            layer.random_key = mix_key(base, i)
 
     def parameters(self) -> Iterator[tuple[str, Any, Any]]:
         """(name, param, grad) for every parameter, in a fixed order: "0.W", "0.b", "2.W", ..."""
@@ -67,15 +95,29 @@ class Sequential:
         """All parameters as one (name, param, grad) triple: what an optimizer updates at once."""
         return [("all", self.flat_params, self.flat_grads)]
 
+    def buffers(self) -> Iterator[tuple[str, Any]]:
+        for i, layer in enumerate(self.layers):
+            for key, buffer in layer.buffers.items():
+                yield f"{i}.{key}", buffer
+
     def state(self) -> dict[str, np.ndarray]:
-        """Host copies of every parameter, keyed like `parameters()`; the model is not touched."""
-        return {name: self.backend.to_numpy(p).copy() for name, p, _ in self.parameters()}
+        """Host copies of every parameter and buffer; the model itself is not touched."""
+        arrays = {name: p for name, p, _ in self.parameters()}
+        arrays.update(self.buffers())
+        return {name: self.backend.to_numpy(a).copy() for name, a in arrays.items()}
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = {name: tuple(p.shape) for name, p, _ in self.parameters()}
+        shapes.update({name: tuple(b.shape) for name, b in self.buffers()})
+        return shapes
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        """Copy host arrays into the parameters in place (shapes must match)."""
+        """Copy host arrays into the parameters and buffers in place (shapes must match)."""
         xp = self.backend.xp
-        for name, param, _ in self.parameters():
-            param[...] = xp.asarray(arrays[name], dtype=param.dtype)
+        targets = {name: p for name, p, _ in self.parameters()}
+        targets.update(self.buffers())
+        for name, target in targets.items():
+            target[...] = xp.asarray(arrays[name], dtype=target.dtype)
 
     def spec(self) -> list[dict[str, Any]]:
         return [layer.spec() for layer in self.layers]
@@ -83,22 +125,103 @@ class Sequential:
     def count_parameters(self) -> int:
         return sum(int(p.size) for _, p, _ in self.parameters())
 
+    def describe(self) -> str:
+        return " -> ".join(_short(layer.spec()) for layer in self.layers)
+
     def __repr__(self) -> str:
         return "Sequential(" + ", ".join(repr(layer) for layer in self.layers) + ")"
 
 
-def build_model(spec: list[dict[str, Any]], backend: Backend, rng: np.random.Generator) -> Sequential:
-    """Build a network from its layer list (as in a config or a model file's header)."""
+def _short(spec: dict[str, Any]) -> str:
+    kind = spec["type"]
+    if kind == "linear":
+        return f"linear{spec['out']}"
+    if kind == "conv2d":
+        return f"conv{spec['out']}x{spec['kernel']}"
+    if kind in ("maxpool2d", "avgpool2d"):
+        return f"{kind[:3]}pool{spec['size']}"
+    if kind == "dropout":
+        return f"dropout{spec['p']}"
+    return kind
+
+
+def build_model(
+    spec: list[dict[str, Any]], backend: Backend, rng: np.random.Generator, classes: int | None = None
+) -> Sequential:
+    """Build a network from its layer list (a config's, or a model file's), checking that the
+    shapes chain from the input (MNIST's 784 pixels, unless the first layer says another "in")
+    to `classes` outputs when given. Sizes a layer can take from its input ("in" of linear and
+    conv2d, "features" of batchnorm) may be left out."""
     layers: list[Layer] = []
+    first = spec[0] if spec else {}
+    shape: tuple[int, ...] = (int(first["in"]),) if first.get("type") == "linear" and "in" in first else INPUT_SHAPE
     for i, item in enumerate(spec):
         kind = item.get("type")
-        if kind == "linear":
-            layers.append(Linear(backend, int(item["in"]), int(item["out"]), item.get("init", "he"), rng))
-        elif kind in ACTIVATIONS:
-            layers.append(ACTIVATIONS[kind](backend))
-        else:
-            raise ValueError(f"layer {i}: unknown type {kind!r}")
+        where = f"layer {i} ({kind})"
+        if kind == "conv2d" and len(shape) == 1:
+            if shape != INPUT_SHAPE:
+                raise ValueError(f"{where}: needs an image, but its input is a flat vector of {shape[0]}")
+            layers.append(Reshape(backend, IMAGE_SHAPE))
+            shape = IMAGE_SHAPE
+        layer, shape = _build_layer(kind, item, shape, backend, rng, where)
+        layers.append(layer)
+    if classes is not None and shape != (classes,):
+        raise ValueError(f"the last layer gives outputs of shape {shape}; MNIST needs {classes} (one per digit)")
+    if any(isinstance(layer, Softmax) for layer in layers[:-1]):
+        raise ValueError("softmax may only be the last layer")
     return Sequential(layers, backend)
+
+
+def _expect_in(item: dict[str, Any], key: str, actual: int, where: str) -> None:
+    if item.get(key) is not None and int(item[key]) != actual:
+        raise ValueError(f"{where}: {key} is {item[key]} but its input has {actual}")
+
+
+def _build_layer(
+    kind: Any, item: dict[str, Any], shape: tuple[int, ...], backend: Backend, rng: np.random.Generator, where: str
+) -> tuple[Layer, tuple[int, ...]]:
+    if kind == "linear":
+        if len(shape) != 1:
+            raise ValueError(f"{where}: needs a flat input but gets shape {shape}; add a flatten layer before it")
+        _expect_in(item, "in", shape[0], where)
+        out = int(item["out"])
+        return Linear(backend, shape[0], out, item.get("init", "he"), rng), (out,)
+    if kind == "conv2d":
+        if len(shape) != 3:
+            raise ValueError(f"{where}: needs (channels, height, width) but gets shape {shape}")
+        _expect_in(item, "in", shape[0], where)
+        k, stride, pad = int(item.get("kernel", 3)), int(item.get("stride", 1)), int(item.get("padding", 0))
+        out = int(item["out"])
+        oh, ow = output_size(shape[1], k, stride, pad), output_size(shape[2], k, stride, pad)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{where}: a {k}x{k} kernel does not fit its {shape[1]}x{shape[2]} input")
+        return Conv2D(backend, shape[0], out, k, stride, pad, item.get("init", "he"), rng), (out, oh, ow)
+    if kind in ("maxpool2d", "avgpool2d"):
+        if len(shape) != 3:
+            raise ValueError(f"{where}: needs (channels, height, width) but gets shape {shape}")
+        size = int(item.get("size", 2))
+        stride = int(item.get("stride") or size)
+        cls = MaxPool2D if kind == "maxpool2d" else AvgPool2D
+        oh, ow = output_size(shape[1], size, stride, 0), output_size(shape[2], size, stride, 0)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{where}: a {size}x{size} window does not fit its {shape[1]}x{shape[2]} input")
+        return cls(backend, size, stride), (shape[0], oh, ow)
+    if kind == "flatten":
+        return Flatten(backend), (math.prod(shape),)
+    if kind == "reshape":
+        target = tuple(int(s) for s in item["shape"])
+        if math.prod(target) != math.prod(shape):
+            raise ValueError(f"{where}: cannot reshape {shape} to {target}")
+        return Reshape(backend, target), target
+    if kind == "dropout":
+        return Dropout(backend, float(item.get("p", 0.5))), shape
+    if kind == "batchnorm":
+        _expect_in(item, "features", shape[0], where)
+        return BatchNorm(backend, shape[0], float(item.get("momentum", 0.1)), float(item.get("eps", 1e-5))), shape
+    if kind in ACTIVATIONS:
+        extra = {"alpha": float(item["alpha"])} if "alpha" in item else {}
+        return ACTIVATIONS[kind](backend, **extra), shape
+    raise ValueError(f"{where}: unknown layer type {kind!r}")
 
 
 def mlp_spec(sizes: list[int], activation: str = "relu", init: str = "he") -> list[dict[str, Any]]:

@@ -1,0 +1,74 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+checkpoint.npz holds the model's arrays, the optimizer's state arrays and a JSON header with the
+loop's TrainState (epoch, batch, partial accumulators, history, early-stopping bookkeeping) and
+the optimizer's step count. The random numbers need no saving: they are functions of
+(seed, epoch, batch). Written atomically after every epoch and when a run is stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnx import __version__
+from nnx.atomic import write_atomic
+from nnx.errors import NnxError
+from nnx.nn.sequential import Sequential
+from nnx.optim import Optimizer
+from nnx.train import TrainState
+
+CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
+FORMAT = "nnx-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: Path, model: Sequential, optimizer: Optimizer, state: TrainState) -> None:
+    arrays = {f"model/{k}": v for k, v in model.state().items()}
+    arrays.update({f"optim/{k}": v for k, v in optimizer.state_arrays(model.backend.to_numpy).items()})
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "nnx_version": __version__,
+        "state": state.to_dict(),
+        "optimizer_steps": optimizer.steps,
+        "architecture": model.spec(),
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, model: Sequential, optimizer: Optimizer) -> TrainState:
+    """Restore model and optimizer in place; returns the loop's state."""
+    if not path.is_file():
+        raise NnxError(f"{path}: no checkpoint to resume from")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        header = json.loads(arrays.pop("__header__").tobytes().decode())
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise NnxError(f"{path}: not a readable nnx checkpoint ({exc})") from None
+    if header.get("format") != FORMAT or header.get("format_version", 0) > FORMAT_VERSION:
+        raise NnxError(f"{path}: not an nnx checkpoint this version understands")
+    if header.get("architecture") != model.spec():
+        raise NnxError(f"{path}: the checkpoint's architecture differs from the run's config")
+    model_arrays = {k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")}
+    optim_arrays = {k.removeprefix("optim/"): v for k, v in arrays.items() if k.startswith("optim/")}
+    try:
+        model.load_state(model_arrays)
+        optimizer.load_state_arrays(optim_arrays, int(header["optimizer_steps"]))
+    except (KeyError, ValueError) as exc:
+        raise NnxError(f"{path}: does not match the run's model or optimizer ({exc})") from None
+    return TrainState.from_dict(header["state"])
+
+
+def checkpoint_summary(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as npz:
+        return json.loads(npz["__header__"].tobytes().decode())["state"]

@@ -1,0 +1,106 @@
+"""Layers that behave differently in training and evaluation: dropout and batch normalization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnx.backend import Backend
+from nnx.nn.layer import Layer
+
+
+class Dropout(Layer):
+    """Inverted dropout: y = x * m / (1 - p), m ~ Bernoulli(1 - p), in training; y = x in eval.
+
+    The mask comes from the backend's counter-based generator keyed by (seed, epoch, batch,
+    layer): the same mask on every backend and after a resume. Tests may set `mask` directly
+    through `next_mask` to inject one."""
+
+    kind = "dropout"
+    uses_random = True
+
+    def __init__(self, backend: Backend, p: float = 0.5) -> None:
+        super().__init__(backend)
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = p
+        self.mask: Any = None
+        self.next_mask: Any = None
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        if not training or self.p == 0:
+            self.mask = None
+            return x
+        if self.next_mask is not None:
+            keep, self.next_mask = self.next_mask, None
+        else:
+            keep = self.backend.ops.uniform(x.shape, self.random_key, x.dtype) >= self.p
+        self.mask = keep * x.dtype.type(1 / (1 - self.p))
+        return x * self.mask
+
+    def backward(self, dy: Any) -> Any:
+        # dL/dx = dy * m / (1 - p)
+        return dy if self.mask is None else dy * self.mask
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.kind, "p": self.p}
+
+
+class BatchNorm(Layer):
+    """y = gamma (x - mu) / sqrt(var + eps) + beta, per feature (N, F) or channel (N, C, H, W).
+
+    Training normalises with the batch's statistics and updates running averages
+    (r <- (1 - momentum) r + momentum batch_stat); evaluation uses the running ones, which are
+    saved in model files as buffers."""
+
+    kind = "batchnorm"
+
+    def __init__(self, backend: Backend, features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__(backend)
+        xp, dtype = self.xp, backend.dtype
+        self.features, self.momentum, self.eps = features, momentum, eps
+        self.params = {"gamma": xp.ones(features, dtype=dtype), "beta": xp.zeros(features, dtype=dtype)}
+        self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+        self.buffers = {"running_mean": xp.zeros(features, dtype=dtype), "running_var": xp.ones(features, dtype=dtype)}
+
+    def _axes(self, x: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if x.ndim == 2:
+            return (0,), (1, self.features)
+        return (0, 2, 3), (1, self.features, 1, 1)
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        xp = self.xp
+        axes, shape = self._axes(x)
+        self.training = training
+        if training:
+            mu = x.mean(axis=axes)
+            var = x.var(axis=axes)
+            count = x.size // self.features
+            m = self.momentum
+            self.buffers["running_mean"] *= 1 - m
+            self.buffers["running_mean"] += m * mu
+            self.buffers["running_var"] *= 1 - m
+            # The running variance is the unbiased estimate, as in other frameworks.
+            self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
+        else:
+            mu, var = self.buffers["running_mean"], self.buffers["running_var"]
+        self.inv_std = (1 / xp.sqrt(var + self.eps)).reshape(shape)
+        self.x_hat = (x - mu.reshape(shape)) * self.inv_std
+        return self.params["gamma"].reshape(shape) * self.x_hat + self.params["beta"].reshape(shape)
+
+    def backward(self, dy: Any) -> Any:
+        axes, shape = self._axes(dy)
+        x_hat = self.x_hat
+        (dy * x_hat).sum(axis=axes, out=self.grads["gamma"])
+        dy.sum(axis=axes, out=self.grads["beta"])
+        dx_hat = dy * self.params["gamma"].reshape(shape)
+        if not self.training:
+            return dx_hat * self.inv_std
+        # With batch statistics mu and var depend on x too:
+        # dx = inv_std / M (M dx_hat - sum dx_hat - x_hat sum(dx_hat x_hat)),  M = values per feature
+        count = dy.size // self.features
+        sum_dx_hat = dx_hat.sum(axis=axes).reshape(shape)
+        sum_dx_hat_x_hat = (dx_hat * x_hat).sum(axis=axes).reshape(shape)
+        return self.inv_std / count * (count * dx_hat - sum_dx_hat - x_hat * sum_dx_hat_x_hat)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.kind, "features": self.features, "momentum": self.momentum, "eps": self.eps}
