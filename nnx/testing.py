@@ -28,16 +28,14 @@ def numerical_gradient(f: Callable[[], float], x: Any, eps: float = 1e-6) -> np.
     """Central differences of the scalar f() with respect to every element of x (changed in place
     and restored): df/dx_i ~ (f(x + eps e_i) - f(x - eps e_i)) / (2 eps). Small shapes only."""
     grad = np.zeros(x.shape, dtype=np.float64)
-    flat = x.reshape(-1)
-    out = grad.reshape(-1)
-    for i in range(flat.size):
-        saved = float(flat[i])
-        flat[i] = saved + eps
+    for index in np.ndindex(*x.shape):  # element by element: works for any memory layout
+        saved = float(x[index])
+        x[index] = saved + eps
         plus = f()
-        flat[i] = saved - eps
+        x[index] = saved - eps
         minus = f()
-        flat[i] = saved
-        out[i] = (plus - minus) / (2 * eps)
+        x[index] = saved
+        grad[index] = (plus - minus) / (2 * eps)
     return grad
 
 

@@ -22,28 +22,35 @@ def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int) -> Any:
-    """x: (N, C, H, W) -> cols: (N, C, kh, kw, OH, OW) with cols[n, c, i, j, y, x] =
-    x_padded[n, c, y * stride + i, x * stride + j]."""
+    """x: (N, C, H, W) -> cols: (N, OH, OW, kh, kw, C) with cols[n, y, x, i, j, c] =
+    x_padded[n, c, y * stride + i, x * stride + j]: one row of kh * kw * C per output pixel.
+
+    Channels go last (the input is copied to NHWC once) so every copy below moves contiguous
+    runs of C values, and reshaping to (N * OH * OW, kh * kw * C) costs nothing."""
     n, c, h, w = x.shape
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    x = x.transpose(0, 2, 3, 1)
     if padding:
-        x = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    cols = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+        x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    cols = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = x[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
+            cols[:, :, :, i, j, :] = x[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :]
     return cols
 
 
 def col2im(xp: Any, cols: Any, shape: tuple[int, ...], stride: int, padding: int) -> Any:
-    """The adjoint of im2col: sums each column entry back into the pixel it came from."""
+    """The adjoint of im2col: sums each column entry back into the pixel it came from.
+    cols: (N, OH, OW, kh, kw, C) -> (N, C, H, W)."""
     n, c, h, w = shape
-    _, _, kh, kw, oh, ow = cols.shape
-    dx = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
+    _, oh, ow, kh, kw, _ = cols.shape
+    dx = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += cols[:, :, i, j]
-    return dx[:, :, padding : padding + h, padding : padding + w] if padding else dx
+            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :] += cols[:, :, :, i, j, :]
+    if padding:
+        dx = dx[:, padding : padding + h, padding : padding + w, :]
+    return dx.transpose(0, 3, 1, 2)
 
 
 class Conv2D(Layer):
@@ -70,7 +77,7 @@ class Conv2D(Layer):
         self.kernel, self.stride, self.padding, self.init = kernel, stride, padding, init
         rng = rng if rng is not None else np.random.default_rng(0)
         fan_in = in_channels * kernel * kernel
-        W = init_weight(rng, fan_in, out_channels, init).T.reshape(out_channels, in_channels, kernel, kernel)
+        W = init_weight(rng, fan_in, out_channels, init).T.copy().reshape(out_channels, in_channels, kernel, kernel)
         self.params = {"W": backend.asarray(W), "b": self.xp.zeros(out_channels, dtype=backend.dtype)}
         self.grads = {k: self.xp.zeros_like(v) for k, v in self.params.items()}
 
@@ -79,25 +86,28 @@ class Conv2D(Layer):
         n = x.shape[0]
         self.x_shape = x.shape
         cols = im2col(xp, x, self.kernel, self.kernel, self.stride, self.padding)
-        oh, ow = cols.shape[4], cols.shape[5]
-        # rows: one per output pixel (n, y, x); columns: the window (c, i, j)
-        self.cols = cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, -1)
-        y = self.cols @ self.params["W"].reshape(self.out_channels, -1).T
+        oh, ow = cols.shape[1], cols.shape[2]
+        # rows: one per output pixel (n, y, x); columns: the window (i, j, c)
+        self.cols = cols.reshape(n * oh * ow, -1)
+        y = self.cols @ self._weight_rows().T
         y += self.params["b"]
         return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
 
+    def _weight_rows(self) -> Any:
+        """W as (O, kh * kw * C), in the column order of im2col."""
+        return self.params["W"].transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
+
     def backward(self, dy: Any) -> Any:
         # With Y = cols W^T + b:  dW = dY^T cols,  db = sum dY,  dcols = dY W
-        xp = self.xp
         n, o, oh, ow = dy.shape
+        k, c = self.kernel, self.in_channels
         dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)
-        xp.matmul(dy2.T, self.cols, out=self.grads["W"].reshape(o, -1))
+        self.grads["W"][...] = (dy2.T @ self.cols).reshape(o, k, k, c).transpose(0, 3, 1, 2)
         dy2.sum(axis=0, out=self.grads["b"])
         if not self.compute_dx:
             return None
-        c = self.in_channels
-        dcols = (dy2 @ self.params["W"].reshape(o, -1)).reshape(n, oh, ow, c, self.kernel, self.kernel)
-        return col2im(xp, dcols.transpose(0, 3, 4, 5, 1, 2), self.x_shape, self.stride, self.padding)
+        dcols = (dy2 @ self._weight_rows()).reshape(n, oh, ow, k, k, c)
+        return col2im(self.xp, dcols, self.x_shape, self.stride, self.padding)
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -112,23 +122,23 @@ class Conv2D(Layer):
 
 
 class _Pool2D(Layer):
+    """Pooling over size x size windows, visited one window offset at a time: each offset (i, j)
+    is a strided view of x with one element from every window, so a pass over size^2 views
+    covers all windows without copying them out."""
+
     def __init__(self, backend: Backend, size: int = 2, stride: int | None = None) -> None:
         super().__init__(backend)
         self.size = size
         self.stride = stride or size
 
-    def windows(self, x: Any) -> Any:
-        """(N, C, OH, OW, size * size): every pooling window of x as a row."""
+    def offsets(self, x: Any) -> list[tuple[slice, slice]]:
+        """(rows, cols) slices of x, one per window offset; kept for backward."""
+        _, _, h, w = x.shape
+        k, s = self.size, self.stride
+        oh, ow = output_size(h, k, s, 0), output_size(w, k, s, 0)
         self.x_shape = x.shape
-        cols = im2col(self.xp, x, self.size, self.size, self.stride, 0)
-        n, c, k, _, oh, ow = cols.shape
-        return cols.transpose(0, 1, 4, 5, 2, 3).reshape(n, c, oh, ow, k * k)
-
-    def unwindow(self, dwindows: Any) -> Any:
-        n, c, oh, ow, _ = dwindows.shape
-        k = self.size
-        dcols = dwindows.reshape(n, c, oh, ow, k, k).transpose(0, 1, 4, 5, 2, 3)
-        return col2im(self.xp, dcols, self.x_shape, self.stride, 0)
+        self.views = [(slice(i, i + s * oh, s), slice(j, j + s * ow, s)) for i in range(k) for j in range(k)]
+        return self.views
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind, "size": self.size, "stride": self.stride}
@@ -140,15 +150,26 @@ class MaxPool2D(_Pool2D):
     kind = "maxpool2d"
 
     def forward(self, x: Any, training: bool = False) -> Any:
-        windows = self.windows(x)
-        self.argmax = windows.argmax(axis=-1)
-        return windows.max(axis=-1)
+        views = self.offsets(x)
+        y = x[:, :, views[0][0], views[0][1]].copy()
+        for rows, cols in views[1:]:
+            self.xp.maximum(y, x[:, :, rows, cols], out=y)
+        self.x, self.y = x, y
+        return y
 
     def backward(self, dy: Any) -> Any:
-        # The gradient flows only to each window's (first) maximum: dx_window = onehot(argmax) * dy.
-        positions = self.xp.arange(self.size * self.size)
-        dwindows = (positions == self.argmax[..., None]) * dy[..., None]
-        return self.unwindow(dwindows)
+        # The gradient goes to each window's maximum, and to its first one when there are ties
+        # (common after a ReLU: windows of zeros), so every window passes dy exactly once.
+        # Overlapping windows (stride < size) accumulate through the slice additions.
+        xp = self.xp
+        dx = xp.zeros(self.x_shape, dtype=dy.dtype)
+        taken = xp.zeros(self.y.shape, dtype=bool)
+        for rows, cols in self.views:
+            hit = self.x[:, :, rows, cols] == self.y
+            hit &= ~taken
+            taken |= hit
+            dx[:, :, rows, cols] += dy * hit
+        return dx
 
 
 class AvgPool2D(_Pool2D):
@@ -157,13 +178,20 @@ class AvgPool2D(_Pool2D):
     kind = "avgpool2d"
 
     def forward(self, x: Any, training: bool = False) -> Any:
-        return self.windows(x).mean(axis=-1)
+        views = self.offsets(x)
+        y = x[:, :, views[0][0], views[0][1]].copy()
+        for rows, cols in views[1:]:
+            y += x[:, :, rows, cols]
+        y /= self.size * self.size
+        return y
 
     def backward(self, dy: Any) -> Any:
-        # dx_window = dy / size^2 for every element of the window
-        k2 = self.size * self.size
-        dwindows = self.xp.broadcast_to((dy / k2)[..., None], (*dy.shape, k2))
-        return self.unwindow(dwindows)
+        # dx = dy / size^2 at every element of the window
+        dx = self.xp.zeros(self.x_shape, dtype=dy.dtype)
+        share = dy / (self.size * self.size)
+        for rows, cols in self.views:
+            dx[:, :, rows, cols] += share
+        return dx
 
 
 class Flatten(Layer):

@@ -31,8 +31,11 @@ class Sequential:
     def __init__(self, layers: list[Layer], backend: Backend) -> None:
         self.layers = layers
         self.backend = backend
-        if layers:
-            layers[0].compute_dx = False
+        # Nothing before the first layer with parameters needs dL/dx: skip computing it.
+        for layer in layers:
+            layer.compute_dx = False
+            if layer.params:
+                break
         for layer, following in zip(layers, layers[1:], strict=False):
             if isinstance(layer, Linear) and isinstance(following, ReLU):
                 layer.fuse_relu = True
@@ -76,6 +79,8 @@ class Sequential:
         """Backpropagate dL/d(logits) through the layers `logits` ran."""
         for layer in reversed(self.logit_layers):
             dy = layer.backward(dy)
+            if dy is None:  # the layers below need no gradient (see compute_dx)
+                break
 
     def set_random_key(self, *parts: int) -> None:
         """Key every layer's random numbers for the next batch, e.g. by (seed, epoch, batch)."""
