@@ -85,6 +85,8 @@ def _normalise_layer(index: int, item: Any) -> dict[str, Any]:
     """`relu` or `{conv2d: {out: 32}}` -> {"type": "conv2d", "out": 32, ...defaults}."""
     if isinstance(item, str):
         kind, options = item, {}
+    elif isinstance(item, dict) and "type" in item:  # the resolved form a run's config.yaml holds
+        kind, options = item["type"], {k: v for k, v in item.items() if k != "type"}
     elif isinstance(item, dict) and len(item) == 1:
         kind, options = next(iter(item.items()))
         options = options or {}
@@ -210,7 +212,7 @@ def _describe(error: dict[str, Any], prefix: str = "") -> str:
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     value = error.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
     message = error["msg"].removeprefix("Value error, ")
     return f"{key}: {message}{shown}"
 

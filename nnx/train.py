@@ -28,7 +28,7 @@ from nnx.optim import Optimizer, Schedule
 from nnx.preprocess import Preprocess
 
 EVAL_BATCH = 2000
-# Batches between finiteness checks of the loss: each check reads one device scalar.
+# Batches between reads of the divergence tracker (a device scalar: reading it synchronises).
 DIVERGENCE_CHECK_EVERY = 50
 
 
@@ -230,6 +230,8 @@ class Trainer:
             loss_sum = xp.asarray(state.loss_sum, dtype=backend.dtype)
             correct = xp.asarray(state.correct, dtype=np.int64)
             seen = state.seen
+            # The first batch whose loss was nan or inf, tracked on the device: -1 while all is well.
+            first_bad = xp.asarray(-1)
             started = time.perf_counter()
             for batch in range(state.batch, batches):
                 self.optimizer.lr = self.schedule.lr(base_lr, (epoch - 1) * batches + batch, epochs * batches, batches)
@@ -247,10 +249,9 @@ class Trainer:
                 loss_sum += loss * len(idx)
                 seen += len(idx)
                 state.batch = batch + 1
-                if (batch + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(backend.to_float(loss)):
-                    raise TrainingDivergedError(
-                        f"the loss became {backend.to_float(loss)} at epoch {epoch}, batch {batch + 1}"
-                    )
+                first_bad = xp.where((first_bad < 0) & ~xp.isfinite(loss), batch + 1, first_bad)
+                if (batch + 1) % DIVERGENCE_CHECK_EVERY == 0:
+                    self._check_divergence(epoch, first_bad)
                 self._emit(
                     "on_batch_end",
                     BatchProgress(epoch, batch + 1, batches, seen, loss_sum, correct, time.perf_counter() - started),
@@ -259,9 +260,8 @@ class Trainer:
                     break
             backend.synchronize()
             state.epoch_seconds += time.perf_counter() - started
+            self._check_divergence(epoch, first_bad)
             train_loss = backend.to_float(loss_sum) / max(seen, 1)
-            if not math.isfinite(train_loss):
-                raise TrainingDivergedError(f"the loss became {train_loss} during epoch {epoch} (checked at its end)")
             if state.batch < batches:  # stopped mid-epoch: keep the partial accumulators
                 state.loss_sum, state.correct, state.seen = backend.to_float(loss_sum), int(correct), seen
                 result.interrupted = True
@@ -284,6 +284,11 @@ class Trainer:
         result.best_epoch = state.best_epoch
         self._emit("on_train_end", result)
         return result
+
+    def _check_divergence(self, epoch: int, first_bad: Any) -> None:
+        batch = int(first_bad)
+        if batch >= 0:
+            raise TrainingDivergedError(f"the loss became nan or inf at epoch {epoch}, batch {batch}")
 
     def _finish_epoch(
         self, state: TrainState, validation: DeviceSplit | None, train_loss: float, train_acc: float, seen: int

@@ -76,7 +76,9 @@ def test_directional_check_on_a_larger_conv(cpu64) -> None:
     assert directional_check(loss, layer.params["W"], layer.grads["W"].copy(), rng) < TOL
 
 
-@pytest.mark.parametrize(("cls", "size", "stride"), [(MaxPool2D, 2, 2), (MaxPool2D, 3, 2), (AvgPool2D, 2, 2), (AvgPool2D, 3, 1)])
+@pytest.mark.parametrize(
+    ("cls", "size", "stride"), [(MaxPool2D, 2, 2), (MaxPool2D, 3, 2), (AvgPool2D, 2, 2), (AvgPool2D, 3, 1)]
+)
 def test_pool_gradients(backend, cls, size: int, stride: int) -> None:
     rng = np.random.default_rng(4)
     # Distinct values spaced well apart: finite differences never reorder a window's maximum.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def run_train(
     state = TrainState()
     if resume is not None:
         state = load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
-        writer.metric_lines = [__import__("json").dumps(m.to_dict()) for m in state.history]
+        writer.metric_lines = [json.dumps(m.to_dict()) for m in state.history]
     if not quiet:
         if config.device == "auto":
             why = f": no usable GPU ({backend.auto_fallback})" if backend.auto_fallback else ""
@@ -136,7 +137,9 @@ def run_train(
     except ValueError:  # not the main thread (e.g. embedded): Ctrl-C keeps its default meaning
         previous = None
     try:
-        result = trainer.fit(train_data, val_data, t.epochs, t.batch_size, t.seed, state)
+        # A diverging run is reported by the trainer's guard; NumPy's overflow warnings are noise.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            result = trainer.fit(train_data, val_data, t.epochs, t.batch_size, t.seed, state)
     except NnxError as exc:
         kept = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if (run_dir / CHECKPOINT).exists() else ""
         raise type(exc)(f"{exc}{kept}; try a lower optimizer.lr or optimizer.clip_norm") from None

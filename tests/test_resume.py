@@ -1,0 +1,216 @@
+"""Checkpoints, --resume, early stopping, the divergence guard, augmentation, layer configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nnx.augment import ShiftRotate
+from nnx.backend import get_backend
+from nnx.cli.app import app
+from nnx.config import load_config
+from nnx.errors import ConfigError
+from nnx.io import load_model, save_model
+from nnx.nn import build_model
+from nnx.preprocess import Preprocess
+from nnx.train import Callback
+
+# Every source of randomness and state at once: dropout, batch norm, Adam, one-cycle, augmentation.
+RICH_CONFIG = """
+name: rich
+model:
+  layers:
+    - conv2d: {out: 4, kernel: 3, padding: 1}
+    - batchnorm
+    - relu
+    - maxpool2d: {size: 2}
+    - flatten
+    - dropout: {p: 0.3}
+    - linear: {out: 16}
+    - gelu
+    - linear: {out: 10}
+    - softmax
+optimizer: {name: adam, lr: 0.003, clip_norm: 5.0}
+schedule: {name: onecycle}
+training:
+  epochs: 3
+  batch_size: 50
+  validation: 100
+  augment: {enabled: true}
+"""
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def rich_config(tmp_path: Path) -> Path:
+    path = tmp_path / "rich.yaml"
+    path.write_text(RICH_CONFIG)
+    return path
+
+
+def stop_at(monkeypatch: pytest.MonkeyPatch, epoch: int, batch: int) -> None:
+    """Press Ctrl-C once, after the given batch."""
+    import nnx.cli.train_cmd as train_cmd
+
+    class PressCtrlC(Callback):
+        def on_batch_end(self, progress) -> None:
+            if (progress.epoch, progress.batch) == (epoch, batch):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_cmd, "make_progress", lambda *args: [PressCtrlC()])
+
+
+def arrays(path: Path) -> dict[str, bytes]:
+    with np.load(path) as npz:
+        return {key: npz[key].tobytes() for key in npz.files if key != "__header__"}
+
+
+def metrics_without_time(run: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in lines]
+
+
+@pytest.mark.parametrize(("epoch", "batch"), [(2, 10), (2, 4)], ids=["after-epoch-2", "mid-epoch-2"])
+def test_stopped_and_resumed_run_is_bitwise_identical(
+    tiny_mnist: Path, tmp_path: Path, rich_config: Path, monkeypatch: pytest.MonkeyPatch, epoch: int, batch: int
+) -> None:
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert invoke("train", "-c", rich_config, "--data-dir", tiny_mnist, "--out", straight).exit_code == 0
+
+    stop_at(monkeypatch, epoch, batch)  # 500 training images / 50 = 10 batches an epoch
+    first = invoke("train", "-c", rich_config, "--data-dir", tiny_mnist, "--out", stopped)
+    assert first.exit_code == 130 and f"nnx train --resume {stopped}" in first.output
+    assert json.loads((stopped / "summary.json").read_text())["interrupted"] is True
+
+    monkeypatch.undo()
+    resumed = invoke("train", "--resume", stopped)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming at epoch {epoch + (batch == 10)}" in resumed.output
+    assert arrays(straight / "model.npz") == arrays(stopped / "model.npz")
+    assert metrics_without_time(straight) == metrics_without_time(stopped)
+
+
+def test_resume_needs_a_run_directory(tmp_path: Path) -> None:
+    result = invoke("train", "--resume", tmp_path)
+    assert result.exit_code == 2 and "not a run directory" in result.stderr
+
+
+def test_early_stopping_keeps_the_best_model(tiny_mnist: Path, tmp_path: Path) -> None:
+    run = tmp_path / "early"
+    result = invoke(
+        "train", "--data-dir", tiny_mnist, "--out", run, "--epochs", 30,
+        "--set", "model.hidden=[16]", "--set", "training.validation=100",
+        "--set", "training.early_stopping={metric: val_loss, patience: 2, min_delta: 0.5}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["epochs"] == summary["best_epoch"] + 2 < 30
+    assert arrays(run / "model.npz") == arrays(run / "best.npz")
+
+
+def test_divergence_stops_with_the_epoch_and_batch(tiny_mnist: Path, tmp_path: Path) -> None:
+    run = tmp_path / "boom"
+    result = invoke(
+        "train", "--data-dir", tiny_mnist, "--out", run, "--lr", "1e30", "--set", "schedule.name=none",
+        "--set", "training.validation=100",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert line.startswith("error: the loss became nan or inf at epoch 1, batch ") and "\n" not in line
+    assert not (run / "model.npz").exists()
+
+
+def test_divergence_after_a_good_epoch_keeps_its_checkpoint(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loss that turns nan in epoch 2, batch 3: the run stops naming them, and the checkpoint
+    written after epoch 1 is what stays."""
+    import nnx.cli.train_cmd as train_cmd
+
+    original_fit = train_cmd.Trainer.fit
+
+    def fit_with_a_bad_batch(self, *args, **kwargs):
+        real_forward, calls = self.loss_fn.forward, []
+
+        def forward(z, y):
+            calls.append(1)
+            loss = real_forward(z, y)
+            return loss * np.nan if len(calls) == 13 else loss  # 10 batches an epoch
+
+        self.loss_fn.forward = forward
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_cmd.Trainer, "fit", fit_with_a_bad_batch)
+    run = tmp_path / "late"
+    result = invoke(
+        "train", "--data-dir", tiny_mnist, "--out", run, "--set", "model.hidden=[16]",
+        "--set", "training.validation=100", "--set", "training.batch_size=50",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "epoch 2, batch 3" in result.stderr and str(run / "checkpoint.npz") in result.stderr
+    with np.load(run / "checkpoint.npz") as npz:
+        header = json.loads(npz["__header__"].tobytes())
+    assert header["state"]["epoch"] == 2 and len(header["state"]["history"]) == 1
+    assert not (run / "model.npz").exists()
+
+
+def test_augmentation_shifts_and_rotates_on_the_device() -> None:
+    backend = get_backend("cpu")
+    rng = np.random.default_rng(0)
+    images = np.zeros((64, 28, 28), dtype=np.uint8)
+    images[:, 10:18, 12:16] = rng.integers(1, 255, size=(64, 8, 4))
+    pixels = backend.asarray(images.reshape(64, 784))
+    still = ShiftRotate(backend, max_shift=0, max_rotation=0)(pixels, key=1)
+    assert np.array_equal(still, pixels)
+    shifted = ShiftRotate(backend, max_shift=2, max_rotation=0)(pixels, key=1).reshape(64, 28, 28)
+    for n in range(64):  # each image is its original moved by a whole shift within +-2 pixels
+        assert any(
+            np.array_equal(shifted[n], np.roll(images[n], (dy, dx), axis=(0, 1)))
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        )
+    assert len({shifted[n].tobytes() for n in range(64)}) > 5
+    augment = ShiftRotate(backend, max_shift=2, max_rotation=15)
+    assert np.array_equal(augment(pixels, key=5), augment(pixels, key=5))
+    assert not np.array_equal(augment(pixels, key=5), augment(pixels, key=6))
+    assert augment(pixels, key=5).dtype == np.uint8
+
+
+def test_layer_configs_are_validated(tmp_path: Path) -> None:
+    config, _ = load_config(None, ["model.layers=[relu, {leaky_relu: {alpha: 0.2}}, {linear: {out: 10}}]"])
+    assert config.model.layer_specs() == [
+        {"type": "relu"},
+        {"type": "leaky_relu", "alpha": 0.2},
+        {"type": "linear", "out": 10, "init": "he"},
+    ]
+    with pytest.raises(ConfigError, match=r"model\.layers: layer 1: unknown layer type 'lstm'"):
+        load_config(None, ["model.layers=[relu, lstm]"])
+    with pytest.raises(
+        ConfigError, match=r"model\.layers: 0\.conv2d\.kernel: Input should be greater than or equal to 1"
+    ):
+        load_config(None, ["model.layers=[{conv2d: {out: 3, kernel: 0}}]"])
+    with pytest.raises(ConfigError, match=r"model\.layers: 0\.dropout\.rate: unknown key"):
+        load_config(None, ["model.layers=[{dropout: {rate: 0.1}}]"])
+
+
+def test_model_files_hold_every_layer_type(tmp_path: Path, rich_config: Path) -> None:
+    config, _ = load_config(str(rich_config))
+    backend = get_backend("cpu", "float64")
+    model = build_model(config.model.layer_specs(), backend, np.random.default_rng(0), classes=10)
+    x = backend.asarray(np.random.default_rng(1).random((8, 784)))
+    model.forward(x, training=True)  # moves batch norm's running statistics off their defaults
+    save_model(tmp_path / "m.npz", model, Preprocess())
+    loaded = load_model(tmp_path / "m.npz", backend)
+    assert loaded.model.spec() == model.spec()
+    assert np.array_equal(loaded.model.forward(x), model.forward(x))
+    probabilities = loaded.model.forward(x)
+    assert np.allclose(probabilities.sum(axis=1), 1.0)  # the final softmax layer
