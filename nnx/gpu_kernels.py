@@ -36,6 +36,46 @@ _sgd_momentum = cupy.ElementwiseKernel(
     "nnx_sgd_momentum",
 )
 
+_adam = cupy.ElementwiseKernel(
+    "T g, T lr, T b1, T b2, T eps, T c1, T c2, T wd, T decoupled",
+    "T p, T m, T v",
+    """
+    if (decoupled != (T)0) p *= (T)1 - lr * wd;
+    T d = decoupled != (T)0 ? g : g + wd * p;
+    m = b1 * m + ((T)1 - b1) * d;
+    v = b2 * v + ((T)1 - b2) * (d * d);
+    p -= lr * (m / c1) / (sqrt(v / c2) + eps);
+    """,
+    "nnx_adam",
+)
+
+_rmsprop = cupy.ElementwiseKernel(
+    "T g, T lr, T rho, T eps, T wd",
+    "T p, T s",
+    """
+    T d = g + wd * p;
+    s = rho * s + ((T)1 - rho) * (d * d);
+    p -= lr * d / (sqrt(s) + eps);
+    """,
+    "nnx_rmsprop",
+)
+
+# The counter-based generator of Ops.uniform, one thread per number: the same bits as the reference.
+_uniform = cupy.ElementwiseKernel(
+    "uint32 key",
+    "T u",
+    """
+    unsigned int h = (unsigned int)i * 0x9E3779B1u + key;
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    u = (T)(h >> 8) * (T)(1.0 / 16777216.0);
+    """,
+    "nnx_uniform",
+)
+
 # One thread per row: max, exp, sum, the loss term and dL/dz = (p - onehot) / N for that row.
 _SOFTMAX_XENT = r"""
 extern "C" __global__ void nnx_softmax_xent_{T}(
@@ -97,6 +137,21 @@ class FusedOps(Ops):
             ((n + threads - 1) // threads,), (threads,), (z, y, dz, row_loss, cupy.int32(n), cupy.int32(c))
         )
         return row_loss.mean(), dz
+
+    def uniform(self, shape: tuple[int, ...], key: int, dtype: Any) -> Any:
+        return _uniform(cupy.uint32(key & 0xFFFFFFFF), cupy.empty(shape, dtype=dtype))
+
+    def adam_update(
+        self, p: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float, eps: float, step: int, wd: float,
+        decoupled: bool,
+    ) -> None:  # fmt: skip
+        t = p.dtype.type
+        c1, c2 = 1 - b1**step, 1 - b2**step
+        _adam(g, t(lr), t(b1), t(b2), t(eps), t(c1), t(c2), t(wd), t(1 if decoupled else 0), p, m, v)
+
+    def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
+        t = p.dtype.type
+        _rmsprop(g, t(lr), t(rho), t(eps), t(wd), p, s)
 
     def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
         t = p.dtype.type

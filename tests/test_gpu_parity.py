@@ -121,6 +121,14 @@ def test_fused_kernels_match_the_xp_reference(dtype: str) -> None:
             p = backend.asarray(p0)
             ops.sgd_update(p, backend.asarray(g0), None, 0.05, 0.0, False, 0.0)
             out["sgd_plain"] = p
+            for decoupled in (False, True):
+                p, m, v = backend.asarray(p0), backend.asarray(v0), backend.asarray(v0 * v0)
+                ops.adam_update(p, backend.asarray(g0), m, v, 0.01, 0.9, 0.999, 1e-8, 3, 1e-2, decoupled)
+                out[f"adam_p_{decoupled}"], out[f"adam_m_{decoupled}"], out[f"adam_v_{decoupled}"] = p, m, v
+            p, s = backend.asarray(p0), backend.asarray(v0 * v0)
+            ops.rmsprop_update(p, backend.asarray(g0), s, 0.01, 0.99, 1e-8, 1e-3)
+            out["rmsprop_p"], out["rmsprop_s"] = p, s
+            out["uniform"] = ops.uniform((7, 1000), 12345, backend.dtype)
             assert all(isinstance(value, xp.ndarray) for value in out.values())
             return out
 
@@ -129,6 +137,9 @@ def test_fused_kernels_match_the_xp_reference(dtype: str) -> None:
     fused_out = run_with(fused)(gpu)
     reference_out = run_with(reference)(gpu)
     tol = 1e-12 if dtype == "float64" else 1e-5
+    assert np.array_equal(gpu.to_numpy(fused_out["uniform"]), gpu.to_numpy(reference_out["uniform"]))
+    cpu_uniform = get_backend("cpu", dtype).ops.uniform((7, 1000), 12345, np.dtype(dtype))
+    assert np.array_equal(cpu_uniform, gpu.to_numpy(fused_out["uniform"]))  # bit for bit on every backend
     for key in reference_out:
         err = relative_error(gpu.to_numpy(fused_out[key]), gpu.to_numpy(reference_out[key]))
         assert err <= tol, f"{key}: fused vs reference relative error {err:.3g}"
@@ -196,3 +207,59 @@ def test_train_on_gpu_reaches_97_5(mnist_dir: Path, tmp_path: Path) -> None:
     assert summary["device"] == "gpu:0" and summary["test_accuracy"] >= 0.975 and summary["tf32"] is False
     evaluated = CliRunner().invoke(app, ["evaluate", str(out / "model.npz"), "--data-dir", str(mnist_dir)])
     assert evaluated.exit_code == 0 and f"{summary['test_accuracy']:.2%}" in evaluated.output
+
+
+CNN_SPEC = [
+    {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1},
+    {"type": "batchnorm"},
+    {"type": "leaky_relu", "alpha": 0.1},
+    {"type": "maxpool2d", "size": 2},
+    {"type": "conv2d", "out": 8, "kernel": 3, "stride": 2},
+    {"type": "elu", "alpha": 1.0},
+    {"type": "avgpool2d", "size": 2, "stride": 1},
+    {"type": "flatten"},
+    {"type": "dropout", "p": 0.3},
+    {"type": "linear", "out": 32},
+    {"type": "batchnorm"},
+    {"type": "gelu"},
+    {"type": "linear", "out": 10},
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_layer_forward_backward(dtype: str) -> None:
+    """Conv, pooling, batch norm, dropout (same counter-based masks) and the newer activations,
+    in one network: logits, every gradient and the running statistics agree."""
+    host = np.random.default_rng(6)
+    x, labels = host.integers(0, 256, size=(16, 784), dtype=np.uint8), host.integers(0, 10, size=16)
+
+    def run(backend):
+        model = build_model(CNN_SPEC, backend, np.random.default_rng(7), classes=10)
+        model.set_random_key(1, 2, 3)
+        z = model.logits(Preprocess.named("standard")(backend.asarray(x), backend), training=True)
+        loss_fn = SoftmaxCrossEntropy(backend)
+        loss = loss_fn.forward(z, backend.asarray(labels, dtype=np.int64))
+        model.backward(loss_fn.backward())
+        return {"z": z, "loss": loss, "grads": model.flat_grads, **dict(model.buffers())}
+
+    assert_parity(run, *pair(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop"])
+def test_adaptive_optimizer_steps(dtype: str, name: str) -> None:
+    from nnx.optim import OPTIMIZERS
+
+    host = np.random.default_rng(8)
+    p0, grads = host.normal(size=500), host.normal(size=(3, 500))
+
+    def run(backend):
+        p = backend.asarray(p0)
+        g = backend.xp.zeros_like(p)
+        opt = OPTIMIZERS[name]([("p", p, g)], lr=0.01, weight_decay=1e-2, ops=backend.ops, clip_norm=10.0)
+        for grad in grads:
+            g[...] = backend.asarray(grad)
+            opt.step()
+        return p
+
+    assert_parity(run, *pair(dtype))
