@@ -25,6 +25,8 @@ class DataConfig(Strict):
     dir: str | None = None
     # standard: (x/255 - 0.1307) / 0.3081 (MNIST's mean and std); unit: x/255.
     normalize: Literal["standard", "unit"] = "standard"
+    # Train on only the first N training images (quick experiments); null: all of them.
+    limit: int | None = Field(None, ge=1)
 
 
 Init = Literal["he", "xavier", "uniform"]

@@ -27,7 +27,7 @@ from nnx.nn.sequential import Sequential
 from nnx.optim import Optimizer, Schedule
 from nnx.preprocess import Preprocess
 
-EVAL_BATCH = 2000
+EVAL_BATCH = 500  # bounds memory: a CNN's im2col columns grow with the batch
 # Batches between reads of the divergence tracker (a device scalar: reading it synchronises).
 DIVERGENCE_CHECK_EVERY = 50
 

@@ -19,7 +19,7 @@ from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.cli.progress import make_progress
 from nnx.config import Config, load_config
-from nnx.data.mnist import load_mnist, resolve_data_dir
+from nnx.data.mnist import Split, load_mnist, resolve_data_dir
 from nnx.errors import NnxError
 from nnx.io import read_header, save_model
 from nnx.metrics import peak_rss_mb
@@ -79,6 +79,8 @@ def run_train(
     optimizer = build_optimizer(config, model, backend)
     ensure_data(data_dir, console, download)
     mnist = load_mnist(data_dir, config.training.validation)
+    if config.data.limit is not None:
+        mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
     t = config.training
     preprocess = Preprocess.named(config.data.normalize)
 
