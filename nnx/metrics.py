@@ -32,3 +32,22 @@ def peak_rss_mb() -> float:
 def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def predict_probabilities(
+    model: Any, images: Any, preprocess: Any, backend: Backend, batch_size: int = 500
+) -> np.ndarray:
+    """Class probabilities (host float64 (N, 10)) for uint8 images already on the backend."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        logits = model.logits(preprocess(images[start : start + batch_size], backend), training=False)
+        chunks.append(backend.to_numpy(logits).astype(np.float64))
+    return softmax(np.concatenate(chunks)) if chunks else np.zeros((0, 10))
+
+
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
+    """Indices of misclassified images, the most confidently wrong first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count]

@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Download and check the MNIST files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+runs_app = typer.Typer(help="List and compare runs.", invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
 
 DataDir = Annotated[
     Path | None,
@@ -48,6 +50,7 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue a stopped run from its directory's checkpoint.")
     ] = None,
+    plots: Annotated[bool, typer.Option("--plots", help="Also write the plots and report.html (nnx plot).")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a network from a YAML config; writes a run directory with the model and metrics."""
@@ -62,7 +65,7 @@ def train(
         "dtype": dtype,
         "data.dir": str(data_dir) if data_dir else None,
     }
-    run_train(config, set_ or [], flags, out, download, quiet, resume)
+    run_train(config, set_ or [], flags, out, download, quiet, resume, plots)
 
 
 @app.command()
@@ -71,12 +74,13 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="A model file, e.g. runs/<run>/model.npz.")],
     data_dir: DataDir = None,
     device: Device = None,
+    show_errors: Annotated[int, typer.Option(help="Draw this many of the most confident mistakes.")] = 2,
     quiet: Quiet = False,
 ) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a model on MNIST's test set."""
     from nnx.cli.evaluate_cmd import run_evaluate
 
-    run_evaluate(model, data_dir, device or "cpu", quiet)
+    run_evaluate(model, data_dir, device or "cpu", quiet, show_errors)
 
 
 @app.command()
@@ -93,6 +97,44 @@ def predict(
     from nnx.cli.predict_cmd import run_predict
 
     run_predict(model, input, test_index, row, data_dir, device or "cpu")
+
+
+@app.command()
+@handles_errors
+def plot(
+    run: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/<run>.")],
+    data_dir: DataDir = None,
+    device: Device = None,
+) -> None:
+    """Write a run's plots (curves, confusion matrix, misclassified digits, weights) and report.html."""
+    from nnx.cli.plot_cmd import run_plot
+
+    run_plot(run, data_dir, device or "cpu")
+
+
+@runs_app.callback()
+@handles_errors
+def runs(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Option("--dir", help="Where the runs are.")] = Path("runs"),
+) -> None:
+    """List the runs in a table (subcommand `compare` compares some)."""
+    if ctx.invoked_subcommand is None:
+        from nnx.cli.plot_cmd import run_list
+
+        run_list(directory)
+
+
+@runs_app.command("compare")
+@handles_errors
+def runs_compare(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write their curves overlaid to this PNG.")] = None,
+) -> None:
+    """The config keys that differ between runs, and their metrics side by side."""
+    from nnx.cli.plot_cmd import run_compare
+
+    run_compare(runs, plot)
 
 
 @app.command()

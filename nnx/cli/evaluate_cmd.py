@@ -9,13 +9,14 @@ from rich.table import Table
 from nnx.backend import get_backend
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import ensure_data
+from nnx.cli.render import digit_text, probability_table
 from nnx.data.mnist import load_test, resolve_data_dir
 from nnx.io import load_model, read_header
-from nnx.metrics import confusion_matrix, per_class_accuracy
+from nnx.metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy, predict_probabilities
 from nnx.train import DeviceSplit, evaluate
 
 
-def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bool) -> None:
+def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bool, show_errors: int = 2) -> None:
     console = stdout_console()
     header, _ = read_header(model_path)
     backend = get_backend(device, header.get("dtype", "float32"))
@@ -25,6 +26,7 @@ def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bo
     test = DeviceSplit(load_test(folder), backend)
     loss, accuracy, predictions = evaluate(loaded.model, test, loaded.preprocess, backend)
     confusion = confusion_matrix(test.labels, predictions, backend)
+    host_test = load_test(folder) if show_errors and not quiet else None
     console.print(
         f"{model_path}: test accuracy {accuracy:.2%} ({int(confusion.trace()):,}/{len(test):,}), "
         f"loss {loss:.4f}, device {backend.description()}",
@@ -51,3 +53,14 @@ def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bo
         ]
         matrix.add_row(str(true), *cells)
     console.print(matrix)
+    if host_test is not None:
+        probabilities = predict_probabilities(loaded.model, test.images, loaded.preprocess, backend)
+        for index in most_confident_mistakes(host_test.labels, probabilities, show_errors):
+            predicted = int(probabilities[index].argmax())
+            console.print(
+                f"test image {index}: label {host_test.labels[index]}, predicted {predicted} "
+                f"({probabilities[index, predicted]:.1%})",
+                markup=False,
+            )
+            console.print(digit_text(host_test.images[index], console))
+            console.print(probability_table(probabilities[index]))

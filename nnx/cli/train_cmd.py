@@ -65,6 +65,7 @@ def run_train(
     download: bool,
     quiet: bool,
     resume: Path | None = None,
+    plots: bool = False,
 ) -> None:
     console = stdout_console()
     if resume is not None:
@@ -189,6 +190,11 @@ def run_train(
     )
     writer.write_summary(summary)
     _print_summary(console, summary, result, t.epochs, backend, run_dir, quiet)
+    if plots and not result.interrupted:
+        from nnx.viz.report import make_plots
+
+        written = make_plots(run_dir, data_dir, "cpu")
+        console.print(f"plots and report: {', '.join(p.name for p in written)} in {run_dir}", markup=False)
     if result.interrupted:
         console.print(
             f"Stopped by Ctrl-C during epoch {len(result.history) + 1}. Kept in {run_dir}: config.yaml, "

@@ -131,23 +131,18 @@ class Sequential:
         return sum(int(p.size) for _, p, _ in self.parameters())
 
     def describe(self) -> str:
-        return " -> ".join(_short(layer.spec()) for layer in self.layers)
+        """Compact: the sizes through the layers with parameters, e.g. 784-64-10 or 784-conv32-conv64-128-10."""
+        parts = [str(INPUT_SHAPE[0])]
+        for layer in self.layers:
+            spec = layer.spec()
+            if spec["type"] == "linear":
+                parts.append(str(spec["out"]))
+            elif spec["type"] == "conv2d":
+                parts.append(f"conv{spec['out']}")
+        return "-".join(parts)
 
     def __repr__(self) -> str:
         return "Sequential(" + ", ".join(repr(layer) for layer in self.layers) + ")"
-
-
-def _short(spec: dict[str, Any]) -> str:
-    kind = spec["type"]
-    if kind == "linear":
-        return f"linear{spec['out']}"
-    if kind == "conv2d":
-        return f"conv{spec['out']}x{spec['kernel']}"
-    if kind in ("maxpool2d", "avgpool2d"):
-        return f"{kind[:3]}pool{spec['size']}"
-    if kind == "dropout":
-        return f"dropout{spec['p']}"
-    return kind
 
 
 def build_model(

@@ -1,0 +1,91 @@
+"""`nnx plot`, `nnx runs` and `nnx runs compare`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+from nnx.cli.common import stdout_console
+from nnx.cli.data_cmd import ensure_data
+from nnx.data.mnist import resolve_data_dir
+from nnx.errors import NnxError
+from nnx.runs import config_differences, list_runs, read_run
+
+
+def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
+    from nnx.viz.report import make_plots
+
+    console = stdout_console()
+    folder = resolve_data_dir(data_dir)
+    ensure_data(folder, console)
+    for path in make_plots(run, folder, device):
+        console.print(f"wrote {path}", markup=False)
+
+
+def _percent(value: float | None) -> str:
+    return f"{value:.2%}" if isinstance(value, (int, float)) else "-"
+
+
+def run_list(directory: Path) -> None:
+    console = stdout_console()
+    runs = list_runs(directory)
+    if not runs:
+        console.print(f"no finished runs in {directory}", markup=False)
+        return
+    table = Table(title=f"runs in {directory}")
+    for column in ("run", "date", "model", "device", "epochs", "best val acc", "test acc", "time"):
+        table.add_column(
+            column, justify="right" if column in ("epochs", "best val acc", "test acc", "time") else "left"
+        )
+    for run in runs:
+        s = run["summary"]
+        table.add_row(
+            escape(run["path"].name),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(run["modified"])),
+            escape(str(s.get("model_description", "-"))),
+            escape(str(s.get("device", "-"))),
+            str(s.get("epochs", "-")),
+            _percent(s.get("best_val_accuracy")),
+            _percent(s.get("test_accuracy")),
+            f"{s.get('train_seconds', 0):.1f} s",
+        )
+    console.print(table)
+
+
+def run_compare(paths: list[Path], plot: Path | None) -> None:
+    if len(paths) < 2:
+        raise NnxError("runs compare needs two or more run directories")
+    console = stdout_console()
+    runs = [read_run(path) for path in paths]
+    names = [escape(run["path"].name) for run in runs]
+    differences = config_differences([run["config"] for run in runs])
+    table = Table(title="config keys that differ" if differences else "the configs are identical")
+    table.add_column("key")
+    for name in names:
+        table.add_column(name)
+    for key, values in differences.items():
+        table.add_row(escape(key), *(escape(str(v)) for v in values))
+    console.print(table)
+    metrics = Table(title="metrics")
+    metrics.add_column("metric")
+    for name in names:
+        metrics.add_column(name, justify="right")
+    rows = [
+        ("test accuracy", lambda s: _percent(s.get("test_accuracy"))),
+        ("best val accuracy", lambda s: _percent(s.get("best_val_accuracy"))),
+        ("epochs", lambda s: str(s.get("epochs", "-"))),
+        ("training time", lambda s: f"{s.get('train_seconds', 0):.1f} s"),
+        ("samples/s", lambda s: f"{s.get('samples_per_second', 0):,.0f}"),
+        ("device", lambda s: escape(str(s.get("device", "-")))),
+    ]
+    for label, show in rows:
+        metrics.add_row(label, *(show(run["summary"]) for run in runs))
+    console.print(metrics)
+    if plot is not None:
+        from nnx.viz.plots import plot_curves
+
+        plot_curves({run["path"].name: run["history"] for run in runs}, plot)
+        console.print(f"wrote {plot}", markup=False)

@@ -1,0 +1,1 @@
+"""Pictures of a run: matplotlib (the `plot` extra) with the Agg backend, no display needed."""

@@ -1,0 +1,89 @@
+"""`nnx plot`: a run's PNGs and its self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from nnx.atomic import write_atomic
+from nnx.backend import get_backend
+from nnx.data.mnist import load_test
+from nnx.errors import NnxError
+from nnx.io import load_model, read_header
+from nnx.metrics import confusion_matrix, predict_probabilities
+from nnx.viz.plots import plot_confusion, plot_curves, plot_first_layer, plot_misclassified
+
+PLOTS = ("curves.png", "confusion.png", "misclassified.png", "weights.png")
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise NnxError(f"{run_dir}: no metrics.jsonl (not a run directory?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu") -> list[Path]:
+    """Write the four PNGs and report.html into `run_dir`; returns their paths."""
+    history = read_history(run_dir)
+    model_path = run_dir / "model.npz"
+    header, arrays = read_header(model_path)
+    backend = get_backend(device, header.get("dtype", "float32"))
+    loaded = load_model(model_path, backend)
+    test = load_test(data_dir)
+    images = backend.asarray(test.images)
+    probabilities = predict_probabilities(loaded.model, images, loaded.preprocess, backend)
+    confusion = confusion_matrix(test.labels.astype("int64"), probabilities.argmax(axis=1), get_backend("cpu"))
+    paths = [
+        plot_curves({run_dir.name: history}, run_dir / "curves.png"),
+        plot_confusion(confusion, run_dir / "confusion.png"),
+        plot_misclassified(test.images, test.labels, probabilities, run_dir / "misclassified.png"),
+        plot_first_layer(header["architecture"], arrays, run_dir / "weights.png"),
+    ]
+    paths.append(write_report(run_dir, paths, confusion))
+    return paths
+
+
+def _image(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def write_report(run_dir: Path, pngs: list[Path], confusion: Any) -> Path:
+    """report.html with every image embedded: it opens in a browser with no server or network."""
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    rows = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_show(value))}</td></tr>"
+        for key, value in summary.items()
+    )
+    accuracy = summary.get("test_accuracy")
+    headline = f"test accuracy {accuracy:.2%}" if isinstance(accuracy, float) else ""
+    images = "".join(f"<figure>{_image(p, p.stem)}<figcaption>{p.stem}</figcaption></figure>" for p in pngs)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>nnx run {html.escape(run_dir.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; }} th, td {{ text-align: left; padding: 2px 12px; border-bottom: 1px solid #ddd; }}
+pre {{ background: #f6f6f6; padding: 1rem; }} img {{ max-width: 100%; }} figure {{ margin: 1rem 0; }}
+</style></head><body>
+<h1>nnx run {html.escape(run_dir.name)}</h1>
+<p>{html.escape(headline)}; {int(confusion.trace())} of {int(confusion.sum())} test images right</p>
+<h2>Summary</h2><table>{rows}</table>
+<h2>Config</h2><pre>{html.escape(config)}</pre>
+<h2>Plots</h2>{images}
+</body></html>
+"""
+    path = run_dir / "report.html"
+    write_atomic(path, page.encode())
+    return path
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

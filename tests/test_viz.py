@@ -1,0 +1,103 @@
+"""Plots, the run list and comparison, and the HTML report, on a tiny dataset."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from nnx.backend import get_backend
+from nnx.cli.app import app
+from nnx.data.mnist import load_test
+from nnx.io import load_model
+from nnx.metrics import confusion_matrix, most_confident_mistakes, predict_probabilities
+from nnx.runs import config_differences, read_run
+
+TINY = ["--epochs", "2", "--set", "training.validation=100", "--set", "model.hidden=[16]", "--set", "optimizer.lr=0.05"]
+EXPECTED_SIZES = {"curves.png": (1100, 400), "confusion.png": (700, 600)}
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def plotted_run(tiny_mnist: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / "a"
+    result = invoke("train", "--data-dir", tiny_mnist, "--out", run, "--plots", *TINY)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_every_png_exists_decodes_and_is_not_blank(plotted_run: Path) -> None:
+    for name in ("curves.png", "confusion.png", "misclassified.png", "weights.png"):
+        with Image.open(plotted_run / name) as image:
+            image.load()
+            assert image.format == "PNG"
+            if name in EXPECTED_SIZES:
+                assert image.size == EXPECTED_SIZES[name]
+            else:
+                assert image.size[0] == 960 and image.size[1] >= 120
+            pixels = np.asarray(image.convert("L"), dtype=np.float64)
+        assert pixels.std() > 5, f"{name} looks blank"
+
+
+def test_confusion_matrix_matches_an_independent_count(plotted_run: Path, tiny_mnist: Path) -> None:
+    backend = get_backend("cpu")
+    loaded = load_model(plotted_run / "model.npz", backend)
+    test = load_test(tiny_mnist)
+    probabilities = predict_probabilities(loaded.model, test.images, loaded.preprocess, backend)
+    predicted = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(test.labels.astype(np.int64), predicted, backend)
+    assert confusion.sum() == len(test)
+    counts = Counter(zip(test.labels.tolist(), predicted.tolist(), strict=True))
+    for (true, guess), count in np.ndenumerate(confusion):
+        assert counts.get((true, guess), 0) == count
+
+
+def test_most_confident_mistakes_are_ordered() -> None:
+    labels = np.array([0, 1, 2, 3])
+    probabilities = np.array([[0.1, 0.9, 0, 0], [0, 1.0, 0, 0], [0.6, 0, 0.4, 0], [0, 0, 0.95, 0.05]])
+    assert most_confident_mistakes(labels, probabilities, 5).tolist() == [3, 0, 2]
+
+
+def test_report_is_self_contained(plotted_run: Path) -> None:
+    page = (plotted_run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page)
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)
+    assert "test accuracy" in page and "optimizer:" in page
+
+
+def test_runs_list_and_compare_name_the_one_difference(tiny_mnist: Path, tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for name, lr in (("slow", "0.01"), ("fast", "0.05")):
+        args = ["train", "-q", "--data-dir", tiny_mnist, "--out", root / name, *TINY, "--lr", lr]
+        assert invoke(*args).exit_code == 0
+    listing = invoke("runs", "--dir", root)
+    assert listing.exit_code == 0 and "slow" in listing.output and "fast" in listing.output
+    assert config_differences([read_run(root / "slow")["config"], read_run(root / "fast")["config"]]) == {
+        "optimizer.lr": [0.01, 0.05]
+    }
+    overlay = tmp_path / "both.png"
+    compared = invoke("runs", "compare", root / "slow", root / "fast", "--plot", overlay)
+    assert compared.exit_code == 0, compared.output
+    assert "optimizer.lr" in compared.output and "training.epochs" not in compared.output
+    with Image.open(overlay) as image:
+        assert image.size == (1100, 400)
+
+
+def test_compare_needs_two_runs(plotted_run: Path) -> None:
+    result = invoke("runs", "compare", plotted_run)
+    assert result.exit_code == 2 and "two or more" in result.stderr
+
+
+def test_evaluate_draws_the_worst_mistakes(plotted_run: Path, tiny_mnist: Path) -> None:
+    result = invoke("evaluate", plotted_run / "model.npz", "--data-dir", tiny_mnist, "--show-errors", 1)
+    assert result.exit_code == 0
+    assert "confusion matrix" in result.output
