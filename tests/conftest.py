@@ -77,3 +77,16 @@ def make_tiny_mnist(folder: Path, n_train: int = 600, n_test: int = 200, seed: i
 @pytest.fixture
 def tiny_mnist(tmp_path: Path) -> Path:
     return make_tiny_mnist(tmp_path / "mnist")
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default config trained on the real MNIST once per session (a few seconds)."""
+    from typer.testing import CliRunner
+
+    from nnx.cli.app import app
+
+    out = tmp_path_factory.mktemp("mlp") / "run"
+    result = CliRunner().invoke(app, ["train", "-q", "--data-dir", str(mnist_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out / "model.npz"

@@ -90,13 +90,17 @@ def predict(
     input: Annotated[Path | None, typer.Argument(help="A PNG/JPEG image or a CSV file (seed format).")] = None,
     test_index: Annotated[int | None, typer.Option(help="Use this MNIST test image instead.")] = None,
     row: Annotated[int, typer.Option(help="Which data row of a CSV file.")] = 0,
+    mnist_style: Annotated[
+        bool,
+        typer.Option(help="Prepare an image as MNIST's digits were: crop, fit 20x20, centre by mass (for drawings)."),
+    ] = False,
     data_dir: DataDir = None,
     device: Device = None,
 ) -> None:
     """Classify one digit: draw it in the terminal with a confidence bar for every class."""
     from nnx.cli.predict_cmd import run_predict
 
-    run_predict(model, input, test_index, row, data_dir, device or "cpu")
+    run_predict(model, input, test_index, row, data_dir, device or "cpu", mnist_style)
 
 
 @app.command()
@@ -135,6 +139,20 @@ def runs_compare(
     from nnx.cli.plot_cmd import run_compare
 
     run_compare(runs, plot)
+
+
+@app.command()
+@handles_errors
+def serve(
+    model: Annotated[Path, typer.Argument(help="A model file.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    device: Device = None,
+) -> None:
+    """A web page to draw digits on, classified live, and a JSON API (pip install 'nnx[web]')."""
+    from nnx.cli.serve_cmd import run_serve
+
+    run_serve(model, host, port, device or "cpu")
 
 
 @app.command()

@@ -13,13 +13,13 @@ from nnx.cli.render import digit_text, probability_table
 from nnx.data.csvfile import read_csv
 from nnx.data.mnist import load_test, resolve_data_dir
 from nnx.errors import NnxError
-from nnx.images import load_digit_image
+from nnx.images import image_to_digit, load_digit_image
 from nnx.io import load_model, read_header
 from nnx.metrics import softmax
 
 
 def _read_input(
-    input: Path | None, test_index: int | None, row: int, data_dir: Path | None
+    input: Path | None, test_index: int | None, row: int, data_dir: Path | None, mnist_style: bool = False
 ) -> tuple[np.ndarray, int | None, str]:
     """(pixels uint8 (784,), true label if known, description)."""
     if (input is None) == (test_index is None):
@@ -36,17 +36,23 @@ def _read_input(
         if not 0 <= row < len(images):
             raise NnxError(f"--row {row}: {input} has data rows 0-{len(images) - 1}")
         return images[row], int(labels[row]), f"{input} row {row}"
-    return load_digit_image(input), None, str(input)
+    return (image_to_digit(input) if mnist_style else load_digit_image(input)), None, str(input)
 
 
 def run_predict(
-    model_path: Path, input: Path | None, test_index: int | None, row: int, data_dir: Path | None, device: str
+    model_path: Path,
+    input: Path | None,
+    test_index: int | None,
+    row: int,
+    data_dir: Path | None,
+    device: str,
+    mnist_style: bool = False,
 ) -> None:
     console = stdout_console()
     header, _ = read_header(model_path)
     backend = get_backend(device, header.get("dtype", "float32"))
     loaded = load_model(model_path, backend)
-    pixels, label, source = _read_input(input, test_index, row, data_dir)
+    pixels, label, source = _read_input(input, test_index, row, data_dir, mnist_style)
     x = loaded.preprocess(backend.asarray(pixels.reshape(1, 784)), backend)
     logits = backend.to_numpy(loaded.model.forward(x, training=False))[0].astype(np.float64)
     probabilities = softmax(logits)
