@@ -119,12 +119,9 @@ def main() -> None:
             server.wait(timeout=10)
     print("| measure | value |")
     print("| --- | --- |")
-    print(
-        f"| median latency, JSON 784 pixels (p95) | {statistics.median(json_ms):.2f} ms ({np.percentile(json_ms, 95):.2f}) |"
-    )
-    print(
-        f"| median latency, 280x280 PNG drawing (p95) | {statistics.median(png_ms):.2f} ms ({np.percentile(png_ms, 95):.2f}) |"
-    )
+    for label, times in (("JSON 784 pixels", json_ms), ("280x280 PNG drawing", png_ms)):
+        median, p95 = statistics.median(times), np.percentile(times, 95)
+        print(f"| median latency, {label} (p95) | {median:.2f} ms ({p95:.2f}) |")
     print(f"| {args.clients} clients, JSON: requests/s (errors) | {ok / args.seconds:,.0f} ({errors}) |")
     print(f"| {args.clients} clients, PNG: requests/s (errors) | {ok_png / args.seconds:,.0f} ({errors_png}) |")
 
