@@ -58,39 +58,37 @@ def test_truncated_file(saved, tmp_path: Path) -> None:
         load_model(cut, get_backend("cpu"))
 
 
-def test_tampered_array(saved, tmp_path: Path) -> None:
-    _, path = saved
-    with np.load(path) as npz:
+def rewrite(source: Path, target: Path, change) -> Path:
+    """Copy a model file, letting `change(header, arrays)` edit it on the way."""
+    with np.load(source) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    arrays["0.W"] = arrays["0.W"] + 1
-    bad = tmp_path / "tampered.npz"
-    np.savez(bad, **arrays)
+    header = json.loads(arrays[HEADER_KEY].tobytes())
+    change(header, arrays)
+    arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(target, **arrays)
+    return target
+
+
+def test_tampered_array(saved, tmp_path: Path) -> None:
+    def add_one(header, arrays) -> None:
+        arrays["0.W"] = arrays["0.W"] + 1
+
+    bad = rewrite(saved[1], tmp_path / "tampered.npz", add_one)
     with pytest.raises(ModelFileError, match="0.W does not match its checksum"):
         load_model(bad, get_backend("cpu"))
 
 
 def test_newer_format_version(saved, tmp_path: Path) -> None:
-    _, path = saved
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    header = json.loads(arrays[HEADER_KEY].tobytes())
-    header["format_version"] = 99
-    arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    future = tmp_path / "future.npz"
-    np.savez(future, **arrays)
+    future = rewrite(saved[1], tmp_path / "future.npz", lambda header, arrays: header.update(format_version=99))
     with pytest.raises(ModelFileError, match="format version 99"):
         read_header(future)
 
 
 def test_unknown_layer_type(saved, tmp_path: Path) -> None:
-    _, path = saved
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    header = json.loads(arrays[HEADER_KEY].tobytes())
-    header["architecture"][1]["type"] = "quantum"
-    arrays[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    odd = tmp_path / "odd.npz"
-    np.savez(odd, **arrays)
+    def quantum(header, arrays) -> None:
+        header["architecture"][1]["type"] = "quantum"
+
+    odd = rewrite(saved[1], tmp_path / "odd.npz", quantum)
     with pytest.raises(ModelFileError, match="unknown layer type 'quantum'"):
         load_model(odd, get_backend("cpu"))
 

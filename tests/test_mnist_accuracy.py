@@ -27,3 +27,16 @@ def test_default_config_reaches_97_5(mnist_dir: Path, tmp_path: Path) -> None:
 def test_seed_config_reaches_97_0(mnist_dir: Path, tmp_path: Path) -> None:
     summary = train("seed", mnist_dir, tmp_path / "seed")
     assert summary["test_accuracy"] >= 0.970, summary
+
+
+def test_cnn_learns_on_a_subset(mnist_dir: Path, tmp_path: Path) -> None:
+    """configs/mnist_cnn.yaml, cut down to fit CI: 2 epochs on 10,000 images, no augmentation.
+    (The full figure, >= 99.2%, comes from benchmarks/cnn.py.)"""
+    out = tmp_path / "cnn"
+    args = ["train", "-c", "mnist_cnn", "--epochs", "2", "--set", "data.limit=10000"]
+    args += ["--set", "training.augment.enabled=false", "--data-dir", str(mnist_dir), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.95, summary
+    assert summary["model_description"] == "784-conv32-conv64-128-10"
