@@ -24,6 +24,7 @@ from nnx.data.mnist import Split
 from nnx.errors import NnxError
 from nnx.nn.loss import SoftmaxCrossEntropy
 from nnx.nn.sequential import Sequential
+from nnx.ops import mix_key
 from nnx.optim import Optimizer, Schedule
 from nnx.preprocess import Preprocess
 
@@ -328,6 +329,4 @@ class Trainer:
 
 
 def _key(seed: int, epoch: int, batch: int, purpose: str) -> int:
-    from nnx.ops import mix_key
-
     return mix_key(seed, epoch, batch, sum(map(ord, purpose)))
