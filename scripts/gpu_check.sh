@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine (no network): the GPU tests, then the GPU benchmark; a short table last.
-# Needs the working tree plus .whl/ and .mnist/ from scripts/prepare_gpu_check.sh. Under 5 minutes.
+# Needs the working tree plus .whl/ and .mnist/ from scripts/prepare_gpu_check.sh. Under 5 minutes;
+# with --cnn it also times the CNN (nnx and PyTorch) and trains it once on the GPU (3 minutes more).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nnx-gpu-check}"
@@ -17,10 +18,16 @@ python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'cuda runtime', 
 
 timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log"
 tests=${PIPESTATUS[0]}
-timeout 300 python3 benchmarks/gpu_mlp.py --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
+timeout 200 python3 benchmarks/gpu_mlp.py --json "$out/bench.json" 2>&1 | tee "$out/bench.log"
 bench=${PIPESTATUS[0]}
+if [ "${1:-}" = "--cnn" ]; then
+  timeout 60 python3 benchmarks/cnn.py speed --batches 100 2>&1 | tee "$out/cnn_speed.log"
+  timeout 120 python3 benchmarks/cnn.py accuracy --seeds 0 --device gpu 2>&1 | tee "$out/cnn_accuracy.log"
+fi
 echo
 tail -n 1 "$out/pytest.log"
 sed -n '/^GPU:/,$p' "$out/bench.log"
+[ -f "$out/cnn_speed.log" ] && cat "$out/cnn_speed.log"
+[ -f "$out/cnn_accuracy.log" ] && tail -n 2 "$out/cnn_accuracy.log"
 echo "gpu tests exit $tests, benchmark exit $bench"
 exit $((tests != 0 || bench != 0))
