@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -214,3 +215,15 @@ def test_model_files_hold_every_layer_type(tmp_path: Path, rich_config: Path) ->
     assert np.array_equal(loaded.model.forward(x), model.forward(x))
     probabilities = loaded.model.forward(x)
     assert np.allclose(probabilities.sum(axis=1), 1.0)  # the final softmax layer
+
+
+def test_predict_with_a_softmax_output_layer(tiny_mnist: Path, tmp_path: Path) -> None:
+    """A model ending in a softmax layer: predict shows its probabilities, not a softmax of them."""
+    run = tmp_path / "soft"
+    layers = "model.layers=[{linear: {out: 16}}, relu, {linear: {out: 10}}, softmax]"
+    args = ["train", "-q", "--data-dir", tiny_mnist, "--out", run, "--set", layers, "--set", "training.validation=100"]
+    assert invoke(*args).exit_code == 0
+    result = invoke("predict", run / "model.npz", "--test-index", 0, "--data-dir", tiny_mnist)
+    assert result.exit_code == 0
+    confidence = float(re.search(r"with ([\d.]+)% confidence", result.output).group(1))
+    assert confidence > 90  # a softmax of the probabilities would flatten them to about 25%

@@ -54,7 +54,7 @@ def run_predict(
     loaded = load_model(model_path, backend)
     pixels, label, source = _read_input(input, test_index, row, data_dir, mnist_style)
     x = loaded.preprocess(backend.asarray(pixels.reshape(1, 784)), backend)
-    logits = backend.to_numpy(loaded.model.forward(x, training=False))[0].astype(np.float64)
+    logits = backend.to_numpy(loaded.model.logits(x, training=False))[0].astype(np.float64)
     probabilities = softmax(logits)
     predicted = int(np.argmax(probabilities))
     console.print(digit_text(pixels, console))
