@@ -194,3 +194,32 @@ def test_cnn_config_builds_and_checks_shapes() -> None:
         build_model(bad, backend, np.random.default_rng(0), classes=10)
     with pytest.raises(ValueError, match="MNIST needs 10"):
         build_model([{"type": "linear", "out": 5}], backend, np.random.default_rng(0), classes=10)
+
+
+def test_small_cnn_gradients_through_the_fused_conv_relu(backend) -> None:
+    """conv -> relu (fused by Sequential) -> maxpool -> flatten -> linear, with the loss."""
+    from nnx.nn import SoftmaxCrossEntropy
+
+    rng = np.random.default_rng(9)
+    spec = [
+        {"type": "reshape", "shape": [1, 6, 6]},
+        {"type": "conv2d", "out": 3, "kernel": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "maxpool2d", "size": 2},
+        {"type": "flatten"},
+        {"type": "linear", "out": 4},
+    ]
+    model = build_model([{"type": "linear", "in": 36, "out": 36}, *spec], backend, rng)
+    assert model.layers[2].fuse_relu and model.layers[3].applied_by_previous
+    x = backend.asarray(rng.normal(size=(3, 36)))
+    y = backend.asarray(rng.integers(0, 4, size=3), dtype=np.int64)
+    loss_fn = SoftmaxCrossEntropy(backend)
+
+    def loss() -> float:
+        return float(loss_fn.forward(model.logits(x, training=True), y))
+
+    loss()
+    model.backward(loss_fn.backward())
+    for name, param, grad in model.parameters():
+        analytic = backend.to_numpy(grad).copy()
+        assert relative_error(analytic, numerical_gradient(loss, param)) < TOL, name

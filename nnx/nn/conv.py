@@ -80,6 +80,7 @@ class Conv2D(Layer):
         W = init_weight(rng, fan_in, out_channels, init).T.copy().reshape(out_channels, in_channels, kernel, kernel)
         self.params = {"W": backend.asarray(W), "b": self.xp.zeros(out_channels, dtype=backend.dtype)}
         self.grads = {k: self.xp.zeros_like(v) for k, v in self.params.items()}
+        self.fuse_relu = False  # set by Sequential when a ReLU follows, as for Linear
 
     def forward(self, x: Any, training: bool = False) -> Any:
         xp = self.xp
@@ -90,7 +91,10 @@ class Conv2D(Layer):
         # rows: one per output pixel (n, y, x); columns: the window (i, j, c)
         self.cols = cols.reshape(n * oh * ow, -1)
         y = self.cols @ self._weight_rows().T
-        y += self.params["b"]
+        if self.fuse_relu:
+            y = self.backend.ops.bias_relu(y, self.params["b"])
+        else:
+            y += self.params["b"]
         return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
 
     def _weight_rows(self) -> Any:

@@ -37,7 +37,7 @@ class Sequential:
             if layer.params:
                 break
         for layer, following in zip(layers, layers[1:], strict=False):
-            if isinstance(layer, Linear) and isinstance(following, ReLU):
+            if isinstance(layer, (Linear, Conv2D)) and isinstance(following, ReLU):
                 layer.fuse_relu = True
                 following.applied_by_previous = True
         self.flat_params, self.flat_grads = self._flatten()
