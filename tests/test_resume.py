@@ -105,6 +105,17 @@ def test_resume_needs_a_run_directory(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a run directory" in result.stderr
 
 
+def test_a_finished_run_resumes_only_to_train_further(tiny_mnist: Path, tmp_path: Path) -> None:
+    run = tmp_path / "done"
+    tiny = ["--set", "model.hidden=[16]", "--set", "training.validation=100"]
+    assert invoke("train", "-q", "--data-dir", tiny_mnist, "--out", run, "--epochs", 2, *tiny).exit_code == 0
+    again = invoke("train", "--resume", run)
+    assert again.exit_code == 2 and "already finished its 2 epochs" in again.stderr
+    further = invoke("train", "-q", "--resume", run, "--epochs", 3)
+    assert further.exit_code == 0, further.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_early_stopping_keeps_the_best_model(tiny_mnist: Path, tmp_path: Path) -> None:
     run = tmp_path / "early"
     result = invoke(

@@ -71,6 +71,7 @@ def run_train(
     if resume is not None:
         if not (resume / "config.yaml").is_file() or not (resume / CHECKPOINT).is_file():
             raise NnxError(f"{resume}: not a run directory with config.yaml and {CHECKPOINT} to resume")
+        _refuse_finished_run(resume, flags.get("training.epochs"))
         config_name = str(resume / "config.yaml")
     config, config_path = load_config(config_name, assignments, flags)
     backend = get_backend(config.device, config.dtype, config.allow_tf32)
@@ -203,6 +204,23 @@ def run_train(
             markup=False,
         )
         raise typer.Exit(130)
+
+
+def _refuse_finished_run(run_dir: Path, epochs: int | None) -> None:
+    """Resuming a run that ended on its own would retrain nothing or undo an early stop."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        return
+    summary = json.loads(summary_path.read_text())
+    if summary.get("interrupted"):
+        return
+    done = summary.get("epochs", 0)
+    if summary.get("stopped_early"):
+        raise NnxError(f"{run_dir}: stopped early at its best epoch ({summary.get('best_epoch')}); nothing to resume")
+    if epochs is None or epochs <= done:
+        raise NnxError(
+            f"{run_dir}: already finished its {done} epochs; to train it further, add --epochs N (N > {done})"
+        )
 
 
 def _with_state(model: Sequential, arrays: dict[str, np.ndarray]) -> Sequential:
