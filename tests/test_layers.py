@@ -8,7 +8,7 @@ import pytest
 from nnx.backend import get_backend
 from nnx.config import load_config
 from nnx.nn import AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, Reshape, build_model
-from nnx.nn.conv import col2im, im2col
+from nnx.nn.conv import col2im, col2im_product, im2col
 from nnx.testing import directional_check, numerical_gradient, relative_error
 
 TOL = 1e-6
@@ -60,6 +60,16 @@ def test_col2im_is_the_adjoint_of_im2col(cpu64) -> None:
     cols = im2col(np, x, 3, 3, 2, 1)
     c = rng.normal(size=cols.shape)
     assert abs((cols * c).sum() - (x * col2im(np, c, x.shape, 2, 1)).sum()) < 1e-10
+
+
+def test_col2im_product_equals_col2im_of_the_product(cpu64) -> None:
+    rng = np.random.default_rng(10)
+    shape, kernel, stride, padding = (2, 3, 7, 6), 3, 2, 1
+    dy2 = rng.normal(size=(2 * 4 * 3, 5))
+    weights = rng.normal(size=(5, kernel, kernel, 3))
+    cols = (dy2 @ weights.reshape(5, -1)).reshape(2, 4, 3, kernel, kernel, 3)
+    expected = col2im(np, cols, shape, stride, padding)
+    assert np.allclose(col2im_product(np, dy2, weights, shape, stride, padding), expected, atol=1e-12)
 
 
 def test_directional_check_on_a_larger_conv(cpu64) -> None:

@@ -53,6 +53,24 @@ def col2im(xp: Any, cols: Any, shape: tuple[int, ...], stride: int, padding: int
     return dx.transpose(0, 3, 1, 2)
 
 
+def col2im_product(xp: Any, dy2: Any, weights: Any, shape: tuple[int, ...], stride: int, padding: int) -> Any:
+    """col2im(dy2 @ W) without building the columns: dx = sum over offsets (i, j) of
+    dy2 @ W[:, i, j, :] added at that offset. Same sums as col2im, half the time here: each
+    partial product is contiguous, where a column slice is strided.
+    dy2: (N * OH * OW, O); weights: (O, kh, kw, C); shape: x's (N, C, H, W)."""
+    n, c, h, w = shape
+    _, kh, kw, _ = weights.shape
+    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
+    dx = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dy2.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            part = (dy2 @ weights[:, i, j, :]).reshape(n, oh, ow, c)
+            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :] += part
+    if padding:
+        dx = dx[:, padding : padding + h, padding : padding + w, :]
+    return dx.transpose(0, 3, 1, 2)
+
+
 class Conv2D(Layer):
     """y[n, o] = sum_c W[o, c] * x[n, c] + b[o]  (cross-correlation, as in every framework).
 
@@ -110,8 +128,8 @@ class Conv2D(Layer):
         dy2.sum(axis=0, out=self.grads["b"])
         if not self.compute_dx:
             return None
-        dcols = (dy2 @ self._weight_rows()).reshape(n, oh, ow, k, k, c)
-        return col2im(self.xp, dcols, self.x_shape, self.stride, self.padding)
+        weights = self.params["W"].transpose(0, 2, 3, 1)  # (O, kh, kw, C)
+        return col2im_product(self.xp, dy2, weights, self.x_shape, self.stride, self.padding)
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -141,6 +159,7 @@ class _Pool2D(Layer):
         k, s = self.size, self.stride
         oh, ow = output_size(h, k, s, 0), output_size(w, k, s, 0)
         self.x = x
+        self.out_hw = (oh, ow)
         self.views = [(slice(i, i + s * oh, s), slice(j, j + s * ow, s)) for i in range(k) for j in range(k)]
         return self.views
 
@@ -154,29 +173,33 @@ class MaxPool2D(_Pool2D):
     kind = "maxpool2d"
 
     def forward(self, x: Any, training: bool = False) -> Any:
+        xp = self.xp
         views = self.offsets(x)
-        # order="K" keeps x's memory layout (channels-last after a Conv2D), so the whole chain
-        # stays in one layout and no layer pays for a transposing copy.
-        y = x[:, :, views[0][0], views[0][1]].copy(order="K")
-        for rows, cols in views[1:]:
-            self.xp.maximum(y, x[:, :, rows, cols], out=y)
-        self.y = y
-        return y
+        # Work channels-last (the memory order a Conv2D's output has) and pack the window
+        # offsets into one array, slot p holding every window's p-th element: the passes below
+        # then run over contiguous memory instead of strided views.
+        xn = x.transpose(0, 2, 3, 1)
+        n, _, _, c = xn.shape
+        self.packed = xp.empty((len(views), n, *self.out_hw, c), dtype=x.dtype)
+        for p, (rows, cols) in enumerate(views):
+            self.packed[p] = xn[:, rows, cols, :]
+        self.y = self.packed.max(axis=0)
+        return self.y.transpose(0, 3, 1, 2)
 
     def backward(self, dy: Any) -> Any:
         # The gradient goes to each window's maximum, and to its first one when there are ties
         # (common after a ReLU: windows of zeros), so every window passes dy exactly once.
         # Overlapping windows (stride < size) accumulate through the slice additions.
         xp = self.xp
-        dx = xp.zeros_like(self.x)
-        remaining = dy.copy(order="K")  # the gradient not yet given to a window's maximum
+        dx = xp.zeros(self.x.transpose(0, 2, 3, 1).shape, dtype=dy.dtype)
+        remaining = dy.transpose(0, 2, 3, 1).copy()  # the gradient not yet given to a maximum
         last = len(self.views) - 1
-        for position, (rows, cols) in enumerate(self.views):
-            share = remaining * (self.x[:, :, rows, cols] == self.y)
-            dx[:, :, rows, cols] += share
-            if position < last:
+        for p, (rows, cols) in enumerate(self.views):
+            share = remaining * (self.packed[p] == self.y)
+            dx[:, rows, cols, :] += share
+            if p < last:
                 remaining -= share
-        return dx
+        return dx.transpose(0, 3, 1, 2)
 
 
 class AvgPool2D(_Pool2D):
