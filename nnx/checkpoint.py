@@ -12,7 +12,6 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -67,8 +66,3 @@ def load_checkpoint(path: Path, model: Sequential, optimizer: Optimizer) -> Trai
     except (KeyError, ValueError) as exc:
         raise NnxError(f"{path}: does not match the run's model or optimizer ({exc})") from None
     return TrainState.from_dict(header["state"])
-
-
-def checkpoint_summary(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as npz:
-        return json.loads(npz["__header__"].tobytes().decode())["state"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from nnx import __version__
 from nnx.atomic import write_atomic
-from nnx.backend import Backend
+from nnx.backend import Backend, get_backend
 from nnx.errors import ModelFileError
 from nnx.nn.sequential import Sequential, build_model
 from nnx.preprocess import Preprocess
@@ -108,7 +108,16 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def load_model(path: Path, backend: Backend) -> LoadedModel:
     """Rebuild the network on `backend` (its dtype) from a model file."""
+    return _rebuild(path, *read_header(path), backend)
+
+
+def open_model(path: Path, device: str = "cpu") -> LoadedModel:
+    """Load a model file onto `device` in the dtype it was saved in, reading the file once."""
     header, arrays = read_header(path)
+    return _rebuild(path, header, arrays, get_backend(device, header.get("dtype", "float32")))
+
+
+def _rebuild(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], backend: Backend) -> LoadedModel:
     try:
         if not isinstance(header["architecture"], list):
             raise TypeError("the architecture is not a list of layers")

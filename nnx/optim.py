@@ -93,12 +93,8 @@ class SGD(Optimizer):
         self.momentum = momentum
         self.nesterov = nesterov
 
-    @property
-    def velocity(self) -> dict[str, Any]:
-        return self.state.get("velocity", {})
-
     def update(self, name: str, p: Any, g: Any) -> None:
-        v = self.velocity.get(name)
+        v = self.state["velocity"][name] if self.momentum else None
         self.ops.sgd_update(p, g, v, self.lr, self.momentum, self.nesterov, self.weight_decay)
 
 

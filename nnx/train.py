@@ -146,11 +146,6 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
-    # lr_t = lr * (1 + cos(pi t / T)) / 2
-    return Schedule("cosine").lr(base_lr, step, total_steps, max(total_steps, 1))
-
-
 def evaluate(
     model: Sequential,
     data: DeviceSplit,

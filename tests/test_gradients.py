@@ -110,26 +110,25 @@ def test_whole_network_gradients(backend) -> None:
         assert relative_error(analytic, numerical_gradient(loss, param)) < TOL, name
 
 
+def backpropagated_linear(backend, rng, batch: int, fan_in: int, fan_out: int):
+    """A Linear layer after one forward and backward of L = sum(y * w); returns (layer, L())."""
+    layer = Linear(backend, fan_in, fan_out, "he", rng)
+    x = rng.normal(size=(batch, fan_in))
+    weights = rng.normal(size=(batch, fan_out))
+    layer.forward(x, training=True)
+    layer.backward(weights)
+    return layer, weighted_sum_loss(layer, x, weights, backend)
+
+
 def test_directional_check_on_a_large_layer(cpu64) -> None:
     """784-64 is too big for element-wise differences: check one random direction instead."""
     rng = np.random.default_rng(6)
-    layer = Linear(cpu64, 784, 64, "he", rng)
-    x = rng.normal(size=(32, 784))
-    weights = rng.normal(size=(32, 64))
-    loss = weighted_sum_loss(layer, x, weights, cpu64)
-    layer.forward(x, training=True)
-    layer.backward(weights)
+    layer, loss = backpropagated_linear(cpu64, rng, 32, 784, 64)
     assert directional_check(loss, layer.params["W"], layer.grads["W"].copy(), rng) < TOL
 
 
 def test_a_wrong_gradient_is_caught(cpu64) -> None:
     """The checker itself can fail: a deliberately wrong backward is detected."""
-    rng = np.random.default_rng(7)
-    layer = Linear(cpu64, 5, 4, "he", rng)
-    x = rng.normal(size=(3, 5))
-    weights = rng.normal(size=(3, 4))
-    loss = weighted_sum_loss(layer, x, weights, cpu64)
-    layer.forward(x, training=True)
-    layer.backward(weights)
+    layer, loss = backpropagated_linear(cpu64, np.random.default_rng(7), 3, 5, 4)
     wrong = layer.grads["W"] * 1.001
     assert relative_error(wrong, numerical_gradient(loss, layer.params["W"])) > TOL

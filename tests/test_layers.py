@@ -8,7 +8,7 @@ import pytest
 from nnx.backend import get_backend
 from nnx.config import load_config
 from nnx.nn import AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, Reshape, build_model
-from nnx.nn.conv import col2im, col2im_product, im2col
+from nnx.nn.conv import col2im_product, im2col, output_size
 from nnx.testing import directional_check, numerical_gradient, relative_error
 
 TOL = 1e-6
@@ -53,13 +53,31 @@ def test_conv2d_matches_a_direct_convolution(cpu64) -> None:
     assert np.allclose(y, expected, atol=1e-12)
 
 
+def col2im(xp, cols, shape, stride, padding):
+    """The plain adjoint of im2col, the reference for col2im_product: every column entry summed
+    back into the pixel it came from. cols: (N, OH, OW, kh, kw, C) -> (N, C, H, W)."""
+    n, c, h, w = shape
+    _, oh, ow, kh, kw, _ = cols.shape
+    dx = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :] += cols[:, :, :, i, j, :]
+    return dx[:, padding : padding + h, padding : padding + w, :].transpose(0, 3, 1, 2)
+
+
 def test_col2im_is_the_adjoint_of_im2col(cpu64) -> None:
-    """<im2col(x), c> = <x, col2im(c)> for all x, c: overlapping windows lose nothing."""
+    """<im2col(x), c> = <x, col2im(c)> for all x, c: overlapping windows lose nothing. The same
+    for the product form the layer uses: <im2col(x) W^T, g> = <x, col2im_product(g, W)>."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 3, 7, 6))
     cols = im2col(np, x, 3, 3, 2, 1)
     c = rng.normal(size=cols.shape)
     assert abs((cols * c).sum() - (x * col2im(np, c, x.shape, 2, 1)).sum()) < 1e-10
+    weights = rng.normal(size=(5, 3, 3, 3))  # (O, kh, kw, C)
+    y = cols.reshape(-1, 27) @ weights.reshape(5, -1).T
+    g = rng.normal(size=y.shape)
+    assert (output_size(7, 3, 2, 1), output_size(6, 3, 2, 1)) == cols.shape[1:3]
+    assert abs((y * g).sum() - (x * col2im_product(np, g, weights, x.shape, 2, 1)).sum()) < 1e-10
 
 
 def test_col2im_product_equals_col2im_of_the_product(cpu64) -> None:

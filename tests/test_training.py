@@ -9,10 +9,10 @@ import numpy as np
 from nnx.backend import get_backend
 from nnx.data.mnist import load_mnist
 from nnx.nn import build_model, mlp_spec
-from nnx.optim import SGD
+from nnx.optim import SGD, Schedule
 from nnx.preprocess import Preprocess
 from nnx.testing import assert_parity
-from nnx.train import Callback, DeviceSplit, Trainer, cosine_lr, epoch_order, evaluate
+from nnx.train import Callback, DeviceSplit, Trainer, epoch_order, evaluate
 
 
 class Recorder(Callback):
@@ -107,9 +107,10 @@ def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
 
 
 def test_cosine_schedule() -> None:
-    assert cosine_lr(0.1, 0, 100) == 0.1
-    assert abs(cosine_lr(0.1, 50, 100) - 0.05) < 1e-15
-    assert cosine_lr(0.1, 100, 100) < 1e-15
+    cosine = Schedule("cosine")
+    assert cosine.lr(0.1, 0, 100, 100) == 0.1
+    assert abs(cosine.lr(0.1, 50, 100, 100) - 0.05) < 1e-15
+    assert cosine.lr(0.1, 100, 100, 100) < 1e-15
 
 
 def test_parity_harness_on_two_cpu_configurations(tiny_mnist: Path) -> None:

@@ -6,27 +6,25 @@ from pathlib import Path
 
 from rich.table import Table
 
-from nnx.backend import get_backend
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.cli.render import digit_text, probability_table
 from nnx.data.mnist import load_test, resolve_data_dir
-from nnx.io import load_model, read_header
+from nnx.io import open_model
 from nnx.metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy, predict_probabilities
 from nnx.train import DeviceSplit, evaluate
 
 
 def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bool, show_errors: int = 2) -> None:
     console = stdout_console()
-    header, _ = read_header(model_path)
-    backend = get_backend(device, header.get("dtype", "float32"))
-    loaded = load_model(model_path, backend)
+    loaded = open_model(model_path, device)
+    backend = loaded.model.backend
     folder = resolve_data_dir(data_dir)
     ensure_data(folder, console)
-    test = DeviceSplit(load_test(folder), backend)
+    host_test = load_test(folder)
+    test = DeviceSplit(host_test, backend)
     loss, accuracy, predictions = evaluate(loaded.model, test, loaded.preprocess, backend)
     confusion = confusion_matrix(test.labels, predictions, backend)
-    host_test = load_test(folder) if show_errors and not quiet else None
     console.print(
         f"{model_path}: test accuracy {accuracy:.2%} ({int(confusion.trace()):,}/{len(test):,}), "
         f"loss {loss:.4f}, device {backend.description()}",
@@ -53,7 +51,7 @@ def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bo
         ]
         matrix.add_row(str(true), *cells)
     console.print(matrix)
-    if host_test is not None:
+    if show_errors:
         probabilities = predict_probabilities(loaded.model, test.images, loaded.preprocess, backend)
         for index in most_confident_mistakes(host_test.labels, probabilities, show_errors):
             predicted = int(probabilities[index].argmax())

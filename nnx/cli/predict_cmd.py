@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from nnx.backend import get_backend
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.cli.render import digit_text, probability_table
@@ -14,7 +13,7 @@ from nnx.data.csvfile import read_csv
 from nnx.data.mnist import load_test, resolve_data_dir
 from nnx.errors import NnxError
 from nnx.images import image_to_digit, load_digit_image
-from nnx.io import load_model, read_header
+from nnx.io import open_model
 from nnx.metrics import softmax
 
 
@@ -49,9 +48,8 @@ def run_predict(
     mnist_style: bool = False,
 ) -> None:
     console = stdout_console()
-    header, _ = read_header(model_path)
-    backend = get_backend(device, header.get("dtype", "float32"))
-    loaded = load_model(model_path, backend)
+    loaded = open_model(model_path, device)
+    backend = loaded.model.backend
     pixels, label, source = _read_input(input, test_index, row, data_dir, mnist_style)
     x = loaded.preprocess(backend.asarray(pixels.reshape(1, 784)), backend)
     logits = backend.to_numpy(loaded.model.logits(x, training=False))[0].astype(np.float64)

@@ -1,9 +1,10 @@
-"""Convolution and pooling on NCHW arrays, via im2col / col2im written with xp.
+"""Convolution and pooling on NCHW arrays, written with xp.
 
 im2col copies every kernel-sized window of the (padded) input into a column, so a convolution
-becomes one matrix product. Both helpers loop over the kernel offsets (kh * kw iterations, e.g. 9),
-never over samples or pixels; col2im accumulates overlapping windows with dense slice additions,
-so no update is lost (unlike `x[idx] += v` with repeated indices).
+becomes one matrix product; its adjoint (col2im, here fused with the product that feeds it)
+takes the gradient back. Both loop over the kernel offsets (kh * kw iterations, e.g. 9), never
+over samples or pixels, and overlapping windows accumulate by dense slice additions, so no update
+is lost (unlike `x[idx] += v` with repeated indices).
 """
 
 from __future__ import annotations
@@ -39,24 +40,10 @@ def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int) -> Any:
     return cols
 
 
-def col2im(xp: Any, cols: Any, shape: tuple[int, ...], stride: int, padding: int) -> Any:
-    """The adjoint of im2col: sums each column entry back into the pixel it came from.
-    cols: (N, OH, OW, kh, kw, C) -> (N, C, H, W)."""
-    n, c, h, w = shape
-    _, oh, ow, kh, kw, _ = cols.shape
-    dx = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :] += cols[:, :, :, i, j, :]
-    if padding:
-        dx = dx[:, padding : padding + h, padding : padding + w, :]
-    return dx.transpose(0, 3, 1, 2)
-
-
 def col2im_product(xp: Any, dy2: Any, weights: Any, shape: tuple[int, ...], stride: int, padding: int) -> Any:
-    """col2im(dy2 @ W) without building the columns: dx = sum over offsets (i, j) of
-    dy2 @ W[:, i, j, :] added at that offset. Same sums as col2im, half the time here: each
-    partial product is contiguous, where a column slice is strided.
+    """col2im(dy2 @ W), the adjoint of im2col applied to the column gradient, without building
+    the columns: dx = sum over offsets (i, j) of dy2 @ W[:, i, j, :] added at that offset. Half
+    the time of building them here: each partial product is contiguous, a column slice strided.
     dy2: (N * OH * OW, O); weights: (O, kh, kw, C); shape: x's (N, C, H, W)."""
     n, c, h, w = shape
     _, kh, kw, _ = weights.shape

@@ -12,7 +12,7 @@ from nnx.atomic import write_atomic
 from nnx.backend import get_backend
 from nnx.data.mnist import load_test
 from nnx.errors import NnxError
-from nnx.io import load_model, read_header
+from nnx.io import open_model
 from nnx.metrics import confusion_matrix, predict_probabilities
 from nnx.viz.plots import plot_confusion, plot_curves, plot_first_layer, plot_misclassified
 
@@ -30,9 +30,8 @@ def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu") -> list[Path]
     """Write the four PNGs and report.html into `run_dir`; returns their paths."""
     history = read_history(run_dir)
     model_path = run_dir / "model.npz"
-    header, arrays = read_header(model_path)
-    backend = get_backend(device, header.get("dtype", "float32"))
-    loaded = load_model(model_path, backend)
+    loaded = open_model(model_path, device)
+    backend = loaded.model.backend
     test = load_test(data_dir)
     images = backend.asarray(test.images)
     probabilities = predict_probabilities(loaded.model, images, loaded.preprocess, backend)
@@ -41,7 +40,7 @@ def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu") -> list[Path]
         plot_curves({run_dir.name: history}, run_dir / "curves.png"),
         plot_confusion(confusion, run_dir / "confusion.png"),
         plot_misclassified(test.images, test.labels, probabilities, run_dir / "misclassified.png"),
-        plot_first_layer(header["architecture"], arrays, run_dir / "weights.png"),
+        plot_first_layer(loaded.header["architecture"], loaded.model.state(), run_dir / "weights.png"),
     ]
     paths.append(write_report(run_dir, paths, confusion))
     return paths

@@ -18,10 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from nnx import __version__
-from nnx.backend import get_backend
 from nnx.errors import DataError
 from nnx.images import image_to_digit, mnist_style
-from nnx.io import load_model, read_header
+from nnx.io import open_model
 from nnx.metrics import softmax
 
 MAX_BODY = 1 << 20  # 1 MB
@@ -39,10 +38,9 @@ class Classifier:
     """One model on one backend: uint8 (784,) pixels -> probabilities."""
 
     def __init__(self, model_path: Path, device: str = "cpu") -> None:
-        header, _ = read_header(model_path)
-        self.backend = get_backend(device, header.get("dtype", "float32"))
-        self.loaded = load_model(model_path, self.backend)
-        self.header = header
+        self.loaded = open_model(model_path, device)
+        self.backend = self.loaded.model.backend
+        self.header = self.loaded.header
         self.lock = threading.Lock()
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
