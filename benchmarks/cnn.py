@@ -3,6 +3,8 @@ its test accuracy over seeds.
 
   python benchmarks/cnn.py speed      # epoch time, CPU (and GPU where usable), nnx vs PyTorch
   python benchmarks/cnn.py accuracy   # nnx train -c mnist_cnn for seeds 0, 1, 2: the median
+  python benchmarks/cnn.py time-to [--device gpu]  # training seconds to 99% test accuracy
+  python benchmarks/cnn.py gpu        # what scripts/gpu_check.sh runs: GPU speed, then time-to
 
 Both contenders train the same layers from the same initial weights on the same batches (nnx's
 host permutation) with Adam at a constant lr and the same dropout rates, converting uint8 pixels
@@ -24,13 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from nnx.augment import ShiftRotate
 from nnx.backend import get_backend, gpu_unavailable_reason
+from nnx.cli.train_cmd import build_model_for, build_optimizer
 from nnx.config import load_config
 from nnx.data.mnist import Split, load_mnist, resolve_data_dir
 from nnx.nn import build_model
-from nnx.optim import Adam
+from nnx.optim import Adam, Schedule
 from nnx.preprocess import Preprocess
-from nnx.train import DeviceSplit, Trainer, epoch_order
+from nnx.train import Callback, DeviceSplit, Trainer, epoch_order, evaluate
 
 PRE = Preprocess.named("standard")
 LR = 1e-3
@@ -48,14 +52,10 @@ def nnx_seconds(device: str, train: Split, repeats: int) -> float:
     return statistics.median(trainer.fit(data, None, 1, BATCH, r + 1).train_seconds for r in range(repeats))
 
 
-def torch_seconds(device: str, train: Split, repeats: int) -> float | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    dev = torch.device(device)
+def torch_cnn(dev: Any) -> Any:
+    """configs/mnist_cnn.yaml's network in PyTorch, from nnx's initial weights."""
+    import torch
+
     config, _ = load_config("mnist_cnn")
     host = build_model(config.model.layer_specs(), get_backend("cpu"), np.random.default_rng([0, 0]), classes=10)
     layers: list[Any] = []
@@ -86,40 +86,78 @@ def torch_seconds(device: str, train: Split, repeats: int) -> float | None:
             layers.append(torch.nn.ReLU())
         else:
             raise ValueError(f"no PyTorch twin for {kind}")
-    model = torch.nn.Sequential(*layers).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    images = torch.from_numpy(np.ascontiguousarray(train.images)).to(dev)
-    labels = torch.from_numpy(train.labels.astype(np.int64)).to(dev)
-    scale, shift = 1.0 / (255.0 * PRE.std), PRE.mean / PRE.std
+    return torch.nn.Sequential(*layers).to(dev)
 
-    def epoch(seed: int, n: int) -> float:
-        order = torch.from_numpy(epoch_order(seed, 1, n)).to(dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+
+class TorchCNN:
+    """The PyTorch contender: nnx's batches (host permutation), per-batch uint8 -> float on the device."""
+
+    def __init__(self, device: str, train: Split, lr: float = LR) -> None:
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        self.torch, self.dev = torch, torch.device(device)
+        self.model = torch_cnn(self.dev)
+        self.lr = lr
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.images = torch.from_numpy(np.ascontiguousarray(train.images)).to(self.dev)
+        self.labels = torch.from_numpy(train.labels.astype(np.int64)).to(self.dev)
+        self.scale, self.shift = 1.0 / (255.0 * PRE.std), PRE.mean / PRE.std
+
+    def synchronize(self) -> None:
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def epoch(self, order: np.ndarray, lr_at=None) -> float:
+        """Seconds for one pass over `order`; lr_at(b) sets the lr of batch b (a schedule)."""
+        torch = self.torch
+        self.model.train()
+        index = torch.from_numpy(order).to(self.dev)
+        self.synchronize()
         started = time.perf_counter()
-        for start in range(0, n, BATCH):
-            idx = order[start : start + BATCH]
-            x = images[idx].float().mul_(scale).sub_(shift)
-            loss = torch.nn.functional.cross_entropy(model(x), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
+        for b, start in enumerate(range(0, len(order), BATCH)):
+            if lr_at is not None:
+                self.optimizer.param_groups[0]["lr"] = lr_at(b)
+            idx = index[start : start + BATCH]
+            x = self.images[idx].float().mul_(self.scale).sub_(self.shift)
+            loss = torch.nn.functional.cross_entropy(self.model(x), self.labels[idx])
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+            self.optimizer.step()
+        self.synchronize()
         return time.perf_counter() - started
 
-    epoch(0, 4 * BATCH)
-    return statistics.median(epoch(r + 1, len(labels)) for r in range(repeats))
+    def accuracy(self, test: Split) -> float:
+        torch = self.torch
+        self.model.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(test.labels), 1000):
+                x = torch.from_numpy(test.images[start : start + 1000]).to(self.dev).float()
+                predicted = self.model(x.mul_(self.scale).sub_(self.shift)).argmax(dim=1).cpu().numpy()
+                correct += int((predicted == test.labels[start : start + 1000]).sum())
+        return correct / len(test.labels)
 
 
-def speed(args: argparse.Namespace) -> None:
+def torch_seconds(device: str, train: Split, repeats: int) -> float | None:
+    try:
+        contender = TorchCNN(device, train)
+    except ImportError:
+        return None
+    contender.epoch(epoch_order(0, 1, 4 * BATCH))
+    return statistics.median(contender.epoch(epoch_order(r + 1, 1, len(train.labels))) for r in range(repeats))
+
+
+def speed(args: argparse.Namespace) -> dict[str, Any]:
     mnist = load_mnist(resolve_data_dir(), 5000)
     train = mnist.train
     if args.batches:
         n = args.batches * BATCH
         train = Split(train.images[:n], train.labels[:n])
     scale = len(mnist.train) / len(train)
-    devices = ["cpu"] + (["gpu"] if gpu_unavailable_reason() is None else [])
+    devices = ([] if args.no_cpu else ["cpu"]) + (["gpu"] if gpu_unavailable_reason() is None else [])
+    results: dict[str, Any] = {}
     print(f"| device | nnx s/epoch | PyTorch eager s/epoch | nnx / PyTorch |  (55,000 images, batch {BATCH})")
     print("| --- | --- | --- | --- |")
     for device in devices:
@@ -129,6 +167,8 @@ def speed(args: argparse.Namespace) -> None:
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
         shown = f"{theirs:.2f}" if theirs else "not installed"
         print(f"| {device} | {ours:.2f} | {shown} | {ratio} |", flush=True)
+        results[device] = {"nnx": ours, "torch": theirs}
+    return results
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -164,17 +204,116 @@ def accuracy(args: argparse.Namespace) -> None:
     print(f"median test accuracy over seeds {args.seeds}: {median:.2%} on {results[0]['device_description']}")
 
 
+class TestClock(Callback):
+    """Training seconds (the trainer's own epoch times) until the test accuracy first reaches the
+    target; the test set is evaluated after each epoch, outside the timed part."""
+
+    def __init__(self, trainer: Trainer, test: DeviceSplit, target: float) -> None:
+        self.trainer, self.test, self.target = trainer, test, target
+        self.elapsed, self.reached, self.accuracies = 0.0, None, []
+
+    def on_epoch_end(self, metrics) -> None:
+        self.elapsed += metrics.seconds
+        t = self.trainer
+        self.accuracies.append(evaluate(t.model, self.test, t.preprocess, t.backend)[1])
+        if self.reached is None and self.accuracies[-1] >= self.target:
+            self.reached = self.elapsed
+            t.request_stop()
+
+
+def nnx_time_to(device: str, mnist, target: float, augment: bool) -> TestClock:
+    """configs/mnist_cnn.yaml as it is (Adam, one-cycle lr, dropout; augmentation when asked)."""
+    config, _ = load_config("mnist_cnn", [f"device={device}", f"training.augment.enabled={str(augment).lower()}"])
+    backend = get_backend(config.device, config.dtype)
+    t = config.training
+
+    def trainer_for(model) -> Trainer:
+        augmenter = ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if augment else None
+        return Trainer(model, build_optimizer(config, model, backend), backend, PRE,
+                       schedule=Schedule(**config.schedule.model_dump()), augment=augmenter)  # fmt: skip
+
+    warm = Split(mnist.train.images[: 4 * BATCH], mnist.train.labels[: 4 * BATCH])
+    trainer_for(build_model_for(config, backend)).fit(DeviceSplit(warm, backend), None, 1, BATCH, 0)  # compile
+    trainer = trainer_for(build_model_for(config, backend))
+    clock = TestClock(trainer, DeviceSplit(mnist.test, backend), target)
+    trainer.callbacks.append(clock)
+    trainer.fit(DeviceSplit(mnist.train, backend), None, t.epochs, t.batch_size, t.seed)
+    return clock
+
+
+def torch_time_to(device: str, mnist, target: float) -> tuple[float | None, list[float]]:
+    """The PyTorch twin on the same recipe without augmentation (nnx's has no PyTorch twin)."""
+    config, _ = load_config("mnist_cnn")
+    schedule, t = Schedule(**config.schedule.model_dump()), config.training
+    contender = TorchCNN(device, mnist.train, config.optimizer.lr)
+    contender.epoch(epoch_order(0, 1, 4 * BATCH))  # warm-up, then start again from nnx's weights
+    contender = TorchCNN(device, mnist.train, config.optimizer.lr)
+    n, elapsed, accuracies = len(mnist.train.labels), 0.0, []
+    per_epoch = -(-n // t.batch_size)
+    for epoch in range(t.epochs):
+        step0 = epoch * per_epoch
+        elapsed += contender.epoch(
+            epoch_order(t.seed, epoch + 1, n),
+            lambda b, step0=step0: schedule.lr(config.optimizer.lr, step0 + b, t.epochs * per_epoch, per_epoch),
+        )
+        accuracies.append(contender.accuracy(mnist.test))
+        if accuracies[-1] >= target:
+            return elapsed, accuracies
+    return None, accuracies
+
+
+def time_to(args: argparse.Namespace) -> dict[str, Any]:
+    mnist = load_mnist(resolve_data_dir(), 5000)
+    target = args.target
+    rows: dict[str, Any] = {}
+    print(f"| CNN, {args.device}: training seconds to {target:.1%} test accuracy | seconds | test accuracy per epoch |")
+    print("| --- | --- | --- |")
+
+    def show(label: str, reached: float | None, accuracies: list[float]) -> None:
+        shown = f"{reached:.2f}" if reached is not None else f"not reached in {len(accuracies)} epochs"
+        print(f"| {label} | {shown} | {', '.join(f'{a:.2%}' for a in accuracies)} |", flush=True)
+        rows[label] = {"seconds": reached, "accuracies": accuracies}
+
+    for augment in (False, True):
+        clock = nnx_time_to(args.device, mnist, target, augment)
+        show(f"nnx, augmentation {'on' if augment else 'off'}", clock.reached, clock.accuracies)
+    try:
+        show(
+            "PyTorch eager, augmentation off", *torch_time_to("cuda" if args.device == "gpu" else "cpu", mnist, target)
+        )
+    except ImportError:
+        print("| PyTorch eager | not installed | |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
     s = sub.add_parser("speed")
     s.add_argument("--repeats", type=int, default=1)
     s.add_argument("--batches", type=int, default=0, help="time this many batches, not a whole epoch")
+    s.add_argument("--no-cpu", action="store_true", help="skip the CPU row")
     a = sub.add_parser("accuracy")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     a.add_argument("--device", default=None)
+    t = sub.add_parser("time-to", help="training seconds to a test accuracy, nnx and PyTorch")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--target", type=float, default=0.99)
+    g = sub.add_parser("gpu", help="what scripts/gpu_check.sh measures: GPU epoch time, then time to 99%%")
+    g.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    speed(args) if args.what == "speed" else accuracy(args)
+    if args.what == "gpu":
+        print("CNN (configs/mnist_cnn.yaml) on the GPU", flush=True)
+        args.no_cpu, args.repeats, args.batches, args.device, args.target = True, 1, 100, "gpu", 0.99
+        results = {"speed": speed(args), "time_to_99": time_to(args)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+    elif args.what == "speed":
+        speed(args)
+    elif args.what == "time-to":
+        time_to(args)
+    else:
+        accuracy(args)
 
 
 if __name__ == "__main__":

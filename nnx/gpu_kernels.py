@@ -21,7 +21,8 @@ _bias_relu = cupy.ElementwiseKernel(
     "T a, T b", "T y", "T s = a + b; y = (s > (T)0 || isnan(s)) ? s : (T)0;", "nnx_bias_relu"
 )
 
-_relu_backward = cupy.ElementwiseKernel("T dy, T y", "T dx", "dx = y > (T)0 ? dy : (T)0", "nnx_relu_backward")
+# dy * 1[y > 0] as a product, like the reference: a NaN or inf in dy stays NaN where y <= 0 too.
+_relu_backward = cupy.ElementwiseKernel("T dy, T y", "T dx", "dx = dy * (y > (T)0 ? (T)1 : (T)0)", "nnx_relu_backward")
 
 _sgd = cupy.ElementwiseKernel("T g, T lr, T wd", "T p", "p -= lr * (g + wd * p)", "nnx_sgd")
 
@@ -36,25 +37,27 @@ _sgd_momentum = cupy.ElementwiseKernel(
     "nnx_sgd_momentum",
 )
 
+# Constants such as 1 - b2 come from the host, computed in double as the reference does: in float32
+# on the device, 1 - 0.999f is 0.99998713e-3, not 1e-3.
 _adam = cupy.ElementwiseKernel(
-    "T g, T lr, T b1, T b2, T eps, T c1, T c2, T wd, T decoupled",
+    "T g, T lr, T b1, T one_minus_b1, T b2, T one_minus_b2, T eps, T c1, T c2, T wd, T decay, T decoupled",
     "T p, T m, T v",
     """
-    if (decoupled != (T)0) p *= (T)1 - lr * wd;
+    if (decoupled != (T)0) p *= decay;
     T d = decoupled != (T)0 ? g : g + wd * p;
-    m = b1 * m + ((T)1 - b1) * d;
-    v = b2 * v + ((T)1 - b2) * (d * d);
+    m = b1 * m + one_minus_b1 * d;
+    v = b2 * v + one_minus_b2 * (d * d);
     p -= lr * (m / c1) / (sqrt(v / c2) + eps);
     """,
     "nnx_adam",
 )
 
 _rmsprop = cupy.ElementwiseKernel(
-    "T g, T lr, T rho, T eps, T wd",
+    "T g, T lr, T rho, T one_minus_rho, T eps, T wd",
     "T p, T s",
     """
     T d = g + wd * p;
-    s = rho * s + ((T)1 - rho) * (d * d);
+    s = rho * s + one_minus_rho * (d * d);
     p -= lr * d / (sqrt(s) + eps);
     """,
     "nnx_rmsprop",
@@ -77,6 +80,8 @@ _uniform = cupy.ElementwiseKernel(
 )
 
 # One thread per row: max, exp, sum, the loss term and dL/dz = (p - onehot) / N for that row.
+# A label outside 0..c-1 is never used as an index: that row's loss and gradient are NaN, as in
+# the reference, and the trainer's divergence guard names the batch.
 _SOFTMAX_XENT = r"""
 extern "C" __global__ void nnx_softmax_xent_{T}(
         const {T}* z, const long long* y, {T}* dz, {T}* row_loss, const int n, const int c) {{
@@ -84,6 +89,12 @@ extern "C" __global__ void nnx_softmax_xent_{T}(
     if (row >= n) return;
     const {T}* zr = z + (long long)row * c;
     {T}* dr = dz + (long long)row * c;
+    const long long t = y[row];
+    if (t < 0 || t >= c) {{
+        for (int k = 0; k < c; ++k) dr[k] = {nan};
+        row_loss[row] = {nan};
+        return;
+    }}
     {T} m = zr[0];
     for (int k = 1; k < c; ++k) m = {max}(m, zr[k]);
     {T} s = 0;
@@ -91,14 +102,13 @@ extern "C" __global__ void nnx_softmax_xent_{T}(
         dr[k] = {exp}(zr[k] - m);
         s += dr[k];
     }}
-    const long long t = y[row];
     for (int k = 0; k < c; ++k) dr[k] = (dr[k] / s - (k == t ? ({T})1 : ({T})0)) / ({T})n;
     row_loss[row] = {log}(s) - (zr[t] - m);
 }}
 """
 _MATH = {
-    "float": {"max": "fmaxf", "exp": "expf", "log": "logf"},
-    "double": {"max": "fmax", "exp": "exp", "log": "log"},
+    "float": {"max": "fmaxf", "exp": "expf", "log": "logf", "nan": "__int_as_float(0x7fc00000)"},
+    "double": {"max": "fmax", "exp": "exp", "log": "log", "nan": "__longlong_as_double(0x7ff8000000000000LL)"},
 }
 _C_TYPES = {"float32": "float", "float64": "double"}
 _softmax_kernels: dict[str, Any] = {}
@@ -131,6 +141,8 @@ class FusedOps(Ops):
         y = cupy.ascontiguousarray(y, dtype=cupy.int64)
         n, c = z.shape
         dz = cupy.empty_like(z)
+        if n == 0:  # no grid to launch; the mean over no rows is taken as 0, as in the reference
+            return cupy.zeros((), dtype=z.dtype), dz
         row_loss = cupy.empty(n, dtype=z.dtype)
         threads = 128
         _softmax_kernel(z.dtype)(
@@ -146,12 +158,16 @@ class FusedOps(Ops):
         decoupled: bool,
     ) -> None:  # fmt: skip
         t = p.dtype.type
-        c1, c2 = 1 - b1**step, 1 - b2**step
-        _adam(g, t(lr), t(b1), t(b2), t(eps), t(c1), t(c2), t(wd), t(1 if decoupled else 0), p, m, v)
+        c1, c2 = 1 - b1**step, 1 - b2**step  # bias corrections, in double on the host
+        decay = 1 - lr * wd if decoupled else 1.0
+        _adam(
+            g, t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(c1), t(c2), t(wd), t(decay),
+            t(1 if decoupled else 0), p, m, v,
+        )  # fmt: skip
 
     def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
         t = p.dtype.type
-        _rmsprop(g, t(lr), t(rho), t(eps), t(wd), p, s)
+        _rmsprop(g, t(lr), t(rho), t(1 - rho), t(eps), t(wd), p, s)
 
     def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
         t = p.dtype.type

@@ -69,18 +69,29 @@ class Ops:
 
         log p_k = (z_k - m) - log sum_j exp(z_j - m), m = max_j z_j   (stable log-sum-exp)
         L = -(1/N) sum_n log p[n, y_n];   dL/dz = (p - onehot(y)) / N
+
+        A label outside 0..C-1 makes that row's loss and gradient NaN (never an index out of
+        bounds, nor a silent wrap-around for -1): the trainer's divergence guard then names the
+        batch, and no check has to read the labels back from a GPU. An empty batch has loss 0.
         """
         xp = self.xp
-        n = z.shape[0]
+        n, c = z.shape
+        if n == 0:
+            return xp.zeros((), dtype=z.dtype), xp.empty_like(z)
+        valid = (y >= 0) & (y < c)
+        t = xp.where(valid, y, 0)
         shifted = z - z.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         sum_e = e.sum(axis=1, keepdims=True)
         rows = xp.arange(n)
-        loss = -(shifted[rows, y] - xp.log(sum_e[:, 0])).mean()
+        row_loss = xp.log(sum_e[:, 0]) - shifted[rows, t]
+        row_loss[...] = xp.where(valid, row_loss, xp.nan)
+        loss = row_loss.mean()
         dz = e
         dz /= sum_e
-        dz[rows, y] -= 1
+        dz[rows, t] -= 1
         dz /= n
+        dz += xp.where(valid, 0, xp.nan).astype(z.dtype)[:, None]  # NaN rows for bad labels
         return loss, dz
 
     def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:

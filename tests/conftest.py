@@ -29,6 +29,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=f"no usable GPU: {reason}"))
 
 
+def must_run(gpu_test: bool) -> str | None:
+    """Why a test may not be skipped here, or None when a skip is allowed.
+
+    On a GPU machine (scripts/gpu_check.sh sets NNX_REQUIRE_GPU=1) a skipped GPU test is a
+    failure: a run that skipped them all must not end green. In CI (CI set) every test that does
+    not need a GPU must run: a missing browser, dataset or package fails instead of hiding.
+    """
+    if gpu_test:
+        return "NNX_REQUIRE_GPU is set" if os.environ.get("NNX_REQUIRE_GPU") else None
+    return "CI is set: every test that needs no GPU must run" if os.environ.get("CI") else None
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    why = must_run("gpu" in item.keywords)
+    if report.skipped and why and not hasattr(report, "wasxfail"):
+        reason = skip_reason(report)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but {why}: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """A whole module skipped at import (pytest.importorskip) counts the same way."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:
+        why = must_run(gpu_test=False)
+        if why:
+            reason = skip_reason(report)
+            report.outcome = "failed"
+            report.longrepr = f"{collector.nodeid} skipped, but {why}: {reason}"
+
+
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def backend(request: pytest.FixtureRequest):
     """Each test taking `backend` runs on the CPU and, where a GPU is usable, on the GPU."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from nnx.backend import get_backend
@@ -17,7 +16,14 @@ from nnx.io import load_model, save_model
 from nnx.metrics import predict_probabilities
 from nnx.nn import build_model, mlp_spec
 from nnx.preprocess import Preprocess
-from nnx.web.server import MAX_BODY, create_app
+
+# The web extra through importorskip, so that a machine without it (the GPU image) still collects
+# the rest of the suite; in CI such a skip is a failure (tests/conftest.py).
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from nnx.web.server import MAX_BODY, create_app  # noqa: E402
 
 
 @pytest.fixture
