@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from nnx.api import build_model_for, build_optimizer
 from nnx.augment import ShiftRotate
 from nnx.backend import get_backend, gpu_unavailable_reason
-from nnx.cli.train_cmd import build_model_for, build_optimizer
 from nnx.config import load_config
 from nnx.data.mnist import Split, load_mnist, resolve_data_dir
 from nnx.nn import build_model

@@ -146,9 +146,9 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(
 ) -> None:
     """A loss that turns nan in epoch 2, batch 3: the run stops naming them, and the checkpoint
     written after epoch 1 is what stays."""
-    import nnx.cli.train_cmd as train_cmd
+    from nnx.train import Trainer
 
-    original_fit = train_cmd.Trainer.fit
+    original_fit = Trainer.fit
 
     def fit_with_a_bad_batch(self, *args, **kwargs):
         real_forward, calls = self.loss_fn.forward, []
@@ -161,7 +161,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(
         self.loss_fn.forward = forward
         return original_fit(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_cmd.Trainer, "fit", fit_with_a_bad_batch)
+    monkeypatch.setattr(Trainer, "fit", fit_with_a_bad_batch)
     run = tmp_path / "late"
     result = invoke(
         "train", "--data-dir", tiny_mnist, "--out", run, "--set", "model.hidden=[16]",

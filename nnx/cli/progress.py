@@ -7,7 +7,6 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nnx.backend import Backend
 from nnx.train import BatchProgress, Callback, EpochMetrics, TrainResult
 
 REFRESH_SECONDS = 0.25
@@ -42,9 +41,8 @@ class RichProgress(PlainProgress):
     not synchronised after every batch.
     """
 
-    def __init__(self, console: Console, backend: Backend) -> None:
+    def __init__(self, console: Console) -> None:
         super().__init__(console)
-        self.backend = backend
         self.last_refresh = 0.0
         self.progress = Progress(
             TextColumn("{task.description:>6}"),
@@ -70,7 +68,7 @@ class RichProgress(PlainProgress):
         if now - self.last_refresh < REFRESH_SECONDS and p.batch != p.batches:
             return
         self.last_refresh = now
-        loss = self.backend.to_float(p.loss_sum) / p.samples
+        loss = float(p.loss_sum) / p.samples  # a device scalar: this read synchronises a GPU
         rate = p.samples / p.elapsed if p.elapsed > 0 else 0.0
         self.progress.update(self.batch_task, completed=p.batch, status=f"loss {loss:.4f}  {rate:,.0f} samples/s")
 
@@ -82,9 +80,9 @@ class RichProgress(PlainProgress):
         self.progress.stop()
 
 
-def make_progress(console: Console, backend: Backend, quiet: bool) -> list[Callback]:
+def make_progress(console: Console, quiet: bool) -> list[Callback]:
     if quiet:
         return []
     if console.is_terminal:
-        return [RichProgress(console, backend)]
+        return [RichProgress(console)]
     return [PlainProgress(console)]

@@ -1,0 +1,294 @@
+"""nnx as a library: `train` a config into a run directory, `load` a model file to predict.
+
+The one place a run is put together (config -> backend -> data -> model -> optimizer -> trainer
+-> run directory, checkpoints, resume, summary): `nnx train`, `nnx sweep` and a notebook all call
+`train`. Nothing here prints; progress goes to the callbacks given, and human-readable lines
+about the setup to `log` when one is given.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnx import __version__
+from nnx.augment import ShiftRotate
+from nnx.backend import Backend, get_backend
+from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
+from nnx.config import Config, load_config
+from nnx.data.mnist import MIRRORS, Split, load_mnist, missing_files, resolve_data_dir
+from nnx.errors import DataError, NnxError
+from nnx.io import read_header, save_model
+from nnx.metrics import peak_rss_mb
+from nnx.nn import Sequential, build_model
+from nnx.optim import OPTIMIZERS, Optimizer, Schedule
+from nnx.preprocess import Preprocess
+from nnx.runs import RunWriter, new_run_dir
+from nnx.train import Callback, DeviceSplit, EarlyStopping, EpochMetrics, Trainer, TrainResult, TrainState, evaluate
+
+__all__ = ["Run", "build_model_for", "build_optimizer", "train"]
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) training run: where it lives and what it produced."""
+
+    path: Path
+    config: Config
+    summary: dict[str, Any]
+    history: list[EpochMetrics]
+    model: Sequential
+    preprocess: Preprocess
+    backend: Backend
+    result: TrainResult
+
+    @property
+    def interrupted(self) -> bool:
+        return self.result.interrupted
+
+
+class MetricsWriter(Callback):
+    def __init__(self, writer: RunWriter) -> None:
+        self.writer = writer
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        self.writer.add_epoch(metrics.to_dict())
+
+
+def build_model_for(config: Config, backend: Backend) -> Sequential:
+    """The config's network, initial weights drawn on the host from (seed, 0)."""
+    rng = np.random.default_rng([config.training.seed, 0])
+    try:
+        return build_model(config.model.layer_specs(), backend, rng, classes=10)
+    except ValueError as exc:
+        raise NnxError(f"model.layers: {exc}") from None
+
+
+def build_optimizer(config: Config, model: Sequential, backend: Backend) -> Optimizer:
+    o = config.optimizer
+    common = {"weight_decay": o.weight_decay, "ops": backend.ops, "clip_norm": o.clip_norm}
+    params = model.flat_parameters()
+    if o.name == "sgd":
+        return OPTIMIZERS["sgd"](params, o.lr, o.momentum, o.nesterov, **common)
+    if o.name == "rmsprop":
+        return OPTIMIZERS["rmsprop"](params, o.lr, o.rho, o.eps, **common)
+    return OPTIMIZERS[o.name](params, o.lr, o.betas, o.eps, **common)
+
+
+def resolve_config(
+    config: str | Path | Config | None, overrides: dict[str, Any] | None = None, assignments: Sequence[str] = ()
+) -> tuple[Config, str]:
+    """(validated config, where it came from). `config` is a YAML path, a built-in name, a Config
+    or None (the default); `assignments` are `--set key=value` strings, `overrides` typed values by
+    dotted key, applied after them."""
+    if isinstance(config, Config):
+        raw = config.model_dump()
+        source = f"config {config.name!r}"
+        from nnx.config import parse_assignment, set_key, validate
+
+        for assignment in assignments:
+            set_key(raw, *parse_assignment(assignment))
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                set_key(raw, key, value)
+        return validate(raw, source), source
+    resolved, path = load_config(str(config) if config is not None else None, list(assignments), overrides)
+    return resolved, path.name
+
+
+def train(
+    config: str | Path | Config | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    assignments: Sequence[str] = (),
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    download: bool = True,
+    fetch: Callable[[Path], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    handle_sigint: bool = True,
+) -> Run:
+    """Train `config` (a YAML path, a built-in name such as "mnist_cnn", a Config, or None for the
+    default) with `overrides` ({"optimizer.lr": 0.05, ...}) into a run directory, and return the Run.
+
+    `resume`: a stopped run's directory, continued from its checkpoint (then `config` is ignored).
+    `callbacks` see every event of the loop. `fetch(data_dir)` downloads missing MNIST files (by
+    default the mirrors in order, silently; `download=False` refuses instead). `log` receives the
+    setup lines the CLI shows. With `handle_sigint`, Ctrl-C stops after the current batch and the
+    run is kept resumable (a second Ctrl-C aborts). A stopped run comes back with
+    `run.interrupted` set; its model.npz holds the weights at the stop.
+    """
+    say = log or (lambda line: None)
+    if resume is not None:
+        resume = Path(resume)
+        if not (resume / "config.yaml").is_file() or not (resume / CHECKPOINT).is_file():
+            raise NnxError(f"{resume}: not a run directory with config.yaml and {CHECKPOINT} to resume")
+        refuse_finished_run(resume, (overrides or {}).get("training.epochs"))
+        config = resume / "config.yaml"
+    config, source = resolve_config(config, overrides, assignments)
+    backend = get_backend(config.device, config.dtype, config.allow_tf32)
+    data_dir = resolve_data_dir(None, config.data.dir)
+    config.data.dir = str(data_dir)
+    model = build_model_for(config, backend)
+    optimizer = build_optimizer(config, model, backend)
+    _ensure_data(data_dir, download, fetch, say)
+    mnist = load_mnist(data_dir, config.training.validation)
+    if config.data.limit is not None:
+        mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
+    t = config.training
+    preprocess = Preprocess.named(config.data.normalize)
+
+    run_dir = resume if resume is not None else new_run_dir(config, str(out) if out else None)
+    writer = RunWriter(run_dir, config)
+    state = TrainState()
+    if resume is not None:
+        state = load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
+        writer.metric_lines = [json.dumps(m.to_dict()) for m in state.history]
+    if config.device == "auto":
+        why = f": no usable GPU ({backend.auto_fallback})" if backend.auto_fallback else ""
+        say(f"device auto -> {backend.name}{why}")
+    say(
+        f"nnx {__version__} | {source} | device {backend.description()} | "
+        f"model {model.describe()} ({model.count_parameters():,} parameters) | "
+        f"train {len(mnist.train):,} val {len(mnist.validation):,} test {len(mnist.test):,} | run {run_dir}"
+    )
+    if resume is not None:
+        say(f"resuming at epoch {state.epoch}, batch {state.batch}")
+
+    early = t.early_stopping
+    trainer = Trainer(
+        model,
+        optimizer,
+        backend,
+        preprocess,
+        [MetricsWriter(writer), *callbacks],
+        Schedule(**config.schedule.model_dump()),
+        augment=ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if t.augment.enabled else None,
+        early_stopping=EarlyStopping(early.metric, early.patience, early.min_delta) if early else None,
+    )
+    for callback in callbacks:  # a callback may want to stop the run (a sweep's pruner does)
+        if hasattr(callback, "bind"):
+            callback.bind(trainer)
+    if resume is not None and (run_dir / BEST).is_file():
+        trainer.best_state = read_header(run_dir / BEST)[1]
+    saved_best_epoch = state.best_epoch
+
+    def checkpoint(current: TrainState) -> None:
+        nonlocal saved_best_epoch
+        if trainer.best_state is not None and current.best_epoch != saved_best_epoch:
+            save_model(run_dir / BEST, _with_state(model, trainer.best_state), preprocess)
+            saved_best_epoch = current.best_epoch
+        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, current)
+
+    trainer.checkpoint = checkpoint
+    train_data = DeviceSplit(mnist.train, backend)
+    val_data = DeviceSplit(mnist.validation, backend) if len(mnist.validation) else None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.request_stop()
+
+    previous = None
+    if handle_sigint:
+        try:
+            previous = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread (e.g. embedded): Ctrl-C keeps its default meaning
+            previous = None
+    try:
+        # A diverging run is reported by the trainer's guard; NumPy's overflow warnings are noise.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            result = trainer.fit(train_data, val_data, t.epochs, t.batch_size, t.seed, state)
+    except NnxError as exc:
+        kept = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if (run_dir / CHECKPOINT).exists() else ""
+        raise type(exc)(f"{exc}{kept}; try a lower optimizer.lr or optimizer.clip_norm") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    if trainer.early_stopping is not None and trainer.best_state is not None and not result.interrupted:
+        model.load_state(trainer.best_state)  # early stopping keeps the best epoch's weights
+    test_loss, test_acc, _ = evaluate(model, DeviceSplit(mnist.test, backend), preprocess, backend)
+    val_accs = [m.val_accuracy for m in result.history if m.val_accuracy is not None]
+    summary = {
+        "name": config.name,
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "best_val_accuracy": max(val_accs) if val_accs else None,
+        "train_seconds": result.train_seconds,
+        "samples_per_second": result.samples_seen / result.train_seconds if result.train_seconds else 0.0,
+        "peak_rss_mb": peak_rss_mb(),
+        "gpu_pool_mb": backend.peak_memory_mb(),
+        "device": backend.name,
+        "device_description": backend.description(),
+        "dtype": config.dtype,
+        "tf32": backend.tf32,
+        "seed": t.seed,
+        "epochs": len(result.history),
+        "epochs_planned": t.epochs,
+        "interrupted": result.interrupted,
+        "stopped_early": result.stopped_early,
+        "best_epoch": result.best_epoch or None,
+        "model_description": model.describe(),
+        "nnx_version": __version__,
+        "model": str(run_dir / "model.npz"),
+    }
+    save_model(
+        run_dir / "model.npz",
+        model,
+        preprocess,
+        metrics={
+            "test_accuracy": test_acc,
+            "best_val_accuracy": summary["best_val_accuracy"],
+            "epochs": len(result.history),
+        },
+        extra={"config_name": config.name, "interrupted": result.interrupted},
+    )
+    writer.write_summary(summary)
+    return Run(run_dir, config, summary, list(result.history), model, preprocess, backend, result)
+
+
+def _ensure_data(data_dir: Path, download: bool, fetch: Callable[[Path], None] | None, say) -> None:
+    missing = missing_files(data_dir)
+    if not missing:
+        return
+    if not download:
+        raise DataError(f"{data_dir}: missing {', '.join(missing)}; run `nnx data download` or drop --no-download")
+    say(f"MNIST not found in {data_dir}: downloading {len(missing)} file(s)")
+    if fetch is not None:
+        fetch(data_dir)
+    else:
+        from nnx.data.download import download_mnist
+
+        download_mnist(data_dir, list(MIRRORS), None, False)
+
+
+def refuse_finished_run(run_dir: Path, epochs: int | None) -> None:
+    """Resuming a run that ended on its own would retrain nothing or undo an early stop."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        return
+    summary = json.loads(summary_path.read_text())
+    if summary.get("interrupted"):
+        return
+    done = summary.get("epochs", 0)
+    if summary.get("stopped_early"):
+        raise NnxError(f"{run_dir}: stopped early at its best epoch ({summary.get('best_epoch')}); nothing to resume")
+    if epochs is None or epochs <= done:
+        raise NnxError(
+            f"{run_dir}: already finished its {done} epochs; to train it further, add --epochs N (N > {done})"
+        )
+
+
+def _with_state(model: Sequential, arrays: dict[str, np.ndarray]) -> Sequential:
+    """A copy of `model` holding `arrays` (for saving the best weights without touching it)."""
+    copy = build_model(model.spec(), model.backend, np.random.default_rng(0))
+    copy.load_state(arrays)
+    return copy
