@@ -157,6 +157,43 @@ def serve(
 
 @app.command()
 @handles_errors
+def sweep(
+    target: Annotated[str, typer.Argument(help="A sweep YAML file to run, or `show` to look at a sweep.")],
+    name: Annotated[str | None, typer.Argument(help="With show: the sweep's name.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials to finish in all (overrides the file's trials).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes on this machine, sharing the study.", min=1)] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Study database: sqlite:///PATH, or postgresql://USER@HOST/DB to share it between machines."),
+    ] = None,
+    device: Device = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key of every trial's base config.")
+    ] = None,
+    data_dir: DataDir = None,
+    export: Annotated[Path | None, typer.Option(help="With show: write the best config to this YAML file.")] = None,
+    report: Annotated[Path | None, typer.Option(help="With show: where report.html goes.")] = None,
+    worker_id: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Search hyperparameters with Optuna: `nnx sweep FILE` runs (or continues) a sweep's trials,
+    each a normal run directory under runs/<sweep>/; `nnx sweep show NAME` ranks them, prints the
+    best config and writes report.html. Needs pip install 'nnx[sweep]'."""
+    if target == "show":
+        from nnx.cli.sweep_cmd import run_show
+
+        run_show(name, storage, export, report)
+        return
+    if name is not None or export is not None or report is not None:
+        from nnx.errors import ConfigError
+
+        raise ConfigError(f"nnx sweep {target}: NAME, --export and --report go with `nnx sweep show`")
+    from nnx.cli.sweep_cmd import run_sweep
+
+    run_sweep(Path(target), trials, workers, storage, device, set_ or [], data_dir, worker_id)
+
+
+@app.command()
+@handles_errors
 def info() -> None:
     """Versions, which backends can run here, and the GPUs seen."""
     from nnx.cli.info_cmd import run_info

@@ -1,0 +1,225 @@
+"""`nnx sweep FILE` (run trials, in this process or in N worker processes) and `nnx sweep show`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from nnx.cli.common import stdout_console
+from nnx.errors import ConfigError, NnxError
+
+WORKER_WAIT_SECONDS = 120  # after Ctrl-C: a worker finishes its batch and records its trial
+
+
+def _prepare(file: Path, trials: int | None, storage: str | None, device: str | None, assignments: list[str],
+             data_dir: Path | None):  # fmt: skip
+    """Everything validated before anything is written: the sweep file, the base config with the
+    overrides, every searched value, the data, the storage."""
+    from nnx.api import resolve_config
+    from nnx.data.mnist import missing_files, resolve_data_dir
+    from nnx.sweep.spec import check_against_config, read_sweep, resolve_sweep_path
+    from nnx.sweep.study import default_storage, open_storage, sweep_dir
+
+    file = resolve_sweep_path(file)
+    spec = read_sweep(file)
+    if trials is not None:
+        spec.trials = trials
+    overrides = {k: v for k, v in {"device": device, "data.dir": str(data_dir) if data_dir else None}.items() if v}
+    base, _ = resolve_config(spec.base, overrides, assignments)
+    check_against_config(spec, file, base, lambda extra: resolve_config(spec.base, {**overrides, **extra}, assignments))
+    folder = resolve_data_dir(None, base.data.dir)
+    missing = missing_files(folder)
+    if missing:
+        raise NnxError(f"{folder}: missing {', '.join(missing)}; run `nnx data download` first (sweeps never download)")
+    overrides["data.dir"] = str(folder.resolve())
+    if storage is None:
+        sweep_dir(spec.name).mkdir(parents=True, exist_ok=True)
+        storage = default_storage(spec.name)
+    return file, spec, overrides, storage, open_storage(storage, spec.heartbeat)
+
+
+def run_sweep(
+    file: Path,
+    trials: int | None,
+    workers: int,
+    storage: str | None,
+    device: str | None,
+    assignments: list[str],
+    data_dir: Path | None,
+    worker_id: int | None,
+) -> None:
+    from nnx.sweep.study import Worker, count, open_study, shown_url, sweep_dir
+
+    console = stdout_console()
+    file, spec, overrides, url, rdb = _prepare(file, trials, storage, device, assignments, data_dir)
+    study = open_study(spec, rdb, worker_id or 0)
+    metric = spec.metric
+    if worker_id is None:
+        console.print(
+            f"sweep {spec.name}: {spec.trials} trials of {spec.base}, {metric} ({spec.direction}), sampler "
+            f"{spec.sampler}, pruner {spec.pruner}, {workers} worker(s); storage {shown_url(url)}; "
+            f"runs in {sweep_dir(spec.name)}/",
+            markup=False,
+        )
+
+    def report(trial: Any, counts: Any) -> None:
+        value = "" if trial.value is None else f": {metric} {trial.value:.4f}"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        state = trial.state.name.lower()
+        why = trial.user_attrs.get("error") or trial.user_attrs.get("diverged")
+        console.print(
+            f"trial {trial.number} {state}{value} ({params}){f' [{why}]' if why else ''} | {_progress(counts, spec)}",
+            markup=False,
+        )
+
+    if workers > 1 and worker_id is None:
+        _run_workers(file, spec, workers, url, device, assignments, data_dir, trials, study, report, console)
+    else:
+        try:
+            counts = Worker(spec, study, overrides, assignments, report).run()
+        except KeyboardInterrupt:
+            if worker_id is None:
+                console.print(_stopped(spec, file), markup=False)
+            raise typer.Exit(130) from None
+        if worker_id is None:
+            console.print(f"done: {_progress(counts, spec)}; `nnx sweep show {spec.name}` for the table", markup=False)
+    if worker_id is None:
+        final = count(study)
+        if final.finished == 0 and final.failed:
+            raise NnxError(f"sweep {spec.name}: every trial failed; `nnx sweep show {spec.name}` says why")
+
+
+def _run_workers(file, spec, workers, url, device, assignments, data_dir, trials, study, report, console) -> None:
+    """N worker processes on this machine sharing the study's storage; this one shows progress."""
+    from nnx.sweep.study import count, sweep_dir
+
+    args = [sys.executable, "-m", "nnx", "sweep", str(file), "--storage", url]
+    args += ["--device", device] if device else []
+    args += ["--data-dir", str(data_dir)] if data_dir else []
+    args += ["--trials", str(trials)] if trials else []
+    for assignment in assignments:
+        args += ["--set", assignment]
+    env = dict(os.environ)
+    threads = str(max(1, (os.cpu_count() or 1) // workers))  # the cores shared out, not oversubscribed
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, threads)
+    logs, procs = [], []
+    for k in range(1, workers + 1):
+        log = sweep_dir(spec.name) / f"worker-{k}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        logs.append(log)
+        with open(log, "ab") as out:
+            procs.append(
+                subprocess.Popen([*args, "--worker-id", str(k)], stdout=out, stderr=subprocess.STDOUT, env=env)
+            )
+    # Trials that ended before this command (an earlier run of the same sweep) are not news.
+    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED", "FAIL")}
+    try:
+        while True:
+            alive = [p for p in procs if p.poll() is None]
+            counts = count(study)
+            for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+                ended = trial.state.name in ("COMPLETE", "PRUNED", "FAIL") and not trial.user_attrs.get("surplus")
+                if ended and trial.number not in seen:
+                    seen.add(trial.number)
+                    report(trial, counts)
+            if not alive:
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for p in procs:  # a terminal's Ctrl-C reached them too; a signal to this process alone did not
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + WORKER_WAIT_SECONDS
+        for p in procs:
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        console.print(_stopped(spec, file), markup=False)
+        raise typer.Exit(130) from None
+    broken = [(k + 1, p.returncode, logs[k]) for k, p in enumerate(procs) if p.returncode not in (0, 130)]
+    for k, code, log in broken:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        console.print(
+            f"worker {k} exited with {code}: {lines[-1] if lines else '(no output)'} (log: {log})", markup=False
+        )
+    console.print(f"done: {_progress(count(study), spec)}; `nnx sweep show {spec.name}` for the table", markup=False)
+    if broken:
+        raise typer.Exit(1)
+
+
+def _stopped(spec, file: Path) -> str:
+    return (
+        f"sweep {spec.name} stopped: finished trials are kept and a stopped one is queued again; "
+        f"run `nnx sweep {file}` again to continue"
+    )
+
+
+def _progress(counts: Any, spec: Any) -> str:
+    from nnx.sweep.study import budget
+
+    best = "" if counts.best_value is None else f" | best {counts.best_value:.4f} (trial {counts.best_number})"
+    return f"{counts.finished}/{budget(spec)} done (pruned {counts.pruned}, failed {counts.failed}){best}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_show(name: str | None, storage: str | None, export: Path | None, report: Path | None) -> None:
+    from nnx.atomic import write_atomic
+    from nnx.sweep.report import best_config, trial_rows, write_report
+    from nnx.sweep.study import default_storage, import_optuna, open_storage, sweep_dir
+
+    optuna = import_optuna()
+    console = stdout_console()
+    if storage is None:
+        if name is None:
+            raise ConfigError("nnx sweep show: give the sweep's NAME, or --storage URL")
+        storage = default_storage(name)
+    rdb = open_storage(storage, create=False)
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(rdb, include_best_trial=False)]
+    if name is None:
+        if len(names) != 1:
+            raise ConfigError(f"--storage holds {len(names)} sweeps ({', '.join(names) or 'none'}); name one")
+        name = names[0]
+    if name not in names:
+        raise ConfigError(f"no sweep named {name} in this storage (it has: {', '.join(names) or 'none'})")
+    study = optuna.load_study(study_name=name, storage=rdb)
+    rows = trial_rows(study)
+    metric = study.user_attrs.get("sweep", {}).get("metric", "value")
+    keys = sorted({k for r in rows for k in r.params})
+    table = Table(title=f"sweep {name}: {metric}, {study.direction.name.lower()}")
+    for column in ["trial", "state", metric, *keys, "epochs", "note"]:
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        value = "" if r.value is None else f"{r.value:.4f}"
+        params = [_short(r.params[k]) if k in r.params else "" for k in keys]
+        table.add_row(str(r.number), r.state.lower(), value, *params, str(r.epochs or ""), r.note)
+    console.print(table)
+    try:
+        best = best_config(study)
+    except NnxError as exc:
+        best = None
+        console.print(str(exc), markup=False)
+    if best is not None:
+        console.print("best config:", markup=False)
+        console.print(best, markup=False, end="")
+    if export is not None:
+        if best is None:
+            raise NnxError(f"--export {export}: nothing to export yet")
+        if export.exists():
+            raise NnxError(f"--export {export}: the file exists; choose another name or remove it")
+        write_atomic(export, best.encode())
+        console.print(f"best config written to {export}: nnx train -c {export}", markup=False)
+    path = write_report(study, report or sweep_dir(name) / "report.html")
+    console.print(f"report: {path}", markup=False)

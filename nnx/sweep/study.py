@@ -1,0 +1,334 @@
+"""Optuna glue: storage, sampler and pruner from the sweep file; one nnx run per trial.
+
+Each trial is an ordinary run directory (runs/<sweep>/trial-NNNN) made by nnx.api.train, the
+same function `nnx train` calls. Every epoch reports the validation metric to the trial, and the
+pruner may stop the run there (it keeps its partial run directory). Workers never coordinate
+directly: they share the study's storage, an embedded SQLite file in the sweep's folder by
+default, or a PostgreSQL database that workers on several machines join. Trial numbers come from
+the storage, so no two workers run the same trial.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nnx.errors import ConfigError, NnxError
+from nnx.sweep.spec import SweepSpec
+from nnx.train import Callback, EpochMetrics, TrainingDivergedError
+
+SWEEPS = Path("runs")
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise NnxError("nnx sweep needs Optuna: pip install 'nnx[sweep]'") from None
+    # Optuna logs a failed trial with its traceback at WARNING; nnx reports trials itself.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def sweep_dir(name: str) -> Path:
+    return SWEEPS / name
+
+
+def default_storage(name: str) -> str:
+    return f"sqlite:///{(sweep_dir(name) / 'study.db').resolve()}"
+
+
+def shown_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest and ":" in rest.split("@", 1)[0]:
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        rest = f"{user}:***@{rest.split('@', 1)[1]}"
+    return f"{scheme}{sep}{rest}"
+
+
+def open_storage(url: str, heartbeat: int | None = None, create: bool = True) -> Any:
+    """An Optuna RDB storage for sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB,
+    checked by connecting; heartbeats (seconds) let a killed worker's trial be found and retried."""
+    optuna = import_optuna()
+    given = url
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("sqlite", "postgresql", "postgres", "postgresql+psycopg"):
+        raise ConfigError(f"--storage {shown_url(url)}: unsupported (use sqlite:///PATH or postgresql://USER@HOST/DB)")
+    if scheme == "sqlite":
+        path = Path(rest[1:]) if rest.startswith("/") else Path(rest)
+        if not create and not path.is_file():
+            raise ConfigError(f"{path}: no such sweep database")
+        engine = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise NnxError("a PostgreSQL storage needs its driver: pip install 'nnx[sweep]'") from None
+        url = f"postgresql+psycopg://{rest}"
+        engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"engine_kwargs": engine}
+    if heartbeat:
+        kwargs.update(
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as exc:  # SQLAlchemy's OperationalError and friends: unreachable, refused, bad name
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            # Workers started together on a new database race to create its tables: the loser
+            # sees a duplicate key and finds the tables there when it tries again.
+            if "duplicate key" in reason or "already exists" in reason:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ConfigError(f"--storage {shown_url(given)}: cannot open ({reason})") from None
+    raise ConfigError(f"--storage {shown_url(given)}: cannot open (its tables could not be created)")
+
+
+def make_sampler(spec: SweepSpec, worker: int) -> Any:
+    optuna = import_optuna()
+    seed = spec.seed + worker  # each worker its own stream: two never propose the same sequence
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler({k: s.grid_values() for k, s in spec.search.items()}, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(spec: SweepSpec) -> Any:
+    optuna = import_optuna()
+    if spec.pruner == "median":
+        # Prune a trial whose epoch value is worse than the median of earlier trials at the same
+        # epoch, from the first epoch on, once 4 trials have finished.
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+    if spec.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def budget(spec: SweepSpec) -> int:
+    """Trials to finish: `trials`, or fewer when a grid has fewer points."""
+    if spec.sampler == "grid":
+        return min(spec.trials, math.prod(len(s.choice) for s in spec.search.values()))
+    return spec.trials
+
+
+def open_study(spec: SweepSpec, storage: Any, worker: int = 0, create: bool = True) -> Any:
+    optuna = import_optuna()
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+    if spec.name in names:
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage, sampler=make_sampler(spec, worker), pruner=make_pruner(spec)
+        )
+        recorded = study.user_attrs.get("sweep")
+        if recorded is not None and _comparable(recorded) != _comparable(spec.model_dump(mode="json", by_alias=True)):
+            raise ConfigError(
+                f"sweep {spec.name}: the study in this storage was started from a different sweep file; "
+                "give the new one another name"
+            )
+        return study
+    if not create:
+        raise ConfigError(f"no sweep named {spec.name} in this storage (it has: {', '.join(names) or 'none'})")
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=make_sampler(spec, worker),
+        pruner=make_pruner(spec),
+        direction=spec.direction,
+        load_if_exists=True,  # another worker may create it at the same moment
+    )
+    study.set_user_attr("sweep", spec.model_dump(mode="json", by_alias=True))
+    return study
+
+
+def _comparable(recorded: dict[str, Any]) -> dict[str, Any]:
+    # More trials on a later run continues the same study; anything else makes it another sweep.
+    return {k: v for k, v in recorded.items() if k != "trials"}
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def count(study: Any) -> Counts:
+    c = Counts()
+    for t in study.get_trials(deepcopy=False):
+        state = t.state.name
+        if state == "COMPLETE":
+            c.complete += 1
+        elif state == "PRUNED":
+            c.pruned += 1
+        elif state == "FAIL" and not t.user_attrs.get("surplus"):
+            c.failed += 1
+        elif state == "RUNNING":
+            c.running += 1
+        elif state == "WAITING":
+            c.waiting += 1
+    if c.complete:
+        best = study.best_trial
+        c.best_value, c.best_number = best.value, best.number
+    return c
+
+
+class PruneOnEpoch(Callback):
+    """Reports each epoch's validation metric to the trial, then asks the pruner."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+        self.trainer = None
+        self.pruned_at: int | None = None
+
+    def bind(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        value = getattr(metrics, self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, metrics.epoch)
+        if self.trial.should_prune():
+            self.pruned_at = metrics.epoch
+            self.trainer.request_stop()
+
+
+class SurplusTrialError(Exception):
+    """This trial would go past the budget (two workers asked at once): it is recorded and skipped."""
+
+
+class TrialInterruptedError(Exception):
+    """Ctrl-C stopped the trial's run."""
+
+
+def metric_value(run: Any, metric: str) -> float:
+    """The trial's value: the test accuracy, or the validation metric of the epoch whose weights
+    the run kept (the best one under early stopping, else the last)."""
+    if metric == "test_accuracy":
+        return float(run.summary["test_accuracy"])
+    epoch = run.result.best_epoch or len(run.history)
+    return float(getattr(run.history[epoch - 1], metric))
+
+
+class Worker:
+    """Runs trials until the study has `budget` finished ones (complete or pruned)."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        study: Any,
+        overrides: dict[str, Any],
+        assignments: list[str],
+        on_trial_end: Callable[[Any, Counts], None] | None = None,
+    ) -> None:
+        self.spec, self.study = spec, study
+        self.overrides, self.assignments = overrides, assignments
+        self.on_trial_end = on_trial_end or (lambda trial, counts: None)
+        self.budget = budget(spec)
+        self.current: Any = None
+
+    def run(self) -> Counts:
+        optuna = import_optuna()
+        while True:
+            # A trial whose worker died (no heartbeat for 3 intervals) is failed and queued again
+            # before counting, so that it is not mistaken for one still running.
+            optuna.storages.fail_stale_trials(self.study)
+            counts = count(self.study)
+            if counts.finished + counts.running >= self.budget:
+                return counts
+            if counts.failed >= max(3, self.budget):
+                raise NnxError(
+                    f"sweep {self.spec.name}: {counts.failed} trials failed; see the 'error' of each in "
+                    f"`nnx sweep show {self.spec.name}`"
+                )
+            self.current = None
+            try:
+                self.study.optimize(
+                    self.objective, n_trials=1, catch=(NnxError, SurplusTrialError), gc_after_trial=False
+                )
+            except TrialInterruptedError:
+                self._retry_interrupted()
+                raise KeyboardInterrupt from None
+            except KeyboardInterrupt:
+                self._retry_interrupted()
+                raise
+            if self.current is None:  # the sampler ran out (a grid): nothing more to try
+                return count(self.study)
+            trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == self.current.number)
+            if trial.user_attrs.get("surplus"):
+                return count(self.study)
+            self.on_trial_end(trial, count(self.study))
+
+    def _retry_interrupted(self) -> None:
+        """The trial Ctrl-C stopped is failed; its parameters go back in the queue so that running
+        the same command again runs it first."""
+        trial = self.current
+        if trial is None or not trial.params:
+            return
+        self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+    def objective(self, trial: Any) -> float:
+        optuna = import_optuna()
+        from nnx import api
+
+        self.current = trial
+        self._check_budget(trial)
+        params = {key: space.suggest(trial, key) for key, space in self.spec.search.items()}
+        run_dir = sweep_dir(self.spec.name) / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("host", socket.gethostname())
+        pruner = PruneOnEpoch(trial, self.spec.pruning_metric)
+        try:
+            run = api.train(
+                self.spec.base,
+                {**self.overrides, **params},
+                assignments=self.assignments,
+                out=run_dir,
+                callbacks=[pruner],
+                download=False,
+            )
+        except TrainingDivergedError as exc:  # a bad corner of the space: pruned, not broken
+            trial.set_user_attr("diverged", str(exc))
+            raise optuna.TrialPruned() from None
+        except NnxError as exc:
+            trial.set_user_attr("error", str(exc))
+            raise
+        trial.set_user_attr("config", run.config.model_dump(mode="json"))
+        trial.set_user_attr("epochs", len(run.history))
+        if run.interrupted:
+            if pruner.pruned_at is not None:
+                raise optuna.TrialPruned()
+            trial.set_user_attr("interrupted", True)
+            raise TrialInterruptedError()
+        return metric_value(run, self.spec.metric)
+
+    def _check_budget(self, trial: Any) -> None:
+        """Two workers may ask for a trial at the same moment with one left in the budget: the
+        lower trial number runs, the other is recorded as a surplus failure and skipped."""
+        counts = count(self.study)
+        ahead = sum(
+            1 for t in self.study.get_trials(deepcopy=False) if t.state.name == "RUNNING" and t.number < trial.number
+        )
+        if counts.finished + ahead >= self.budget:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrialError()

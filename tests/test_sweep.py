@@ -1,0 +1,259 @@
+"""`nnx sweep` on Optuna: bad sweep files, local workers on the embedded database, pruning, Ctrl-C
+and a killed worker, and two workers on one PostgreSQL study (CI starts a local server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+optuna = pytest.importorskip("optuna")
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--set", "training.validation=100", "--set", "model.hidden=[16]"]
+
+
+def sweep_file(folder: Path, name: str, trials: int, search: dict, **extra) -> Path:
+    spec = {"name": name, "base": "mnist_mlp", "trials": trials, "sampler": "random", "search": search, **extra}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def nnx(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    command = [sys.executable, "-m", "nnx", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    command = [sys.executable, "-m", "nnx", *map(str, args)]
+    return subprocess.Popen(
+        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def load(cwd: Path, name: str, storage: str | None = None):
+    url = storage or f"sqlite:///{cwd / 'runs' / name / 'study.db'}"
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def states(study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        if not t.user_attrs.get("surplus"):
+            out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"search": {"optimizer.lrr": {"uniform": [0.1, 0.2]}}}, "search.optimizer.lrr: 0.1 is refused by the config"),
+        ({"search": {"model.activation": {"uniform": [0.1, 0.2]}}}, "search.model.activation: 0.1 is refused"),
+        ({"search": {"optimizer.lr": {"log_uniform": [0, 0.1]}}}, "log_uniform needs 0 < low"),
+        ({"search": {"optimizer.lr": {"uniform": [0.2, 0.1]}}}, "uniform needs low < high"),
+        ({"search": {"optimizer.lr": {"uniform": [0.1, 0.2], "choice": [1]}}}, "give exactly one of"),
+        ({"search": {}}, "search: Dictionary should have at least 1 item"),
+        ({"search": {"optimizer.lr": {"uniform": [0.1, 0.2]}}, "metric": "accuracy"}, "metric: Input should be"),
+        ({"search": {"optimizer.lr": {"uniform": [0.1, 0.2]}}, "sampler": "grid"}, "sampler grid needs choice lists"),
+        ({"search": {"optimizer.lr": {"uniform": [0.1, 0.2]}}, "bogus": 1}, "bogus: unknown key"),
+        ({"search": {"optimizer.lr": {"uniform": [0.1, 0.2]}}, "name": "../x"}, "name: use letters, digits"),
+    ],
+)
+def test_a_bad_sweep_file_is_one_line_and_writes_nothing(tiny_mnist: Path, tmp_path: Path, spec, message) -> None:
+    raw = {"name": "bad", "trials": 2, **spec}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    result = nnx("sweep", "s.yaml", "--data-dir", tiny_mnist, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: s.yaml: ") and message in lines[0], lines
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_bad_storage_metric_and_data_are_refused_before_anything_is_written(tiny_mnist: Path, tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "s", 2, {"optimizer.lr": {"uniform": [0.01, 0.1]}})
+    cases = [
+        (["--storage", "postgresql://me:secret@127.0.0.1:1/none"], "cannot open (connection"),
+        (["--storage", "mysql://x/y"], "unsupported (use sqlite:///PATH or postgresql://"),
+        (["--set", "training.validation=0"], "metric val_accuracy: the runs have no validation split"),
+        (["--set", "optimizer.lr=-1"], "optimizer.lr"),
+    ]
+    for extra, message in cases:
+        result = nnx("sweep", path, "--data-dir", tiny_mnist, *extra, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "secret" not in result.stderr and "Traceback" not in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = nnx("sweep", path, "--data-dir", empty, cwd=tmp_path)
+    assert result.returncode == 2 and "missing" in result.stderr and "never download" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_local_workers_share_the_embedded_study_and_the_best_config_reproduces(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    search = {"optimizer.lr": {"log_uniform": [0.005, 0.2]}, "training.batch_size": {"choice": [32, 64]}}
+    path = sweep_file(tmp_path, "two", 6, search, pruner="none")
+    one_thread = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    result = nnx("sweep", path, "--workers", "2", "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=3",
+                 cwd=tmp_path, env=one_thread)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "done: 6/6 done (pruned 0, failed 0)" in result.stdout
+    study = load(tmp_path, "two")
+    trials = [t for t in study.get_trials() if not t.user_attrs.get("surplus")]
+    assert states(study) == {"COMPLETE": 6}
+    numbers = [t.number for t in trials]
+    assert len(set(numbers)) == len(numbers) == 6
+    run_dirs = sorted(p.name for p in (tmp_path / "runs" / "two").iterdir() if p.name.startswith("trial-"))
+    assert run_dirs == [f"trial-{n:04d}" for n in sorted(numbers)]
+    for run in run_dirs:  # each an ordinary run directory
+        assert {"config.yaml", "metrics.jsonl", "model.npz", "summary.json"} <= {
+            p.name for p in (tmp_path / "runs" / "two" / run).iterdir()
+        }
+    logs = [(tmp_path / "runs" / "two" / f"worker-{k}.log").read_text() for k in (1, 2)]
+    assert all("Traceback" not in log for log in logs)
+
+    shown = nnx("sweep", "show", "two", "--export", "best.yaml", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert (tmp_path / "runs" / "two" / "report.html").is_file() and "best config written to best.yaml" in shown.stdout
+    again = nnx("sweep", "show", "two", "--export", "best.yaml", cwd=tmp_path)
+    assert again.returncode == 2 and "the file exists" in again.stderr  # never overwritten silently
+    # Same thread count as the workers: CPU runs are bitwise reproducible for a given one.
+    rerun = nnx("train", "-q", "-c", "best.yaml", "--data-dir", tiny_mnist, "--out", "again", cwd=tmp_path,
+                env=one_thread)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    history = [json.loads(line) for line in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["val_accuracy"] == study.best_value
+
+
+def test_a_bad_learning_rate_range_gets_pruned_and_keeps_its_partial_run(tiny_mnist: Path, tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "prune", 12, {"optimizer.lr": {"choice": [0.05, 0.00001]}}, pruner="median")
+    result = nnx("sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(tmp_path, "prune")
+    pruned = [t for t in study.get_trials() if t.state.name == "PRUNED"]
+    assert pruned and all(t.params["optimizer.lr"] == 0.00001 for t in pruned)
+    assert states(study)["COMPLETE"] + len(pruned) == 12
+    for t in pruned:
+        run = Path(tmp_path / t.user_attrs["run_dir"])
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["interrupted"] and summary["epochs"] < 4 and (run / "checkpoint.npz").is_file()
+    assert " pruned" in result.stdout
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tiny_mnist: Path, tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "stop", 3, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
+    proc = start(*args, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "runs" / "stop" / "trial-0000" / "metrics.jsonl").is_file())
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "stopped" in output and "run `nnx sweep" in output and "Traceback" not in output
+    study = load(tmp_path, "stop")
+    first = study.get_trials()[0]
+    assert first.state.name == "FAIL" and first.user_attrs.get("interrupted")
+    waiting = [t for t in study.get_trials() if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == first.params  # queued again
+
+    args[-1] = "training.epochs=2"  # the rest quickly (the study does not record epochs)
+    result = nnx(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(tmp_path, "stop")
+    assert states(study) == {"FAIL": 1, "COMPLETE": 3}
+    retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == 0]
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE" and retried[0].params == first.params
+
+
+def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "kill", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
+    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
+    proc = start(*args, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "runs" / "kill" / "trial-0000" / "metrics.jsonl").is_file())
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    killed = load(tmp_path, "kill").get_trials()[0]
+    assert killed.state.name == "RUNNING"
+    time.sleep(4)  # three heartbeats of silence: stale
+    args[-1] = "training.epochs=2"
+    result = nnx(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(tmp_path, "kill")
+    trials = study.get_trials()
+    assert trials[0].state.name == "FAIL"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].params == trials[0].params and retries[0].state.name == "COMPLETE"
+    assert states(study) == {"FAIL": 1, "COMPLETE": 2}
+
+
+def postgres_url() -> str:
+    url = os.environ.get("NNX_TEST_POSTGRES")
+    if not url:
+        pytest.skip("no PostgreSQL to test against: .ci/run starts one and sets NNX_TEST_POSTGRES")
+    return url
+
+
+@pytest.fixture
+def fresh_database() -> str:
+    """A new, empty database on the test server (so the workers race to create its tables)."""
+    import psycopg
+
+    server = postgres_url()
+    name = f"nnx_sweep_{os.getpid()}_{time.monotonic_ns()}"
+    with psycopg.connect(server, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield server.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(server, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_two_workers_join_one_study_on_postgresql(tiny_mnist: Path, tmp_path: Path, fresh_database: str) -> None:
+    """As on two machines: each started with the same command and --storage; one study."""
+    url = fresh_database
+    name = "pg"
+    path = sweep_file(tmp_path, name, 6, {"optimizer.lr": {"log_uniform": [0.005, 0.2]}}, pruner="none")
+    machines = [tmp_path / "a", tmp_path / "b"]
+    procs = []
+    for folder in machines:
+        folder.mkdir()
+        procs.append(
+            start(
+                "sweep",
+                path,
+                "--storage",
+                url,
+                "--data-dir",
+                tiny_mnist,
+                *TINY,
+                "--set",
+                "training.epochs=3",
+                cwd=folder,
+                env={"OPENBLAS_NUM_THREADS": "1"},
+            )  # fmt: skip
+        )
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    study = optuna.load_study(study_name=name, storage=url.replace("postgresql://", "postgresql+psycopg://", 1))
+    assert states(study) == {"COMPLETE": 6}
+    numbers = [t.number for t in study.get_trials() if not t.user_attrs.get("surplus")]
+    assert sorted(numbers) == sorted(set(numbers))
+    dirs = [p.name for folder in machines for p in (folder / "runs" / name).glob("trial-*")]
+    assert sorted(dirs) == sorted(f"trial-{n:04d}" for n in numbers)  # each trial ran on one machine only
+    shown = nnx("sweep", "show", name, "--storage", url, cwd=machines[0])
+    assert shown.returncode == 0 and "best config:" in shown.stdout, shown.stderr
