@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from nnx.io import read_header, save_model
 from nnx.metrics import peak_rss_mb
 from nnx.nn import Sequential, build_model
 from nnx.optim import OPTIMIZERS, Optimizer, Schedule
+from nnx.parallel import Communicator, MPIComm, NCCLComm, RanksDisagreeError, Single, check_same_config
 from nnx.preprocess import Preprocess
 from nnx.runs import RunWriter, new_run_dir
 from nnx.train import Callback, DeviceSplit, EarlyStopping, EpochMetrics, Trainer, TrainResult, TrainState, evaluate
@@ -47,6 +49,7 @@ class Run:
     preprocess: Preprocess
     backend: Backend
     result: TrainResult
+    rank: int = 0  # data-parallel: which process this is (rank 0 wrote the run directory)
 
     @property
     def interrupted(self) -> bool:
@@ -114,6 +117,7 @@ def train(
     fetch: Callable[[Path], None] | None = None,
     log: Callable[[str], None] | None = None,
     handle_sigint: bool = True,
+    distributed: bool = False,
 ) -> Run:
     """Train `config` (a YAML path, a built-in name such as "mnist_cnn", a Config, or None for the
     default) with `overrides` ({"optimizer.lr": 0.05, ...}) into a run directory, and return the Run.
@@ -124,8 +128,45 @@ def train(
     setup lines the CLI shows. With `handle_sigint`, Ctrl-C stops after the current batch and the
     run is kept resumable (a second Ctrl-C aborts). A stopped run comes back with
     `run.interrupted` set; its model.npz holds the weights at the stop.
+
+    `distributed`: one of N processes started by `mpiexec -n N` (nnx.parallel): each trains on
+    its rows of every global batch, gradients are summed by one allreduce per step, and rank 0
+    alone writes the run directory and reports. An error on any rank ends every rank.
     """
-    say = log or (lambda line: None)
+    if not distributed:
+        return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log, handle_sigint)
+    comm = MPIComm()
+    try:
+        return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log, handle_sigint,
+                      comm)  # fmt: skip
+    except BaseException as exc:  # any failure must end every rank, not leave them waiting
+        if comm.size == 1:
+            raise
+        code = 130 if isinstance(exc, KeyboardInterrupt) else getattr(exc, "exit_code", 1)
+        # One line from the rank that failed (rank 0 alone for what every rank finds alike).
+        if not isinstance(exc, SystemExit) and (comm.is_root or not isinstance(exc, RanksDisagreeError)):
+            print(f"error: rank {comm.rank}: {exc or type(exc).__name__}", file=sys.stderr, flush=True)
+        comm.abort(code)
+        raise
+
+
+def _train(
+    config: str | Path | Config | None,
+    overrides: dict[str, Any] | None,
+    assignments: Sequence[str],
+    out: str | Path | None,
+    resume: str | Path | None,
+    callbacks: Sequence[Callback],
+    download: bool,
+    fetch: Callable[[Path], None] | None,
+    log: Callable[[str], None] | None,
+    handle_sigint: bool,
+    comm: Communicator | None = None,
+) -> Run:
+    comm = comm or Single()
+    root = comm.is_root
+    say = (log or (lambda line: None)) if root else (lambda line: None)
+    callbacks = list(callbacks) if root else []  # progress and the like: rank 0 reports for all
     if resume is not None:
         resume = Path(resume)
         if not (resume / "config.yaml").is_file() or not (resume / CHECKPOINT).is_file():
@@ -133,7 +174,11 @@ def train(
         refuse_finished_run(resume, (overrides or {}).get("training.epochs"))
         config = resume / "config.yaml"
     config, source = resolve_config(config, overrides, assignments)
-    backend = get_backend(config.device, config.dtype, config.allow_tf32)
+    if comm.size > 1:
+        check_same_config(comm, config.model_dump(mode="json"))
+    backend = get_backend(_rank_device(config.device, comm), config.dtype, config.allow_tf32)
+    if comm.size > 1 and backend.is_gpu:
+        comm = NCCLComm()  # gradients between GPUs through NCCL; host agreements stay on MPI
     data_dir = resolve_data_dir(None, config.data.dir)
     config.data.dir = str(data_dir)
     model = build_model_for(config, backend)
@@ -145,12 +190,15 @@ def train(
     t = config.training
     preprocess = Preprocess.named(config.data.normalize)
 
-    run_dir = resume if resume is not None else new_run_dir(config, str(out) if out else None)
-    writer = RunWriter(run_dir, config)
+    if root:
+        run_dir = resume if resume is not None else new_run_dir(config, str(out) if out else None)
+    run_dir = Path(comm.broadcast_object(str(run_dir) if root else None))
+    writer = RunWriter(run_dir, config) if root else None
     state = TrainState()
     if resume is not None:
-        state = load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
-        writer.metric_lines = [json.dumps(m.to_dict()) for m in state.history]
+        state = _resume(run_dir, model, optimizer, comm)
+        if writer is not None:
+            writer.metric_lines = [json.dumps(m.to_dict()) for m in state.history]
     if config.device == "auto":
         why = f": no usable GPU ({backend.auto_fallback})" if backend.auto_fallback else ""
         say(f"device auto -> {backend.name}{why}")
@@ -158,6 +206,7 @@ def train(
         f"nnx {__version__} | {source} | device {backend.description()} | "
         f"model {model.describe()} ({model.count_parameters():,} parameters) | "
         f"train {len(mnist.train):,} val {len(mnist.validation):,} test {len(mnist.test):,} | run {run_dir}"
+        + (f" | {comm.size} ranks, global batch {t.batch_size}" if comm.size > 1 else "")
     )
     if resume is not None:
         say(f"resuming at epoch {state.epoch}, batch {state.batch}")
@@ -168,11 +217,16 @@ def train(
         optimizer,
         backend,
         preprocess,
-        [MetricsWriter(writer), *callbacks],
+        ([MetricsWriter(writer)] if writer is not None else []) + callbacks,
         Schedule(**config.schedule.model_dump()),
         augment=ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if t.augment.enabled else None,
         early_stopping=EarlyStopping(early.metric, early.patience, early.min_delta) if early else None,
+        comm=comm,
     )
+    if t.sync_batchnorm and comm.size > 1:
+        for layer in model.layers:
+            if layer.kind == "batchnorm":
+                layer.sum_across = comm.allreduce_sum
     for callback in callbacks:  # a callback may want to stop the run (a sweep's pruner does)
         if hasattr(callback, "bind"):
             callback.bind(trainer)
@@ -182,6 +236,8 @@ def train(
 
     def checkpoint(current: TrainState) -> None:
         nonlocal saved_best_epoch
+        if not root:  # every rank holds the same weights and state: rank 0 writes them
+            return
         if trainer.best_state is not None and current.best_epoch != saved_best_epoch:
             save_model(run_dir / BEST, _with_state(model, trainer.best_state), preprocess)
             saved_best_epoch = current.best_epoch
@@ -215,7 +271,7 @@ def train(
 
     if trainer.early_stopping is not None and trainer.best_state is not None and not result.interrupted:
         model.load_state(trainer.best_state)  # early stopping keeps the best epoch's weights
-    test_loss, test_acc, _ = evaluate(model, DeviceSplit(mnist.test, backend), preprocess, backend)
+    test_loss, test_acc, _ = evaluate(model, DeviceSplit(mnist.test, backend), preprocess, backend, comm=comm)
     val_accs = [m.val_accuracy for m in result.history if m.val_accuracy is not None]
     summary = {
         "name": config.name,
@@ -239,7 +295,10 @@ def train(
         "model_description": model.describe(),
         "nnx_version": __version__,
         "model": str(run_dir / "model.npz"),
+        "ranks": comm.size,
     }
+    if not root:
+        return Run(run_dir, config, summary, list(result.history), model, preprocess, backend, result, comm.rank)
     save_model(
         run_dir / "model.npz",
         model,
@@ -253,6 +312,30 @@ def train(
     )
     writer.write_summary(summary)
     return Run(run_dir, config, summary, list(result.history), model, preprocess, backend, result)
+
+
+def _rank_device(device: str, comm: Communicator) -> str:
+    """Each rank its own GPU: the node-local rank modulo the node's GPU count."""
+    if comm.size == 1 or not device.startswith("gpu"):
+        return device
+    from nnx.backend import gpu_count
+
+    return f"gpu:{comm.local_rank % max(gpu_count(), 1)}"
+
+
+def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Communicator) -> TrainState:
+    """Rank 0 reads the checkpoint (whatever number of ranks wrote it) and sends its contents to
+    the others, which need no access to the run directory."""
+    if comm.size == 1:
+        return load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
+    payload = None
+    if comm.is_root:
+        state = load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
+        payload = (model.state(), optimizer.state_arrays(model.backend.to_numpy), optimizer.steps, state.to_dict())
+    weights, optimizer_state, steps, state_dict = comm.broadcast_object(payload)
+    model.load_state(weights)
+    optimizer.load_state_arrays(optimizer_state, steps)
+    return TrainState.from_dict(state_dict)
 
 
 def _ensure_data(data_dir: Path, download: bool, fetch: Callable[[Path], None] | None, say) -> None:

@@ -25,14 +25,16 @@ class ShiftRotate:
         self.ys = coords[:, None]  # (28, 1), centred
         self.xs = coords[None, :]  # (1, 28)
 
-    def __call__(self, pixels: Any, key: int) -> Any:
-        """pixels: uint8 (N, 784) -> uint8 (N, 784), each image moved by its own random transform."""
+    def __call__(self, pixels: Any, key: int, row_offset: int = 0) -> Any:
+        """pixels: uint8 (N, 784) -> uint8 (N, 784), each image moved by its own random transform.
+        Image j's three numbers are counters 3 (row_offset + j) .. + 2: keyed by its position in
+        the global batch, so a data-parallel rank moves its images as one process would."""
         xp, ops = self.backend.xp, self.backend.ops
         n = pixels.shape[0]
-        u = ops.uniform((3, n), key, xp.float32) * 2 - 1  # three numbers in [-1, 1) per image
-        angle = (u[0] * self.max_radians)[:, None, None]
-        shift_y = xp.rint(u[1] * self.max_shift)[:, None, None]
-        shift_x = xp.rint(u[2] * self.max_shift)[:, None, None]
+        u = ops.uniform((n, 3), key, xp.float32, 3 * row_offset) * 2 - 1  # three numbers in [-1, 1) per image
+        angle = (u[:, 0] * self.max_radians)[:, None, None]
+        shift_y = xp.rint(u[:, 1] * self.max_shift)[:, None, None]
+        shift_x = xp.rint(u[:, 2] * self.max_shift)[:, None, None]
         cos, sin = xp.cos(angle), xp.sin(angle)
         # source = R(-angle) (target - shift), about the image centre
         ty, tx = self.ys - shift_y, self.xs - shift_x

@@ -135,6 +135,14 @@ def gpu_unavailable_reason(index: int = 0) -> str | None:
     return None
 
 
+def gpu_count() -> int:
+    """CUDA devices visible here (0 without CuPy or a driver)."""
+    try:
+        return _import_cupy(os.environ.get("CUPY_TF32", "0") == "1").cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver
+        return 0
+
+
 def _open_gpu(index: int, allow_tf32: bool) -> ModuleType:
     cupy = _import_cupy(allow_tf32)
     try:

@@ -186,6 +186,8 @@ class TrainingConfig(Strict):
     validation: int = Field(5000, ge=0)
     early_stopping: EarlyStoppingConfig | None = None
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    # Data-parallel runs: batch norm statistics over the whole global batch, not each rank's rows.
+    sync_batchnorm: bool = False
 
 
 class Config(Strict):

@@ -65,10 +65,10 @@ _rmsprop = cupy.ElementwiseKernel(
 
 # The counter-based generator of Ops.uniform, one thread per number: the same bits as the reference.
 _uniform = cupy.ElementwiseKernel(
-    "uint32 key",
+    "uint32 key, uint32 offset",
     "T u",
     """
-    unsigned int h = (unsigned int)i * 0x9E3779B1u + key;
+    unsigned int h = ((unsigned int)i + offset) * 0x9E3779B1u + key;
     h ^= h >> 16;
     h *= 0x85EBCA6Bu;
     h ^= h >> 13;
@@ -150,8 +150,8 @@ class FusedOps(Ops):
         )
         return row_loss.mean(), dz
 
-    def uniform(self, shape: tuple[int, ...], key: int, dtype: Any) -> Any:
-        return _uniform(cupy.uint32(key & 0xFFFFFFFF), cupy.empty(shape, dtype=dtype))
+    def uniform(self, shape: tuple[int, ...], key: int, dtype: Any, offset: int = 0) -> Any:
+        return _uniform(cupy.uint32(key & 0xFFFFFFFF), cupy.uint32(offset), cupy.empty(shape, dtype=dtype))
 
     def adam_update(
         self, p: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float, eps: float, step: int, wd: float,

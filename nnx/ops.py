@@ -31,13 +31,15 @@ class Ops:
     def __init__(self, xp: Any) -> None:
         self.xp = xp
 
-    def uniform(self, shape: tuple[int, ...], key: int, dtype: Any) -> Any:
+    def uniform(self, shape: tuple[int, ...], key: int, dtype: Any, offset: int = 0) -> Any:
         """Counter-based uniform numbers in [0, 1): u_i = fmix32(i * golden + key) / 2^32, kept to
         24 bits so float32 holds them exactly. A pure function of (key, i): the same on every
-        backend, and nothing to save or restore when a run resumes mid-epoch."""
+        backend, and nothing to save or restore when a run resumes mid-epoch. The counters start at
+        `offset`: a data-parallel rank holding rows a.. of a batch draws exactly those rows' numbers."""
         xp = self.xp
         u32 = xp.uint32
-        h = xp.arange(math.prod(shape), dtype=u32)
+        n = math.prod(shape)
+        h = xp.arange(offset, offset + n, dtype=u32)
         h *= u32(_GOLDEN)
         h += u32(key & _MASK32)
         h ^= h >> u32(16)

@@ -26,6 +26,7 @@ from nnx.nn.loss import SoftmaxCrossEntropy
 from nnx.nn.sequential import Sequential
 from nnx.ops import mix_key
 from nnx.optim import Optimizer, Schedule
+from nnx.parallel import Communicator, Single
 from nnx.preprocess import Preprocess
 
 EVAL_BATCH = 500  # bounds memory: a CNN's im2col columns grow with the batch
@@ -152,20 +153,34 @@ def evaluate(
     preprocess: Preprocess,
     backend: Backend,
     batch_size: int = EVAL_BATCH,
+    comm: Communicator | None = None,
 ) -> tuple[float, float, Any]:
-    """(mean loss, accuracy, predicted classes as a device array) over a whole split."""
+    """(mean loss, accuracy, predicted classes as a device array) over a whole split.
+
+    With a communicator of several ranks, each evaluates its contiguous shard and the sums are
+    reduced: every rank gets the whole split's loss and accuracy, and its own shard's predictions."""
     xp = backend.xp
+    comm = comm or Single()
+    lo, hi = shard(len(data), comm.rank, comm.size)
     loss_fn = SoftmaxCrossEntropy(backend)
     loss_sum = xp.zeros((), dtype=backend.dtype)
-    predictions = xp.empty(len(data), dtype=np.int64)
-    for start in range(0, len(data), batch_size):
-        stop = min(start + batch_size, len(data))
+    predictions = xp.empty(hi - lo, dtype=np.int64)
+    for start in range(lo, hi, batch_size):
+        stop = min(start + batch_size, hi)
         z = model.logits(preprocess(data.images[start:stop], backend), training=False)
         loss_sum += loss_fn.forward(z, data.labels[start:stop]) * (stop - start)
-        predictions[start:stop] = z.argmax(axis=1)
-    correct = (predictions == data.labels).sum()
+        predictions[start - lo : stop - lo] = z.argmax(axis=1)
+    correct = (predictions == data.labels[lo:hi]).sum()
     n = max(len(data), 1)
-    return backend.to_float(loss_sum) / n, backend.to_float(correct) / n, predictions
+    if comm.size == 1:
+        return backend.to_float(loss_sum) / n, backend.to_float(correct) / n, predictions
+    total_loss, total_correct = comm.allreduce_host([backend.to_float(loss_sum), backend.to_float(correct)])
+    return float(total_loss) / n, float(total_correct) / n, predictions
+
+
+def shard(n: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows [lo, hi) of n that rank `rank` of `size` takes: contiguous, sizes differing by at most 1."""
+    return n * rank // size, n * (rank + 1) // size
 
 
 class Trainer:
@@ -180,15 +195,19 @@ class Trainer:
         augment: Callable[[Any, int], Any] | None = None,
         early_stopping: EarlyStopping | None = None,
         checkpoint: Callable[[TrainState], None] | None = None,
+        comm: Communicator | None = None,
     ) -> None:
         self.model = model
+        # Data-parallel: each rank computes its rows of every global batch; gradients are summed.
+        self.comm = comm or Single()
         self.optimizer = optimizer
         self.backend = backend
         self.preprocess = preprocess
         self.callbacks = callbacks or []
         self.loss_fn = SoftmaxCrossEntropy(backend)
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
-        self.augment = augment  # augment(uint8 images (B, 784) on the device, key) -> images
+        # augment(uint8 images (B, 784) on the device, key, first row's place in the batch) -> images
+        self.augment = augment
         self.early_stopping = early_stopping
         self.checkpoint = checkpoint  # called with the state after every epoch and on a stop
         self.best_state: dict[str, np.ndarray] | None = None
@@ -212,10 +231,15 @@ class Trainer:
         state: TrainState | None = None,
     ) -> TrainResult:
         """Train until `epochs` are done, starting from `state` (a resumed run) or the start."""
-        backend, xp, model, loss_fn = self.backend, self.backend.xp, self.model, self.loss_fn
+        backend, xp, model, loss_fn, comm = self.backend, self.backend.xp, self.model, self.loss_fn, self.comm
         state = state or TrainState()
         n = len(train)
         batches = math.ceil(n / batch_size)
+        if comm.size > 1 and 0 < n % batch_size < comm.size:
+            raise NnxError(
+                f"the last batch of each epoch has {n % batch_size} images, fewer than the {comm.size} ranks: "
+                "change training.batch_size or data.limit"
+            )
         base_lr = self.optimizer.lr
         self._emit("on_train_start", epochs, batches, n)
         result = TrainResult()
@@ -223,8 +247,9 @@ class Trainer:
             epoch = state.epoch
             self._emit("on_epoch_start", epoch)
             order = backend.asarray(epoch_order(seed, epoch, n))
-            loss_sum = xp.asarray(state.loss_sum, dtype=backend.dtype)
-            correct = xp.asarray(state.correct, dtype=np.int64)
+            # A resumed epoch's partial sums are global: one rank carries them, the others start at 0.
+            loss_sum = xp.asarray(state.loss_sum if comm.is_root else 0.0, dtype=backend.dtype)
+            correct = xp.asarray(state.correct if comm.is_root else 0, dtype=np.int64)
             seen = state.seen
             # The first batch whose loss was nan or inf, tracked on the device: -1 while all is well.
             first_bad = xp.asarray(-1)
@@ -232,18 +257,28 @@ class Trainer:
             for batch in range(state.batch, batches):
                 self.optimizer.lr = self.schedule.lr(base_lr, (epoch - 1) * batches + batch, epochs * batches, batches)
                 idx = order[batch * batch_size : (batch + 1) * batch_size]
+                global_rows = len(idx)
+                lo, hi = shard(global_rows, comm.rank, comm.size)
+                idx = idx[lo:hi]  # this rank's rows of the global batch (all of them on one process)
                 y = train.labels[idx]
                 pixels = train.images[idx]
                 if self.augment is not None:
-                    pixels = self.augment(pixels, _key(seed, epoch, batch, "augment"))
-                model.set_random_key(seed, epoch, batch)
+                    pixels = self.augment(pixels, _key(seed, epoch, batch, "augment"), lo)
+                model.set_random_key(seed, epoch, batch, row_offset=lo)
                 z = model.logits(self.preprocess(pixels, backend), training=True)
                 loss = loss_fn.forward(z, y)
                 correct += (z.argmax(axis=1) == y).sum()
-                model.backward(loss_fn.backward())
+                dz = loss_fn.backward()
+                if comm.size > 1:
+                    # dL/dz of the global batch's mean loss: (p - onehot) / N_global, not / N_rank;
+                    # then the ranks' gradients add up to the one-process gradient (one allreduce).
+                    dz *= len(idx) / global_rows
+                model.backward(dz)
+                if comm.size > 1:
+                    comm.allreduce_sum(model.flat_grads)
                 self.optimizer.step()
                 loss_sum += loss * len(idx)
-                seen += len(idx)
+                seen += global_rows
                 state.batch = batch + 1
                 first_bad = xp.where((first_bad < 0) & ~xp.isfinite(loss), batch + 1, first_bad)
                 if (batch + 1) % DIVERGENCE_CHECK_EVERY == 0:
@@ -252,17 +287,21 @@ class Trainer:
                     "on_batch_end",
                     BatchProgress(epoch, batch + 1, batches, seen, loss_sum, correct, time.perf_counter() - started),
                 )
-                if self.stop_requested:
+                if self._stop_agreed():
                     break
             backend.synchronize()
             state.epoch_seconds += time.perf_counter() - started
             self._check_divergence(epoch, first_bad)
-            train_loss = backend.to_float(loss_sum) / max(seen, 1)
+            epoch_loss, epoch_correct = backend.to_float(loss_sum), backend.to_float(correct)
+            if comm.size > 1:
+                epoch_loss, epoch_correct = comm.allreduce_host([epoch_loss, epoch_correct])
+                self._average_buffers()
+            train_loss = epoch_loss / max(seen, 1)
             if state.batch < batches:  # stopped mid-epoch: keep the partial accumulators
-                state.loss_sum, state.correct, state.seen = backend.to_float(loss_sum), int(correct), seen
+                state.loss_sum, state.correct, state.seen = float(epoch_loss), int(epoch_correct), seen
                 result.interrupted = True
                 break
-            metrics = self._finish_epoch(state, validation, train_loss, backend.to_float(correct) / seen, seen)
+            metrics = self._finish_epoch(state, validation, train_loss, float(epoch_correct) / seen, seen)
             self._emit("on_epoch_end", metrics)
             if self._should_stop_early(state, metrics):
                 result.stopped_early = True
@@ -283,15 +322,33 @@ class Trainer:
 
     def _check_divergence(self, epoch: int, first_bad: Any) -> None:
         batch = int(first_bad)
+        if self.comm.size > 1:  # every rank must decide alike, or the others would wait forever
+            flagged = self.comm.allreduce_host([batch if batch >= 0 else np.inf], "min")[0]
+            batch = int(flagged) if np.isfinite(flagged) else -1
         if batch >= 0:
             raise TrainingDivergedError(f"the loss became nan or inf at epoch {epoch}, batch {batch}")
+
+    def _stop_agreed(self) -> bool:
+        """Whether to stop after this batch: on several ranks, when any rank was asked to (Ctrl-C
+        reaches them at slightly different moments), so that all stop at the same batch."""
+        if self.comm.size == 1:
+            return self.stop_requested
+        self.stop_requested = bool(self.comm.allreduce_host([self.stop_requested], "max")[0])
+        return self.stop_requested
+
+    def _average_buffers(self) -> None:
+        """Per-rank batch norm statistics drift apart; after each epoch every rank takes their
+        mean, so the saved model (and a resume with any number of ranks) sees one set."""
+        for _, buffer in self.model.buffers():
+            self.comm.allreduce_sum(buffer)
+            buffer /= self.comm.size
 
     def _finish_epoch(
         self, state: TrainState, validation: DeviceSplit | None, train_loss: float, train_acc: float, seen: int
     ) -> EpochMetrics:
         val_loss = val_acc = None
         if validation is not None and len(validation):
-            val_loss, val_acc, _ = evaluate(self.model, validation, self.preprocess, self.backend)
+            val_loss, val_acc, _ = evaluate(self.model, validation, self.preprocess, self.backend, comm=self.comm)
         metrics = EpochMetrics(
             state.epoch, train_loss, train_acc, val_loss, val_acc, state.epoch_seconds, self.optimizer.lr
         )

@@ -29,13 +29,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=f"no usable GPU: {reason}"))
 
 
-def must_run(gpu_test: bool) -> str | None:
+def must_run(gpu_test: bool | str) -> str | None:
     """Why a test may not be skipped here, or None when a skip is allowed.
 
     On a GPU machine (scripts/gpu_check.sh sets NNX_REQUIRE_GPU=1) a skipped GPU test is a
     failure: a run that skipped them all must not end green. In CI (CI set) every test that does
     not need a GPU must run: a missing browser, dataset or package fails instead of hiding.
     """
+    if gpu_test == "multigpu":  # needs 2+ GPUs: skips, with the reason, wherever there are fewer
+        return None
     if gpu_test:
         return "NNX_REQUIRE_GPU is set" if os.environ.get("NNX_REQUIRE_GPU") else None
     return "CI is set: every test that needs no GPU must run" if os.environ.get("CI") else None
@@ -50,7 +52,7 @@ def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    why = must_run("gpu" in item.keywords)
+    why = must_run("multigpu" if "multigpu" in item.keywords else "gpu" in item.keywords)
     if report.skipped and why and not hasattr(report, "wasxfail"):
         reason = skip_reason(report)
         report.outcome = "failed"

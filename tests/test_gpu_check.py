@@ -41,7 +41,8 @@ def run(args: list[str], env_changes: dict[str, str | None] | None = None, timeo
 
 def collected_gpu_tests(on_device_image: bool) -> list[str]:
     runner = [sys.executable, "tests/device_image.py"] if on_device_image else [sys.executable, "-m", "pytest"]
-    result = run([*runner, "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"], {"CI": None})
+    args = ["--collect-only", "-q", "-m", "gpu or multigpu", "-p", "no:cacheprovider", "tests"]
+    result = run([*runner, *args], {"CI": None})
     assert result.returncode == 0, result.stdout + result.stderr
     return [line for line in result.stdout.splitlines() if "::" in line]
 
@@ -84,7 +85,7 @@ def carried_wheels(folder: Path, leave_out: str | None = None) -> None:
 
 
 def test_the_carried_wheels_bring_every_requirement(tmp_path: Path) -> None:
-    assert {"pydantic", "pydantic-core", "typing-extensions"} <= set(carried())
+    assert {"pydantic", "pydantic-core", "typing-extensions", "mpi4py", "mpich"} <= set(carried())
     carried_wheels(tmp_path)
     assert check(tmp_path) == []
 

@@ -51,6 +51,9 @@ def train(
         Path | None, typer.Option("--resume", help="Continue a stopped run from its directory's checkpoint.")
     ] = None,
     plots: Annotated[bool, typer.Option("--plots", help="Also write the plots and report.html (nnx plot).")] = False,
+    distributed: Annotated[
+        bool, typer.Option("--distributed", help="One of N data-parallel processes: mpiexec -n N nnx train ...")
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a network from a YAML config; writes a run directory with the model and metrics."""
@@ -65,7 +68,7 @@ def train(
         "dtype": dtype,
         "data.dir": str(data_dir) if data_dir else None,
     }
-    run_train(config, set_ or [], flags, out, download, quiet, resume, plots)
+    run_train(config, set_ or [], flags, out, download, quiet, resume, plots, distributed)
 
 
 @app.command()

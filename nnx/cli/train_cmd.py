@@ -25,6 +25,7 @@ def run_train(
     quiet: bool,
     resume: Path | None = None,
     plots: bool = False,
+    distributed: bool = False,
 ) -> None:
     """The CLI over nnx.api.train: progress bars, the setup lines, the summary table, plots."""
     if plots:
@@ -45,8 +46,13 @@ def run_train(
         download=download,
         fetch=lambda data_dir: download_with_progress(data_dir, console),
         log=log,
+        distributed=distributed,
     )
     result, summary, run_dir = run.result, run.summary, run.path
+    if run.rank != 0:  # rank 0 reports for every rank
+        if result.interrupted:
+            raise typer.Exit(130)
+        return
     _print_summary(console, summary, result, run.config.training.epochs, run.backend, run_dir, quiet)
     if plots and not result.interrupted:
         from nnx.viz.report import make_plots

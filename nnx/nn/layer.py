@@ -27,6 +27,7 @@ class Layer:
         self.buffers: dict[str, Any] = {}
         # Set by Sequential before every training batch; random layers derive their numbers from it.
         self.random_key = 0
+        self.row_offset = 0  # first row of this batch in the global batch (data-parallel ranks)
         # The first layer of a network has no use for dL/dx; skipping it saves a matmul.
         self.compute_dx = True
 

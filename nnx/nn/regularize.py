@@ -33,7 +33,9 @@ class Dropout(Layer):
         if self.next_mask is not None:
             keep, self.next_mask = self.next_mask, None
         else:
-            keep = self.backend.ops.uniform(x.shape, self.random_key, x.dtype) >= self.p
+            # Counters from this rank's first row: the mask is that of the whole batch's rows.
+            offset = self.row_offset * (x.size // max(x.shape[0], 1))
+            keep = self.backend.ops.uniform(x.shape, self.random_key, x.dtype, offset) >= self.p
         self.mask = keep * x.dtype.type(1 / (1 - self.p))
         return x * self.mask
 
@@ -50,7 +52,11 @@ class BatchNorm(Layer):
 
     Training normalises with the batch's statistics and updates running averages
     (r <- (1 - momentum) r + momentum batch_stat); evaluation uses the running ones, which are
-    saved in model files as buffers."""
+    saved in model files as buffers.
+
+    Data-parallel ranks each normalise with their own rows' statistics, unless `sum_across` is set
+    (synchronised batch norm): a function that sums an array over the ranks in place, through
+    which the statistics and their gradient terms become those of the whole global batch."""
 
     kind = "batchnorm"
 
@@ -61,6 +67,7 @@ class BatchNorm(Layer):
         self.params = {"gamma": xp.ones(features, dtype=dtype), "beta": xp.zeros(features, dtype=dtype)}
         self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
         self.buffers = {"running_mean": xp.zeros(features, dtype=dtype), "running_var": xp.ones(features, dtype=dtype)}
+        self.sum_across: Any = None  # set by the trainer for synchronised statistics
 
     def _axes(self, x: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
         if x.ndim == 2:
@@ -72,15 +79,21 @@ class BatchNorm(Layer):
         axes, shape = self._axes(x)
         self.training = training
         if training:
-            mu = x.mean(axis=axes)
-            var = x.var(axis=axes)
-            count = x.size // self.features
+            if self.sum_across is None:
+                mu = x.mean(axis=axes)
+                var = x.var(axis=axes)
+                count = x.size // self.features
+            else:
+                mu, var, count = self._global_statistics(x, axes, shape)
+            self.count = count
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
             self.buffers["running_mean"] += m * mu
             self.buffers["running_var"] *= 1 - m
-            # The running variance is the unbiased estimate, as in other frameworks.
-            self.buffers["running_var"] += m * var * (count / max(count - 1, 1))
+            # The running variance is the unbiased estimate, as in other frameworks: var M / (M - 1)
+            # (M a device scalar when synchronised: no read back).
+            unbias = count / max(count - 1, 1) if isinstance(count, int) else count / xp.maximum(count - 1, 1)
+            self.buffers["running_var"] += m * var * unbias
         else:
             mu, var = self.buffers["running_mean"], self.buffers["running_var"]
         self.inv_std = (1 / xp.sqrt(var + self.eps)).reshape(shape)
@@ -97,10 +110,28 @@ class BatchNorm(Layer):
             return dx_hat * self.inv_std
         # With batch statistics mu and var depend on x too:
         # dx = inv_std / M (M dx_hat - sum dx_hat - x_hat sum(dx_hat x_hat)),  M = values per feature
-        count = dy.size // self.features
-        sum_dx_hat = dx_hat.sum(axis=axes).reshape(shape)
-        sum_dx_hat_x_hat = (dx_hat * x_hat).sum(axis=axes).reshape(shape)
+        count = self.count
+        sum_dx_hat = dx_hat.sum(axis=axes)
+        sum_dx_hat_x_hat = (dx_hat * x_hat).sum(axis=axes)
+        if self.sum_across is not None:  # the sums run over the whole global batch
+            both = self.xp.concatenate([sum_dx_hat, sum_dx_hat_x_hat])
+            self.sum_across(both)
+            sum_dx_hat, sum_dx_hat_x_hat = both[: self.features], both[self.features :]
+        sum_dx_hat, sum_dx_hat_x_hat = sum_dx_hat.reshape(shape), sum_dx_hat_x_hat.reshape(shape)
         return self.inv_std / count * (count * dx_hat - sum_dx_hat - x_hat * sum_dx_hat_x_hat)
+
+    def _global_statistics(self, x: Any, axes: tuple[int, ...], shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        """Mean and (biased) variance over every rank's rows, in two passes like x.var():
+        mu = sum x / M, then var = sum (x - mu)^2 / M, each sum reduced across ranks."""
+        xp = self.xp
+        sums = xp.concatenate([x.sum(axis=axes), xp.asarray([x.size // self.features], dtype=x.dtype)])
+        self.sum_across(sums)
+        count = sums[-1]  # M over all ranks, left on the device (reading it would synchronise)
+        mu = sums[:-1] / count
+        centred = x - mu.reshape(shape)
+        squares = (centred * centred).sum(axis=axes)
+        self.sum_across(squares)
+        return mu, squares / count, count
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind, "features": self.features, "momentum": self.momentum, "eps": self.eps}

@@ -82,13 +82,16 @@ class Sequential:
             if dy is None:  # the layers below need no gradient (see compute_dx)
                 break
 
-    def set_random_key(self, *parts: int) -> None:
-        """Key every layer's random numbers for the next batch, e.g. by (seed, epoch, batch)."""
+    def set_random_key(self, *parts: int, row_offset: int = 0) -> None:
+        """Key every layer's random numbers for the next batch, e.g. by (seed, epoch, batch).
+        `row_offset`: the first row of this batch within the global batch when data-parallel
+        ranks share one, so that each rank draws its own rows' numbers of the one global draw."""
         if not self.random_layers:
             return
         base = mix_key(*parts)
         for i, layer in self.random_layers:
             layer.random_key = mix_key(base, i)
+            layer.row_offset = row_offset
 
     def parameters(self) -> Iterator[tuple[str, Any, Any]]:
         """(name, param, grad) for every parameter, in a fixed order: "0.W", "0.b", "2.W", ..."""
