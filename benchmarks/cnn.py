@@ -34,7 +34,7 @@ from nnx.data.mnist import Split, load_mnist, resolve_data_dir
 from nnx.nn import build_model
 from nnx.optim import Adam, Schedule
 from nnx.preprocess import Preprocess
-from nnx.train import Callback, DeviceSplit, Trainer, epoch_order, evaluate
+from nnx.trainer import Callback, DeviceSplit, Trainer, epoch_order, evaluate
 
 PRE = Preprocess.named("standard")
 LR = 1e-3

@@ -29,7 +29,7 @@ from nnx.data.mnist import load_mnist, resolve_data_dir
 from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD
 from nnx.preprocess import Preprocess
-from nnx.train import DeviceSplit, Trainer, epoch_order
+from nnx.trainer import DeviceSplit, Trainer, epoch_order
 
 BATCH, LR, MOMENTUM = 64, 0.02, 0.9
 

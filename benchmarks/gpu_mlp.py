@@ -26,7 +26,7 @@ from nnx.data.mnist import load_mnist, resolve_data_dir
 from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD, Schedule
 from nnx.preprocess import Preprocess
-from nnx.train import Callback, DeviceSplit, Trainer, epoch_order, evaluate
+from nnx.trainer import Callback, DeviceSplit, Trainer, epoch_order, evaluate
 
 LR, MOMENTUM = 0.02, 0.9
 CASES = [([784, 64, 10], 64), ([784, 64, 10], 1024), ([784, 1024, 1024, 10], 1024)]

@@ -30,7 +30,7 @@ def worker(name: str, batches: int) -> None:
     from nnx.optim import Schedule
     from nnx.parallel import MPIComm
     from nnx.preprocess import Preprocess
-    from nnx.train import DeviceSplit, Trainer
+    from nnx.trainer import DeviceSplit, Trainer
 
     comm = MPIComm()
     config, _ = load_config(MODELS[name][0], [], {"training.augment.enabled": False})

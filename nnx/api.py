@@ -32,9 +32,9 @@ from nnx.optim import OPTIMIZERS, Optimizer, Schedule
 from nnx.parallel import Communicator, MPIComm, NCCLComm, RanksDisagreeError, Single, check_same_config
 from nnx.preprocess import Preprocess
 from nnx.runs import RunWriter, new_run_dir
-from nnx.train import Callback, DeviceSplit, EarlyStopping, EpochMetrics, Trainer, TrainResult, TrainState, evaluate
+from nnx.trainer import Callback, DeviceSplit, EarlyStopping, EpochMetrics, Trainer, TrainResult, TrainState, evaluate
 
-__all__ = ["Run", "build_model_for", "build_optimizer", "train"]
+__all__ = ["Model", "Prediction", "Run", "build_model_for", "build_optimizer", "load", "train"]
 
 
 @dataclass
@@ -145,7 +145,9 @@ def train(
         code = 130 if isinstance(exc, KeyboardInterrupt) else getattr(exc, "exit_code", 1)
         # One line from the rank that failed (rank 0 alone for what every rank finds alike).
         if not isinstance(exc, SystemExit) and (comm.is_root or not isinstance(exc, RanksDisagreeError)):
-            print(f"error: rank {comm.rank}: {exc or type(exc).__name__}", file=sys.stderr, flush=True)
+            # One write, so that the launcher, which merges the ranks' output, keeps the line whole.
+            sys.stderr.write(f"error: rank {comm.rank}: {exc or type(exc).__name__}\n")
+            sys.stderr.flush()
         comm.abort(code)
         raise
 
@@ -375,3 +377,70 @@ def _with_state(model: Sequential, arrays: dict[str, np.ndarray]) -> Sequential:
     copy = build_model(model.spec(), model.backend, np.random.default_rng(0))
     copy.load_state(arrays)
     return copy
+
+
+@dataclass
+class Prediction:
+    """What `Model.predict` returns: a class index and 10 probabilities per image."""
+
+    classes: np.ndarray  # (N,) int64
+    probabilities: np.ndarray  # (N, 10) float64, rows summing to 1
+
+
+class Model:
+    """A trained network ready to use in a notebook or a script: `nnx.load(path)`.
+
+    `predict(images)` takes uint8 pixels (a 28x28 image, a batch (N, 28, 28) or (N, 784)) or
+    floats (0-1, or 0-255 when any value exceeds 1), NumPy in and NumPy out. `evaluate()` runs
+    the test set."""
+
+    def __init__(self, loaded: Any, path: Path) -> None:
+        self.network: Sequential = loaded.model
+        self.preprocess: Preprocess = loaded.preprocess
+        self.header: dict[str, Any] = loaded.header
+        self.backend: Backend = loaded.model.backend
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"nnx.Model({self.network.describe()}, {self.network.count_parameters():,} parameters, {self.path})"
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.header.get("metrics", {}))
+
+    def predict(self, images: Any, batch_size: int = 500) -> Prediction:
+        from nnx.images import as_pixels
+        from nnx.metrics import predict_probabilities
+
+        pixels = as_pixels(images)
+        probabilities = predict_probabilities(
+            self.network, self.backend.asarray(pixels), self.preprocess, self.backend, batch_size
+        )
+        return Prediction(probabilities.argmax(axis=1), probabilities)
+
+    def evaluate(self, split: str = "test", data_dir: str | Path | None = None) -> dict[str, Any]:
+        """Loss, accuracy, per-class accuracy and the confusion matrix on MNIST's test set (or
+        "train": all 60,000 training images)."""
+        from nnx.data.mnist import load_test
+        from nnx.metrics import confusion_matrix, per_class_accuracy
+
+        folder = resolve_data_dir(Path(data_dir) if data_dir else None)
+        if split == "test":
+            data = load_test(folder)
+        elif split == "train":
+            data = load_mnist(folder, 0).train
+        else:
+            raise NnxError(f"split {split!r}: use 'test' or 'train'")
+        device_data = DeviceSplit(data, self.backend)
+        loss, accuracy, predictions = evaluate(self.network, device_data, self.preprocess, self.backend)
+        confusion = confusion_matrix(device_data.labels, predictions, self.backend)
+        return {"loss": loss, "accuracy": accuracy, "per_class_accuracy": per_class_accuracy(confusion),
+                "confusion": confusion}  # fmt: skip
+
+
+def load(path: str | Path, device: str = "cpu") -> Model:
+    """A model file (.npz, or .safetensors exported by nnx) on `device`, ready to predict."""
+    from nnx.io import open_model
+
+    path = Path(path)
+    return Model(open_model(path, device), path)

@@ -20,7 +20,7 @@ from nnx.atomic import write_atomic
 from nnx.errors import NnxError
 from nnx.nn.sequential import Sequential
 from nnx.optim import Optimizer
-from nnx.train import TrainState
+from nnx.trainer import TrainState
 
 CHECKPOINT = "checkpoint.npz"
 BEST = "best.npz"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from nnx.errors import DataError
+from nnx.errors import DataError, NnxError
 
 
 def read_grey(source: Path | bytes) -> np.ndarray:
@@ -82,3 +83,26 @@ def mnist_style(ink: np.ndarray) -> np.ndarray:
 def image_to_digit(source: Path | bytes) -> np.ndarray:
     """Any image (a PNG from a drawing canvas, a photo of ink on paper) -> MNIST-style uint8 (784,)."""
     return mnist_style(to_ink_on_black(read_grey(source)))
+
+
+def as_pixels(images: Any) -> np.ndarray:
+    """uint8 (N, 784) from what a notebook holds: one 28x28 image or 784 values, a batch (N, 28, 28)
+    or (N, 784); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds 1) rounded."""
+    array = np.asarray(images)
+    if array.dtype.kind not in "uif":
+        raise NnxError(f"images: expected numbers, got {array.dtype}")
+    if array.size and array.size % 784:
+        raise NnxError(f"images: shape {array.shape} is not 28x28 images (a multiple of 784 values)")
+    if array.ndim == 1 or (array.ndim == 2 and array.shape == (28, 28)):
+        array = array.reshape(1, 784)
+    array = array.reshape(-1, 784)
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise NnxError("images: NaN or infinite values")
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise NnxError(f"images: values from {values.min():g} to {values.max():g}; expected 0-1 or 0-255")
+    if array.dtype.kind == "f" and values.size and values.max() <= 1.0:
+        values = values * 255.0
+    return np.rint(values).astype(np.uint8)

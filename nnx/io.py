@@ -106,14 +106,26 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
+def read_model_file(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An nnx .npz model file, or a .safetensors file that nnx exported: (header, host arrays)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such model file")
+        from nnx.export.safetensors import read_safetensors
+
+        return read_safetensors(path)
+    return read_header(path)
+
+
 def load_model(path: Path, backend: Backend) -> LoadedModel:
-    """Rebuild the network on `backend` (its dtype) from a model file."""
-    return _rebuild(path, *read_header(path), backend)
+    """Rebuild the network on `backend` (its dtype) from a model file (.npz or .safetensors)."""
+    return _rebuild(path, *read_model_file(path), backend)
 
 
 def open_model(path: Path, device: str = "cpu") -> LoadedModel:
     """Load a model file onto `device` in the dtype it was saved in, reading the file once."""
-    header, arrays = read_header(path)
+    header, arrays = read_model_file(path)
     return _rebuild(path, header, arrays, get_backend(device, header.get("dtype", "float32")))
 
 

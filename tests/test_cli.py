@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from nnx.cli.app import app
 from nnx.data.mnist import load_test
-from nnx.train import Callback
+from nnx.trainer import Callback
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--set", "training.validation=100", "--set", "model.hidden=[16]", "--set", "optimizer.lr=0.05"]

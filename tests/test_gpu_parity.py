@@ -25,7 +25,7 @@ from nnx.ops import Ops
 from nnx.optim import SGD
 from nnx.preprocess import Preprocess
 from nnx.testing import assert_parity, measured_tolerances, relative_error
-from nnx.train import DeviceSplit, Trainer, evaluate
+from nnx.trainer import DeviceSplit, Trainer, evaluate
 
 pytestmark = pytest.mark.gpu
 DTYPES = ["float64", "float32"]

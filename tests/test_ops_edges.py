@@ -11,7 +11,7 @@ from nnx.data.mnist import Split
 from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD
 from nnx.preprocess import Preprocess
-from nnx.train import DeviceSplit, Trainer, TrainingDivergedError, epoch_order
+from nnx.trainer import DeviceSplit, Trainer, TrainingDivergedError, epoch_order
 
 DEVICES = [
     ("cpu", "float64"),

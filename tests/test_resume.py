@@ -20,7 +20,7 @@ from nnx.errors import ConfigError
 from nnx.io import load_model, save_model
 from nnx.nn import build_model
 from nnx.preprocess import Preprocess
-from nnx.train import Callback
+from nnx.trainer import Callback
 
 # Every source of randomness and state at once: dropout, batch norm, Adam, one-cycle, augmentation.
 RICH_CONFIG = """
@@ -146,7 +146,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(
 ) -> None:
     """A loss that turns nan in epoch 2, batch 3: the run stops naming them, and the checkpoint
     written after epoch 1 is what stays."""
-    from nnx.train import Trainer
+    from nnx.trainer import Trainer
 
     original_fit = Trainer.fit
 

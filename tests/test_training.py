@@ -12,7 +12,7 @@ from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD, Schedule
 from nnx.preprocess import Preprocess
 from nnx.testing import assert_parity
-from nnx.train import Callback, DeviceSplit, Trainer, epoch_order, evaluate
+from nnx.trainer import Callback, DeviceSplit, Trainer, epoch_order, evaluate
 
 
 class Recorder(Callback):

@@ -160,6 +160,21 @@ def serve(
 
 @app.command()
 @handles_errors
+def export(
+    model: Annotated[Path, typer.Argument(help="A model file, e.g. runs/<run>/model.npz.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx or safetensors.")] = "onnx",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where (default: beside MODEL).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Write a model as ONNX (preprocessing included: it takes uint8 pixels) or safetensors
+    (weights, with the architecture in its metadata; nnx.load reads it back). pip install 'nnx[export]'."""
+    from nnx.cli.export_cmd import run_export
+
+    run_export(model, format, output, force)
+
+
+@app.command()
+@handles_errors
 def sweep(
     target: Annotated[str, typer.Argument(help="A sweep YAML file to run, or `show` to look at a sweep.")],
     name: Annotated[str | None, typer.Argument(help="With show: the sweep's name.")] = None,

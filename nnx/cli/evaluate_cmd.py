@@ -12,7 +12,7 @@ from nnx.cli.render import digit_text, probability_table
 from nnx.data.mnist import load_test, resolve_data_dir
 from nnx.io import open_model
 from nnx.metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy, predict_probabilities
-from nnx.train import DeviceSplit, evaluate
+from nnx.trainer import DeviceSplit, evaluate
 
 
 def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bool, show_errors: int = 2) -> None:

@@ -7,7 +7,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nnx.train import BatchProgress, Callback, EpochMetrics, TrainResult
+from nnx.trainer import BatchProgress, Callback, EpochMetrics, TrainResult
 
 REFRESH_SECONDS = 0.25
 

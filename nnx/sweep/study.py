@@ -21,7 +21,7 @@ from typing import Any
 
 from nnx.errors import ConfigError, NnxError
 from nnx.sweep.spec import SweepSpec
-from nnx.train import Callback, EpochMetrics, TrainingDivergedError
+from nnx.trainer import Callback, EpochMetrics, TrainingDivergedError
 
 SWEEPS = Path("runs")
 FINISHED = ("COMPLETE", "PRUNED")

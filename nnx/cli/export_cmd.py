@@ -1,0 +1,23 @@
+"""`nnx export MODEL --format onnx|safetensors`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnx.cli.common import stdout_console
+from nnx.errors import NnxError
+from nnx.export import FORMATS, export
+from nnx.io import open_model
+
+
+def run_export(model_path: Path, fmt: str, output: Path | None, force: bool) -> None:
+    if fmt not in FORMATS:
+        raise NnxError(f"--format {fmt}: unknown (use {', '.join(FORMATS)})")
+    output = output or model_path.with_suffix(f".{fmt}")
+    if output.exists() and not force:
+        raise NnxError(f"{output}: exists; choose another --output or add --force")
+    loaded = open_model(model_path, "cpu")
+    written = export(loaded.model, loaded.preprocess, output, fmt, loaded.header)
+    stdout_console().print(
+        f"{fmt} written to {written} ({written.stat().st_size:,} bytes): {loaded.model.describe()}", markup=False
+    )

@@ -1,0 +1,82 @@
+"""The Python API a notebook uses: nnx.train, nnx.load, Model.predict and Model.evaluate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.errors import NnxError
+from nnx.trainer import Callback
+
+
+def test_the_public_surface_is_small_and_lazy() -> None:
+    assert set(nnx.__all__) == {"Model", "Prediction", "Run", "__version__", "load", "train"}
+    # `import nnx` (and so `nnx --help`) does not pull in the training machinery
+    code = "import sys, nnx; print('nnx.api' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+class Epochs(Callback):
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_epoch_end(self, metrics) -> None:
+        self.seen.append(metrics.epoch)
+
+
+def test_train_load_predict_evaluate(tiny_mnist: Path, tmp_path: Path) -> None:
+    callback = Epochs()
+    run = nnx.train(
+        "mnist_mlp",
+        {"training.epochs": 2, "training.validation": 100, "data.dir": str(tiny_mnist)},
+        out=tmp_path / "run",
+        callbacks=[callback],
+    )
+    assert isinstance(run, nnx.Run) and run.path == tmp_path / "run" and not run.interrupted
+    assert callback.seen == [1, 2] and [m.epoch for m in run.history] == [1, 2]
+    assert run.summary["epochs"] == 2 and (run.path / "model.npz").is_file()
+
+    model = nnx.load(str(run.path / "model.npz"))  # str or Path
+    assert isinstance(model, nnx.Model) and "784-64-10" in repr(model)
+    images = np.stack([np.asarray(i) for i in nnx_images(tiny_mnist)])
+    batch = model.predict(images)
+    assert batch.classes.shape == (len(images),) and batch.probabilities.shape == (len(images), 10)
+    assert np.allclose(batch.probabilities.sum(axis=1), 1)
+    one = model.predict(images[0])  # a single 28x28 image
+    assert one.classes.shape == (1,) and one.classes[0] == batch.classes[0]
+    as_floats = model.predict(images.astype(np.float32) / 255)  # floats in 0-1
+    assert np.array_equal(as_floats.classes, batch.classes)
+    flat = model.predict(images.reshape(len(images), 784))
+    assert np.array_equal(flat.probabilities, batch.probabilities)
+
+    result = model.evaluate(data_dir=tiny_mnist)
+    assert abs(result["accuracy"] - run.summary["test_accuracy"]) < 1e-12
+    assert result["confusion"].sum() == 200 and result["per_class_accuracy"].shape == (10,)
+
+
+def nnx_images(folder: Path) -> np.ndarray:
+    from nnx.data.mnist import load_test
+
+    return load_test(folder).images[:20]
+
+
+@pytest.mark.parametrize(
+    "images,message",
+    [
+        (np.zeros((3, 27, 27)), "not 28x28 images"),
+        (np.full((1, 784), np.nan), "NaN"),
+        (np.full((1, 784), 300.0), "expected 0-1 or 0-255"),
+        (np.array(["a"] * 784), "expected numbers"),
+    ],
+)
+def test_predict_refuses_what_is_not_images(tiny_mnist: Path, tmp_path: Path, images, message) -> None:
+    run = nnx.train(None, {"training.epochs": 1, "training.validation": 100, "data.dir": str(tiny_mnist)},
+                    out=tmp_path / "r")  # fmt: skip
+    with pytest.raises(NnxError, match=message):
+        nnx.load(run.path / "model.npz").predict(images)
