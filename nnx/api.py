@@ -26,6 +26,7 @@ from nnx.config import Config, load_config
 from nnx.data.mnist import MIRRORS, Split, load_mnist, missing_files, resolve_data_dir
 from nnx.errors import DataError, NnxError
 from nnx.io import read_header, save_model
+from nnx.loggers import make_loggers
 from nnx.metrics import peak_rss_mb
 from nnx.nn import Sequential, build_model
 from nnx.optim import OPTIMIZERS, Optimizer, Schedule
@@ -118,6 +119,7 @@ def train(
     log: Callable[[str], None] | None = None,
     handle_sigint: bool = True,
     distributed: bool = False,
+    threads: int | None = None,
 ) -> Run:
     """Train `config` (a YAML path, a built-in name such as "mnist_cnn", a Config, or None for the
     default) with `overrides` ({"optimizer.lr": 0.05, ...}) into a run directory, and return the Run.
@@ -129,10 +131,19 @@ def train(
     run is kept resumable (a second Ctrl-C aborts). A stopped run comes back with
     `run.interrupted` set; its model.npz holds the weights at the stop.
 
+    `threads`: BLAS/OpenMP threads for this run (threadpoolctl), recorded in the summary.
+
     `distributed`: one of N processes started by `mpiexec -n N` (nnx.parallel): each trains on
     its rows of every global batch, gradients are summed by one allreduce per step, and rank 0
     alone writes the run directory and reports. An error on any rank ends every rank.
     """
+    if threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=threads):
+            return train(config, overrides, assignments=assignments, out=out, resume=resume, callbacks=callbacks,
+                         download=download, fetch=fetch, log=log, handle_sigint=handle_sigint,
+                         distributed=distributed)  # fmt: skip
     if not distributed:
         return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log, handle_sigint)
     comm = MPIComm()
@@ -214,12 +225,13 @@ def _train(
         say(f"resuming at epoch {state.epoch}, batch {state.batch}")
 
     early = t.early_stopping
+    loggers = make_loggers(t.log, run_dir, state.history) if writer is not None else []
     trainer = Trainer(
         model,
         optimizer,
         backend,
         preprocess,
-        ([MetricsWriter(writer)] if writer is not None else []) + callbacks,
+        ([MetricsWriter(writer)] if writer is not None else []) + loggers + callbacks,
         Schedule(**config.schedule.model_dump()),
         augment=ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if t.augment.enabled else None,
         early_stopping=EarlyStopping(early.metric, early.patience, early.min_delta) if early else None,
@@ -298,6 +310,7 @@ def _train(
         "nnx_version": __version__,
         "model": str(run_dir / "model.npz"),
         "ranks": comm.size,
+        "blas_threads": _blas_threads(),
     }
     if not root:
         return Run(run_dir, config, summary, list(result.history), model, preprocess, backend, result, comm.rank)
@@ -314,6 +327,16 @@ def _train(
     )
     writer.write_summary(summary)
     return Run(run_dir, config, summary, list(result.history), model, preprocess, backend, result)
+
+
+def _blas_threads() -> int | None:
+    """The threads NumPy's BLAS uses now (after any --threads limit), as threadpoolctl sees them."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return max(blas) if blas else None
 
 
 def _rank_device(device: str, comm: Communicator) -> str:

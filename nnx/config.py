@@ -188,6 +188,8 @@ class TrainingConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     # Data-parallel runs: batch norm statistics over the whole global batch, not each rank's rows.
     sync_batchnorm: bool = False
+    # Logs other tools read, in the run directory: TensorBoard event files, metrics.csv.
+    log: list[Literal["tensorboard", "csv"]] = Field(default_factory=list)
 
 
 class Config(Strict):

@@ -13,9 +13,28 @@ app = typer.Typer(
     name="nnx",
     help="A from-scratch neural network toolkit: train, evaluate and run MNIST classifiers on CPU or GPU.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from nnx import __version__
+
+        typer.echo(f"nnx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print nnx's version and exit.")
+    ] = False,
+) -> None:
+    """A from-scratch neural network toolkit: train, evaluate and run MNIST classifiers on CPU or GPU."""
+
+
 data_app = typer.Typer(help="Download and check the MNIST files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 runs_app = typer.Typer(help="List and compare runs.", invoke_without_command=True)
@@ -33,7 +52,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the resul
 @handles_errors
 def train(
     config: Annotated[
-        str | None, typer.Option("--config", "-c", help="YAML file or built-in name (mnist_mlp, seed).")
+        str | None,
+        typer.Option("--config", "-c", help="YAML file or built-in name: mnist_mlp (default), mnist_cnn, seed."),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="training.epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="training.batch_size")] = None,
@@ -54,6 +74,9 @@ def train(
     distributed: Annotated[
         bool, typer.Option("--distributed", help="One of N data-parallel processes: mpiexec -n N nnx train ...")
     ] = False,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="BLAS/OpenMP threads (default: all cores).")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a network from a YAML config; writes a run directory with the model and metrics."""
@@ -68,7 +91,7 @@ def train(
         "dtype": dtype,
         "data.dir": str(data_dir) if data_dir else None,
     }
-    run_train(config, set_ or [], flags, out, download, quiet, resume, plots, distributed)
+    run_train(config, set_ or [], flags, out, download, quiet, resume, plots, distributed, threads)
 
 
 @app.command()
@@ -124,12 +147,13 @@ def plot(
 def runs(
     ctx: typer.Context,
     directory: Annotated[Path, typer.Option("--dir", help="Where the runs are.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Every run's summary as JSON, for scripts.")] = False,
 ) -> None:
     """List the runs in a table (subcommand `compare` compares some)."""
     if ctx.invoked_subcommand is None:
         from nnx.cli.plot_cmd import run_list
 
-        run_list(directory)
+        run_list(directory, as_json)
 
 
 @runs_app.command("compare")

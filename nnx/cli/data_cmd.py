@@ -75,7 +75,13 @@ def run_data_info(data_dir: Path | None) -> None:
         table.add_row(file.name, path.name, f"{size:,}", "ok" if ok else "MISMATCH")
     console.print(table)
     if problems:
-        raise DataError(f"{folder}: {'; '.join(problems)}")
+        how = (
+            "; get them with `nnx data download` (or --data-dir / $NNX_DATA_DIR to a folder holding them; "
+            "data/README.md says how to fill it by hand)"
+            if any(p.endswith("missing") for p in problems)
+            else ""
+        )
+        raise DataError(f"{folder}: {'; '.join(problems)}{how}")
     mnist = load_mnist(folder, validation=0)
     console.print(f"train {len(mnist.train):,} images, test {len(mnist.test):,} images, 28x28 uint8", markup=False)
     console.print("train label counts 0-9: " + " ".join(map(str, label_counts(mnist.train.labels))), markup=False)

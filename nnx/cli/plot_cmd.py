@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -29,16 +30,25 @@ def _percent(value: float | None) -> str:
     return f"{value:.2%}" if isinstance(value, (int, float)) else "-"
 
 
-def run_list(directory: Path) -> None:
+def run_list(directory: Path, as_json: bool = False) -> None:
     console = stdout_console()
     runs = list_runs(directory)
+    if as_json:
+        rows = [{"run": str(run["path"]), "modified": run["modified"], **run["summary"]} for run in runs]
+        console.print(json.dumps(rows, indent=1), markup=False, highlight=False, soft_wrap=True)
+        return
     if not runs:
         console.print(f"no finished runs in {directory}", markup=False)
         return
     table = Table(title=f"runs in {directory}")
     for column in ("run", "date", "model", "device", "epochs", "best val acc", "test acc", "time"):
         table.add_column(
-            column, justify="right" if column in ("epochs", "best val acc", "test acc", "time") else "left"
+            column,
+            justify="right" if column in ("epochs", "best val acc", "test acc", "time") else "left",
+            # Run names are what users type next: never cut short (the model column folds instead).
+            no_wrap=column == "run",
+            overflow="fold",
+            min_width=max(len(run["path"].name) for run in runs) if column == "run" else None,
         )
     for run in runs:
         s = run["summary"]

@@ -26,6 +26,7 @@ def run_train(
     resume: Path | None = None,
     plots: bool = False,
     distributed: bool = False,
+    threads: int | None = None,
 ) -> None:
     """The CLI over nnx.api.train: progress bars, the setup lines, the summary table, plots."""
     if plots:
@@ -47,6 +48,7 @@ def run_train(
         fetch=lambda data_dir: download_with_progress(data_dir, console),
         log=log,
         distributed=distributed,
+        threads=threads,
     )
     result, summary, run_dir = run.result, run.summary, run.path
     if run.rank != 0:  # rank 0 reports for every rank
@@ -60,10 +62,14 @@ def run_train(
         written = make_plots(run_dir, Path(run.config.data.dir), "cpu")
         console.print(f"plots and report: {', '.join(p.name for p in written)} in {run_dir}", markup=False)
     if result.interrupted:
+        kept = ["config.yaml"]
+        if (run_dir / "metrics.jsonl").is_file():
+            kept.append(f"metrics.jsonl ({len(result.history)} complete epoch(s))")
+        if (run_dir / CHECKPOINT).is_file():
+            kept.append(f"{CHECKPOINT} (to continue: nnx train --resume {run_dir})")
+        kept += ["model.npz (weights at the stop)", "summary.json"]
         console.print(
-            f"Stopped by Ctrl-C during epoch {len(result.history) + 1}. Kept in {run_dir}: config.yaml, "
-            f"metrics.jsonl ({len(result.history)} complete epoch(s)), {CHECKPOINT} (to continue: "
-            f"nnx train --resume {run_dir}), model.npz (weights at the stop), summary.json",
+            f"Stopped by Ctrl-C during epoch {len(result.history) + 1}. Kept in {run_dir}: {', '.join(kept)}",
             markup=False,
         )
         raise typer.Exit(130)

@@ -69,8 +69,10 @@ def download_file(
         write_atomic(target, archive)
         return target
     raise DataError(
-        f"could not download {file.name}.gz; tried: {'; '.join(tried) or 'no mirrors'}. "
-        f"Place the four MNIST .gz files in {data_dir} by hand, or set --data-dir"
+        f"could not download {file.name}.gz; tried: {'; '.join(tried) or 'no mirrors'}. Offline? Put the four "
+        f"files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        f"t10k-labels-idx1-ubyte.gz) in {data_dir}, or point --data-dir or $NNX_DATA_DIR at a folder holding "
+        f"them, or give another mirror: nnx data download --mirror URL"
     )
 
 
