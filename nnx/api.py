@@ -196,8 +196,10 @@ def _train(
     config.data.dir = str(data_dir)
     model = build_model_for(config, backend)
     optimizer = build_optimizer(config, model, backend)
-    _ensure_data(data_dir, download, fetch, say)
-    mnist = load_mnist(data_dir, config.training.validation)
+    csv = (Path(config.data.train_csv), Path(config.data.test_csv)) if config.data.train_csv else None
+    if csv is None:
+        _ensure_data(data_dir, download, fetch, say)
+    mnist = load_mnist(data_dir, config.training.validation, csv)
     if config.data.limit is not None:
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
     t = config.training

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nnx.errors import ConfigError
 
@@ -27,6 +27,16 @@ class DataConfig(Strict):
     normalize: Literal["standard", "unit"] = "standard"
     # Train on only the first N training images (quick experiments); null: all of them.
     limit: int | None = Field(None, ge=1)
+    # The seed's CSV files (label then 784 pixels per row) at explicit paths; a data directory
+    # holding mnist_train.csv and mnist_test.csv is read as CSV without these.
+    train_csv: str | None = None
+    test_csv: str | None = None
+
+    @model_validator(mode="after")
+    def _both_csv(self) -> DataConfig:
+        if (self.train_csv is None) != (self.test_csv is None):
+            raise ValueError("give both train_csv and test_csv, or neither")
+        return self
 
 
 Init = Literal["he", "xavier", "uniform"]

@@ -161,3 +161,40 @@ def test_real_mnist_facts(mnist_dir: Path) -> None:
     assert round(float(pixels.mean()), 4) == 0.1307 and round(float(pixels.std()), 4) == 0.3081
     for file in (FILES["train_labels"], FILES["test_labels"]):
         assert verify_file(mnist_dir / (file.name + ".gz"), file)
+
+
+def write_seed_csv(path: Path, images: np.ndarray, labels: np.ndarray, header: bool, bom: bool = False) -> None:
+    table = np.concatenate([labels[:, None].astype(np.int64), images.reshape(len(images), -1).astype(np.int64)], 1)
+    lines = [",".join(map(str, row)) for row in table]
+    if header:
+        lines.insert(0, "label," + ",".join(f"pixel{i}" for i in range(784)))
+    path.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_a_folder_of_the_seeds_csv_files_trains_like_the_idx_files(tiny_mnist: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nnx.cli.app import app
+    from nnx.io import read_header
+
+    mnist = load_mnist(tiny_mnist, 0)
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    write_seed_csv(folder / "mnist_train.csv", mnist.train.images, mnist.train.labels, header=True, bom=True)
+    write_seed_csv(folder / "mnist_test.csv", mnist.test.images, mnist.test.labels, header=False)
+    args = ["train", "-q", "--epochs", "2", "--set", "training.validation=100"]
+    for name, data in (("idx", tiny_mnist), ("csv", folder)):
+        result = CliRunner().invoke(app, [*args, "--data-dir", str(data), "--out", str(tmp_path / f"run-{name}")])
+        assert result.exit_code == 0, result.output
+    explicit = [
+        "--set",
+        f"data.train_csv={folder / 'mnist_train.csv'}",
+        "--set",
+        f"data.test_csv={folder / 'mnist_test.csv'}",
+    ]
+    result = CliRunner().invoke(app, [*args, *explicit, "--out", str(tmp_path / "run-paths")])
+    assert result.exit_code == 0, result.output
+    idx = read_header(tmp_path / "run-idx" / "model.npz")[1]
+    for other in ("run-csv", "run-paths"):
+        weights = read_header(tmp_path / other / "model.npz")[1]
+        assert all(np.array_equal(idx[k], weights[k]) for k in idx)

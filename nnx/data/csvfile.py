@@ -18,7 +18,7 @@ PIXELS = 784
 def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 784), labels uint8 (N,))."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheets write one) is fine
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read as text ({exc})") from None
     lines = text.splitlines()

@@ -74,7 +74,21 @@ def find_file(data_dir: Path, file: MnistFile) -> Path | None:
     return None
 
 
+# The seed project's own format: a folder holding these two works as a data directory.
+CSV_FILES = ("mnist_train.csv", "mnist_test.csv")
+
+
+def csv_files(data_dir: Path) -> tuple[Path, Path] | None:
+    """The seed's two CSV files in `data_dir`, when both are there and the IDX files are not."""
+    train, test = (data_dir / name for name in CSV_FILES)
+    if train.is_file() and test.is_file() and any(find_file(data_dir, f) is None for f in FILES.values()):
+        return train, test
+    return None
+
+
 def missing_files(data_dir: Path) -> list[str]:
+    if csv_files(data_dir) is not None:
+        return []
     return [f.name for f in FILES.values() if find_file(data_dir, f) is None]
 
 
@@ -127,13 +141,26 @@ def _load_pair(data_dir: Path, images_key: str, labels_key: str) -> Split:
     return Split(images, labels)
 
 
-def load_test(data_dir: Path) -> Split:
+def _read_csv_split(path: Path) -> Split:
+    from nnx.data.csvfile import read_csv
+
+    images, labels = read_csv(path)
+    return Split(images, labels)
+
+
+def load_test(data_dir: Path, csv: tuple[Path, Path] | None = None) -> Split:
+    csv = csv or csv_files(data_dir)
+    if csv is not None:
+        return _read_csv_split(csv[1])
     return _load_pair(data_dir, "test_images", "test_labels")
 
 
-def load_mnist(data_dir: Path, validation: int = 5000) -> Mnist:
-    """Train / validation / test; the validation set is the last `validation` training images."""
-    train = _load_pair(data_dir, "train_images", "train_labels")
+def load_mnist(data_dir: Path, validation: int = 5000, csv: tuple[Path, Path] | None = None) -> Mnist:
+    """Train / validation / test; the validation set is the last `validation` training images.
+    From the IDX files, or from the seed's mnist_train.csv and mnist_test.csv (in `data_dir`, or
+    the two paths given as `csv`)."""
+    csv = csv or csv_files(data_dir)
+    train = _read_csv_split(csv[0]) if csv else _load_pair(data_dir, "train_images", "train_labels")
     if not 0 <= validation < len(train):
         raise DataError(
             f"validation split {validation} must be between 0 and {len(train) - 1} "
@@ -143,7 +170,7 @@ def load_mnist(data_dir: Path, validation: int = 5000) -> Mnist:
     return Mnist(
         train=Split(train.images[:cut], train.labels[:cut]),
         validation=Split(train.images[cut:], train.labels[cut:]),
-        test=load_test(data_dir),
+        test=load_test(data_dir, csv),
         data_dir=data_dir,
     )
 
