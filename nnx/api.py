@@ -23,7 +23,8 @@ from nnx.augment import ShiftRotate
 from nnx.backend import Backend, get_backend
 from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from nnx.config import Config, load_config
-from nnx.data.mnist import MIRRORS, Split, load_mnist, missing_files, resolve_data_dir
+from nnx.data.datasets import class_names, get_dataset
+from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
 from nnx.errors import DataError, NnxError
 from nnx.io import read_header, save_model
 from nnx.loggers import make_loggers
@@ -192,13 +193,14 @@ def _train(
     backend = get_backend(_rank_device(config.device, comm), config.dtype, config.allow_tf32)
     if comm.size > 1 and backend.is_gpu:
         comm = NCCLComm()  # gradients between GPUs through NCCL; host agreements stay on MPI
-    data_dir = resolve_data_dir(None, config.data.dir)
+    dataset = get_dataset(config.data.dataset)
+    data_dir = resolve_data_dir(None, config.data.dir, dataset.name)
     config.data.dir = str(data_dir)
     model = build_model_for(config, backend)
     optimizer = build_optimizer(config, model, backend)
     csv = (Path(config.data.train_csv), Path(config.data.test_csv)) if config.data.train_csv else None
     if csv is None:
-        _ensure_data(data_dir, download, fetch, say)
+        _ensure_data(data_dir, download, fetch, say, dataset.name)
     mnist = load_mnist(data_dir, config.training.validation, csv)
     if config.data.limit is not None:
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
@@ -325,7 +327,12 @@ def _train(
             "best_val_accuracy": summary["best_val_accuracy"],
             "epochs": len(result.history),
         },
-        extra={"config_name": config.name, "interrupted": result.interrupted},
+        extra={
+            "config_name": config.name,
+            "interrupted": result.interrupted,
+            "dataset": dataset.name,
+            "classes": list(dataset.classes),
+        },
     )
     writer.write_summary(summary)
     return Run(run_dir, config, summary, list(result.history), model, preprocess, backend, result)
@@ -365,19 +372,24 @@ def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Commun
     return TrainState.from_dict(state_dict)
 
 
-def _ensure_data(data_dir: Path, download: bool, fetch: Callable[[Path], None] | None, say) -> None:
+def _ensure_data(
+    data_dir: Path, download: bool, fetch: Callable[..., None] | None, say: Callable[[str], None], dataset: str
+) -> None:
     missing = missing_files(data_dir)
     if not missing:
         return
+    option = "" if dataset == "mnist" else f" --dataset {dataset}"
     if not download:
-        raise DataError(f"{data_dir}: missing {', '.join(missing)}; run `nnx data download` or drop --no-download")
-    say(f"MNIST not found in {data_dir}: downloading {len(missing)} file(s)")
+        raise DataError(
+            f"{data_dir}: missing {', '.join(missing)}; run `nnx data download{option}` or drop --no-download"
+        )
+    say(f"{get_dataset(dataset).title} not found in {data_dir}: downloading {len(missing)} file(s)")
     if fetch is not None:
-        fetch(data_dir)
+        fetch(data_dir, dataset)
     else:
         from nnx.data.download import download_mnist
 
-        download_mnist(data_dir, list(MIRRORS), None, False)
+        download_mnist(data_dir, None, None, False, dataset)
 
 
 def refuse_finished_run(run_dir: Path, epochs: int | None) -> None:
@@ -433,6 +445,11 @@ class Model:
     def metrics(self) -> dict[str, Any]:
         return dict(self.header.get("metrics", {}))
 
+    @property
+    def classes(self) -> list[str]:
+        """The ten class names (digits for MNIST; garment names for Fashion-MNIST...)."""
+        return class_names(self.header)
+
     def predict(self, images: Any, batch_size: int = 500) -> Prediction:
         from nnx.images import as_pixels
         from nnx.metrics import predict_probabilities
@@ -449,7 +466,7 @@ class Model:
         from nnx.data.mnist import load_test
         from nnx.metrics import confusion_matrix, per_class_accuracy
 
-        folder = resolve_data_dir(Path(data_dir) if data_dir else None)
+        folder = resolve_data_dir(Path(data_dir) if data_dir else None, None, self.header.get("dataset", "mnist"))
         if split == "test":
             data = load_test(folder)
         elif split == "train":

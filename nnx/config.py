@@ -22,6 +22,8 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
+    # Which dataset (same IDX format): mnist, fashion-mnist or kmnist; class names come with it.
+    dataset: Literal["mnist", "fashion-mnist", "kmnist"] = "mnist"
     dir: str | None = None
     # standard: (x/255 - 0.1307) / 0.3081 (MNIST's mean and std); unit: x/255.
     normalize: Literal["standard", "unit"] = "standard"

@@ -104,6 +104,7 @@ class MPIComm(Communicator):
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)
+        os._exit(code)  # MPICH's MPI_Abort may return while the launcher ends the job: never go on
 
 
 class NCCLComm(MPIComm):

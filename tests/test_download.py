@@ -88,7 +88,9 @@ def test_checksum_mismatch_leaves_nothing(tmp_path: Path, serve) -> None:
     dest = tmp_path / "data"
     with pytest.raises(DataError, match="checksum mismatch") as info:
         download_file(FILE, dest, [url])
-    assert "by hand" in str(info.value)
+    # The way out offline: the four files by name, --data-dir, $NNX_DATA_DIR, another mirror.
+    for hint in ("t10k-labels-idx1-ubyte.gz", "--data-dir", "$NNX_DATA_DIR", "nnx data download --mirror"):
+        assert hint in str(info.value)
     assert leftovers(dest) == []
 
 
@@ -127,3 +129,43 @@ def test_download_mnist_fetches_only_what_is_missing(tmp_path: Path, serve, monk
     dest = tmp_path / "data"
     assert [p.name for p in download_mnist(dest, [url])] == [FILE.name + ".gz"]
     assert download_mnist(dest, [url]) == []
+
+
+def test_every_dataset_is_registered_with_checksums_mirrors_and_class_names() -> None:
+    from nnx.data.datasets import DATASETS
+
+    assert set(DATASETS) == {"mnist", "fashion-mnist", "kmnist"}
+    for entry in DATASETS.values():
+        assert set(entry.files) == {"train_images", "train_labels", "test_images", "test_labels"}
+        assert all(len(f.archive_sha256) == 64 or len(f.archive_md5) == 32 for f in entry.files.values())
+        assert entry.mirrors and all(m.startswith("http") for m in entry.mirrors)
+        assert len(entry.classes) == len(set(entry.classes)) == 10
+    assert DATASETS["fashion-mnist"].classes[7] == "Sneaker"
+
+
+def test_fashion_mnist_downloads_by_its_published_md5(serve, tmp_path: Path, monkeypatch) -> None:
+    """Synthetic IDX files, gzipped, served from 127.0.0.1 under the dataset's file names; the
+    registry entry carries their MD5s as the real one carries the authors' published ones."""
+    from dataclasses import replace
+
+    from conftest import make_tiny_mnist
+
+    from nnx.data import datasets
+
+    source = make_tiny_mnist(tmp_path / "source", n_train=100, n_test=20)
+    site = tmp_path / "site"
+    site.mkdir()
+    md5 = {}
+    for key, file in datasets.DATASETS["fashion-mnist"].files.items():
+        archive = gzip.compress((source / file.name).read_bytes(), mtime=0)
+        (site / (file.name + ".gz")).write_bytes(archive)
+        md5[key] = hashlib.md5(archive).hexdigest()
+    entry = replace(datasets.DATASETS["fashion-mnist"], files=datasets._md5_files(md5), mirrors=(serve(site),))
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist", entry)
+    target = tmp_path / "data" / "fashion-mnist"
+    fetched = download_mnist(target, None, None, False, "fashion-mnist")
+    assert sorted(p.name for p in fetched) == sorted(f.name + ".gz" for f in entry.files.values())
+    # A mirror serving other bytes under those names is refused: the MD5 decides.
+    (site / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x00"))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        download_mnist(tmp_path / "again", None, None, False, "fashion-mnist")

@@ -251,11 +251,12 @@ def data_download(
         list[str] | None, typer.Option("--mirror", help="Base URL to try (repeatable; default: the known mirrors).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Download again even when the files are present.")] = False,
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist or kmnist.")] = "mnist",
 ) -> None:
-    """Download the four MNIST files (SHA-256 verified) into the data directory."""
+    """Download a dataset's four files (checksums verified) into the data directory (data/<dataset>)."""
     from nnx.cli.data_cmd import run_download
 
-    run_download(data_dir, mirror, force)
+    run_download(data_dir, mirror, force, dataset)
 
 
 @data_app.command("info")

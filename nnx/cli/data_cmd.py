@@ -9,17 +9,18 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from nnx.cli.common import stdout_console
+from nnx.data.datasets import get_dataset
 from nnx.data.download import download_mnist
 from nnx.data.idx import content_sha256
-from nnx.data.mnist import FILES, MIRRORS, find_file, label_counts, load_mnist, missing_files, resolve_data_dir
+from nnx.data.mnist import FILES, find_file, label_counts, load_mnist, missing_files, resolve_data_dir
 from nnx.errors import DataError
 
 
 def download_with_progress(
-    data_dir: Path, console: Console, mirrors: list[str] | None = None, force: bool = False
+    data_dir: Path, console: Console, mirrors: list[str] | None = None, force: bool = False, dataset: str = "mnist"
 ) -> None:
     """Download what is missing, with a byte progress bar on a terminal and a line per file elsewhere."""
-    mirrors = mirrors or list(MIRRORS)
+    mirrors = mirrors or list(get_dataset(dataset).mirrors)
     if console.is_terminal:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
@@ -31,28 +32,33 @@ def download_with_progress(
                     tasks[name] = bars.add_task(name, total=total)
                 bars.update(tasks[name], completed=done)
 
-            fetched = download_mnist(data_dir, mirrors, progress, force)
+            fetched = download_mnist(data_dir, mirrors, progress, force, dataset)
     else:
-        fetched = download_mnist(data_dir, mirrors, None, force)
+        fetched = download_mnist(data_dir, mirrors, None, force, dataset)
     for path in fetched:
         console.print(f"downloaded {path} (sha256 verified)", markup=False)
 
 
-def ensure_data(data_dir: Path, console: Console, download: bool = True) -> None:
+def ensure_data(data_dir: Path, console: Console, download: bool = True, dataset: str = "mnist") -> None:
     missing = missing_files(data_dir)
     if not missing:
         return
+    option = "" if dataset == "mnist" else f" --dataset {dataset}"
     if not download:
-        raise DataError(f"{data_dir}: missing {', '.join(missing)}; run `nnx data download` or drop --no-download")
-    console.print(f"MNIST not found in {data_dir}: downloading {len(missing)} file(s)", markup=False)
-    download_with_progress(data_dir, console)
+        raise DataError(
+            f"{data_dir}: missing {', '.join(missing)}; run `nnx data download{option}` or drop --no-download"
+        )
+    title = get_dataset(dataset).title
+    console.print(f"{title} not found in {data_dir}: downloading {len(missing)} file(s)", markup=False)
+    download_with_progress(data_dir, console, dataset=dataset)
 
 
-def run_download(data_dir: Path | None, mirrors: list[str] | None, force: bool) -> None:
+def run_download(data_dir: Path | None, mirrors: list[str] | None, force: bool, dataset: str = "mnist") -> None:
     console = stdout_console()
-    target = resolve_data_dir(data_dir)
-    download_with_progress(target, console, mirrors, force)
-    console.print(f"MNIST is in {target}", markup=False)
+    entry = get_dataset(dataset)
+    target = resolve_data_dir(data_dir, None, dataset)
+    download_with_progress(target, console, mirrors, force, dataset)
+    console.print(f"{entry.title} is in {target}", markup=False)
 
 
 def run_data_info(data_dir: Path | None) -> None:

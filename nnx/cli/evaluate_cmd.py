@@ -8,7 +8,8 @@ from rich.table import Table
 
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import ensure_data
-from nnx.cli.render import digit_text, probability_table
+from nnx.cli.render import class_label, digit_text, probability_table
+from nnx.data.datasets import class_names
 from nnx.data.mnist import load_test, resolve_data_dir
 from nnx.io import open_model
 from nnx.metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy, predict_probabilities
@@ -19,8 +20,10 @@ def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bo
     console = stdout_console()
     loaded = open_model(model_path, device)
     backend = loaded.model.backend
-    folder = resolve_data_dir(data_dir)
-    ensure_data(folder, console)
+    dataset = loaded.header.get("dataset", "mnist")
+    classes = class_names(loaded.header)
+    folder = resolve_data_dir(data_dir, None, dataset)
+    ensure_data(folder, console, dataset=dataset)
     host_test = load_test(folder)
     test = DeviceSplit(host_test, backend)
     loss, accuracy, predictions = evaluate(loaded.model, test, loaded.preprocess, backend)
@@ -33,13 +36,13 @@ def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bo
     if quiet:
         return
     per_class = per_class_accuracy(confusion)
-    classes = Table(title="per-class accuracy")
-    classes.add_column("class", justify="right")
-    classes.add_column("images", justify="right")
-    classes.add_column("accuracy", justify="right")
-    for digit in range(10):
-        classes.add_row(str(digit), f"{confusion[digit].sum():,}", f"{per_class[digit]:.2%}")
-    console.print(classes)
+    table = Table(title="per-class accuracy")
+    table.add_column("class", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("accuracy", justify="right")
+    for k in range(10):
+        table.add_row(class_label(k, classes), f"{confusion[k].sum():,}", f"{per_class[k]:.2%}")
+    console.print(table)
     matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
     matrix.add_column("", justify="right", style="bold")
     for digit in range(10):
@@ -56,9 +59,9 @@ def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bo
         for index in most_confident_mistakes(host_test.labels, probabilities, show_errors):
             predicted = int(probabilities[index].argmax())
             console.print(
-                f"test image {index}: label {host_test.labels[index]}, predicted {predicted} "
-                f"({probabilities[index, predicted]:.1%})",
+                f"test image {index}: label {class_label(int(host_test.labels[index]), classes)}, predicted "
+                f"{class_label(predicted, classes)} ({probabilities[index, predicted]:.1%})",
                 markup=False,
             )
             console.print(digit_text(host_test.images[index], console))
-            console.print(probability_table(probabilities[index]))
+            console.print(probability_table(probabilities[index], classes=classes))

@@ -20,10 +20,19 @@ def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
     from nnx.viz.report import make_plots
 
     console = stdout_console()
-    folder = resolve_data_dir(data_dir)
-    ensure_data(folder, console)
+    dataset = _run_dataset(run)
+    folder = resolve_data_dir(data_dir, None, dataset)
+    ensure_data(folder, console, dataset=dataset)
     for path in make_plots(run, folder, device):
         console.print(f"wrote {path}", markup=False)
+
+
+def _run_dataset(run: Path) -> str:
+    """The dataset a run was trained on, from its model file (MNIST for older runs)."""
+    from nnx.io import read_model_file
+
+    model = run / "model.npz"
+    return read_model_file(model)[0].get("dataset", "mnist") if model.is_file() else "mnist"
 
 
 def _percent(value: float | None) -> str:

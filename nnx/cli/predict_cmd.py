@@ -8,8 +8,9 @@ import numpy as np
 
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import ensure_data
-from nnx.cli.render import digit_text, probability_table
+from nnx.cli.render import class_label, digit_text, probability_table
 from nnx.data.csvfile import read_csv
+from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import load_test, resolve_data_dir
 from nnx.errors import NnxError
 from nnx.images import image_to_digit, load_digit_image
@@ -18,18 +19,27 @@ from nnx.metrics import softmax
 
 
 def _read_input(
-    input: Path | None, test_index: int | None, row: int, data_dir: Path | None, mnist_style: bool = False
+    input: Path | None,
+    test_index: int | None,
+    row: int,
+    data_dir: Path | None,
+    mnist_style: bool = False,
+    dataset: str = "mnist",
 ) -> tuple[np.ndarray, int | None, str]:
     """(pixels uint8 (784,), true label if known, description)."""
     if (input is None) == (test_index is None):
         raise NnxError("give exactly one of: an input file (PNG/JPEG/CSV) or --test-index N")
     if test_index is not None:
-        folder = resolve_data_dir(data_dir)
-        ensure_data(folder, stdout_console())
+        folder = resolve_data_dir(data_dir, None, dataset)
+        ensure_data(folder, stdout_console(), dataset=dataset)
         test = load_test(folder)
         if not 0 <= test_index < len(test):
             raise NnxError(f"--test-index {test_index}: the test set has images 0-{len(test) - 1}")
-        return test.images[test_index], int(test.labels[test_index]), f"MNIST test image {test_index}"
+        return (
+            test.images[test_index],
+            int(test.labels[test_index]),
+            f"{get_dataset(dataset).title} test image {test_index}",
+        )
     if input.suffix.lower() == ".csv":
         images, labels = read_csv(input)
         if not 0 <= row < len(images):
@@ -50,14 +60,18 @@ def run_predict(
     console = stdout_console()
     loaded = open_model(model_path, device)
     backend = loaded.model.backend
-    pixels, label, source = _read_input(input, test_index, row, data_dir, mnist_style)
+    dataset = loaded.header.get("dataset", "mnist")
+    classes = class_names(loaded.header)
+    pixels, label, source = _read_input(input, test_index, row, data_dir, mnist_style, dataset)
     x = loaded.preprocess(backend.asarray(pixels.reshape(1, 784)), backend)
     logits = backend.to_numpy(loaded.model.logits(x, training=False))[0].astype(np.float64)
     probabilities = softmax(logits)
     predicted = int(np.argmax(probabilities))
     console.print(digit_text(pixels, console))
-    truth = f" (label {label}: {'correct' if label == predicted else 'wrong'})" if label is not None else ""
+    verdict = "correct" if label == predicted else "wrong"
+    truth = f" (label {class_label(label, classes)}: {verdict})" if label is not None else ""
     console.print(
-        f"{source}: predicted {predicted} with {probabilities[predicted]:.1%} confidence{truth}", markup=False
+        f"{source}: predicted {class_label(predicted, classes)} with {probabilities[predicted]:.1%} confidence{truth}",
+        markup=False,
     )
-    console.print(probability_table(probabilities))
+    console.print(probability_table(probabilities, classes=classes))

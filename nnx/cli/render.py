@@ -27,16 +27,22 @@ def digit_text(pixels: np.ndarray, console: Console) -> Text:
     return text
 
 
-def probability_table(probabilities: np.ndarray, width: int = 30) -> Table:
+def probability_table(probabilities: np.ndarray, width: int = 30, classes: list[str] | None = None) -> Table:
     """A row per class: the class, its probability and a bar; the predicted class highlighted."""
     best = int(np.argmax(probabilities))
     table = Table(show_header=True, box=None, pad_edge=False)
     table.add_column("class", justify="right")
     table.add_column("p", justify="right")
     table.add_column("")
-    for digit, p in enumerate(probabilities.tolist()):
+    for k, p in enumerate(probabilities.tolist()):
         filled = int(round(p * width))
         bar = "█" * filled + "·" * (width - filled)
-        style = "bold green" if digit == best else ""
-        table.add_row(str(digit), f"{p:.1%}", Text(bar, style=style), style=style)
+        style = "bold green" if k == best else ""
+        table.add_row(class_label(k, classes), f"{p:.1%}", Text(bar, style=style), style=style)
     return table
+
+
+def class_label(k: int, classes: list[str] | None) -> str:
+    """ "7" for a digit; "7 Sneaker" where the classes have names."""
+    name = classes[k] if classes else str(k)
+    return name if name == str(k) else f"{k} {name}"

@@ -45,7 +45,7 @@ def run_train(
         resume=resume,
         callbacks=make_progress(console, quiet),
         download=download,
-        fetch=lambda data_dir: download_with_progress(data_dir, console),
+        fetch=lambda data_dir, dataset: download_with_progress(data_dir, console, dataset=dataset),
         log=log,
         distributed=distributed,
         threads=threads,
@@ -59,7 +59,7 @@ def run_train(
     if plots and not result.interrupted:
         from nnx.viz.report import make_plots
 
-        written = make_plots(run_dir, Path(run.config.data.dir), "cpu")
+        written = make_plots(run_dir, Path(run.config.data.dir), "cpu")  # data.dir as resolved for the dataset
         console.print(f"plots and report: {', '.join(p.name for p in written)} in {run_dir}", markup=False)
     if result.interrupted:
         kept = ["config.yaml"]

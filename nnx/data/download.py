@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import urllib.error
 import urllib.request
 import zlib
@@ -33,9 +34,14 @@ def _fetch(url: str, name: str, progress: Progress | None, timeout: float) -> by
 
 
 def _content_ok(archive: bytes, file: MnistFile) -> bool:
-    """The published archive's hash, or (for a mirror that recompressed) the content's hash."""
-    if sha256_hex(archive) == file.archive_sha256:
+    """The published archive's hash (SHA-256, or the MD5 some authors publish), or (for a mirror
+    that recompressed) the content's hash where it is known."""
+    if file.archive_sha256 and sha256_hex(archive) == file.archive_sha256:
         return True
+    if file.archive_md5 and hashlib.md5(archive, usedforsecurity=False).hexdigest() == file.archive_md5:
+        return True
+    if not file.sha256:
+        return False
     try:
         return sha256_hex(gzip.decompress(archive)) == file.sha256
     except (OSError, EOFError, zlib.error):
@@ -78,14 +84,20 @@ def download_file(
 
 def download_mnist(
     data_dir: Path,
-    mirrors: Iterable[str] = MIRRORS,
+    mirrors: Iterable[str] | None = None,
     progress: Progress | None = None,
     force: bool = False,
+    dataset: str = "mnist",
 ) -> list[Path]:
-    """Download every MNIST file not already in `data_dir`; returns the paths fetched."""
-    mirrors = list(mirrors)
+    """Download every file of `dataset` (MNIST, Fashion-MNIST, KMNIST) not already in `data_dir`,
+    from `mirrors` (default: the dataset's own, in order); returns the paths fetched."""
+    from nnx.data.datasets import get_dataset
+
+    entry = get_dataset(dataset)
+    mirrors = list(mirrors or entry.mirrors)
+    files = FILES if dataset == "mnist" else entry.files  # FILES: tests may stand in for it
     fetched = []
-    for file in FILES.values():
+    for file in files.values():
         if not force and find_file(data_dir, file) is not None:
             continue
         fetched.append(download_file(file, data_dir, mirrors, progress))

@@ -24,9 +24,10 @@ MIRRORS = (
 @dataclass(frozen=True)
 class MnistFile:
     name: str  # without .gz
-    archive_sha256: str  # of the published .gz
-    sha256: str  # of the decompressed IDX bytes
-    size: int  # decompressed bytes
+    archive_sha256: str  # of the published .gz ("" where its authors publish an MD5 only)
+    sha256: str  # of the decompressed IDX bytes ("" where unknown)
+    size: int  # decompressed bytes (0 where unknown)
+    archive_md5: str = ""  # what Fashion-MNIST's and KMNIST's authors publish
 
 
 FILES = {
@@ -57,12 +58,14 @@ FILES = {
 }
 
 
-def resolve_data_dir(flag: str | Path | None = None, config: str | Path | None = None) -> Path:
-    """--data-dir beats the config, which beats $NNX_DATA_DIR, which beats ./data/mnist."""
-    for candidate in (flag, config, os.environ.get(ENV_DATA_DIR) or None):
+def resolve_data_dir(flag: str | Path | None = None, config: str | Path | None = None, dataset: str = "mnist") -> Path:
+    """--data-dir beats the config, which beats $NNX_DATA_DIR (MNIST's folder, so for MNIST only),
+    which beats ./data/<dataset>."""
+    environment = os.environ.get(ENV_DATA_DIR) or None if dataset == "mnist" else None
+    for candidate in (flag, config, environment):
         if candidate:
             return Path(candidate).expanduser()
-    return DEFAULT_DATA_DIR
+    return DEFAULT_DATA_DIR if dataset == "mnist" else Path("data") / dataset
 
 
 def find_file(data_dir: Path, file: MnistFile) -> Path | None:

@@ -57,7 +57,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion(confusion: np.ndarray, path: Path) -> Path:
+def plot_confusion(confusion: np.ndarray, path: Path, classes: list[str] | None = None) -> Path:
     """Heatmap of C[true, predicted] with the count in every cell."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -67,13 +67,21 @@ def plot_confusion(confusion: np.ndarray, path: Path) -> Path:
         dark = np.log1p(count) > 0.6 * np.log1p(confusion.max())
         ax.text(predicted, true, str(count), ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true", title="confusion matrix (test set)")
+    if classes and classes != [str(k) for k in range(10)]:
+        ax.set_xticklabels(classes, rotation=45, ha="right")
+        ax.set_yticklabels(classes)
     fig.colorbar(image, ax=ax, label="log(1 + count)")
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_misclassified(
-    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, path: Path, count: int = 36
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    path: Path,
+    count: int = 36,
+    classes: list[str] | None = None,
 ) -> Path:
     plt = pyplot()
     chosen = most_confident_mistakes(labels, probabilities, count)
@@ -85,8 +93,9 @@ def plot_misclassified(
     for ax, index in zip(np.atleast_1d(axes).ravel(), chosen, strict=False):
         predicted = int(probabilities[index].argmax())
         ax.imshow(images[index].reshape(28, 28), cmap="gray_r")
-        ax.set_title(f"#{index}: {labels[index]}→{predicted}\n{probabilities[index, predicted]:.0%}", fontsize=8)
-    fig.suptitle("most confidently misclassified test digits (true→predicted, confidence)", fontsize=10)
+        true, guess = (classes[labels[index]], classes[predicted]) if classes else (labels[index], predicted)
+        ax.set_title(f"#{index}: {true}→{guess}\n{probabilities[index, predicted]:.0%}", fontsize=8)
+    fig.suptitle("most confidently misclassified test images (true→predicted, confidence)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

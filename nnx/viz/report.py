@@ -10,6 +10,7 @@ from typing import Any
 
 from nnx.atomic import write_atomic
 from nnx.backend import get_backend
+from nnx.data.datasets import class_names
 from nnx.data.mnist import load_test
 from nnx.errors import NnxError
 from nnx.io import open_model
@@ -31,6 +32,7 @@ def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu") -> list[Path]
     history = read_history(run_dir)
     model_path = run_dir / "model.npz"
     loaded = open_model(model_path, device)
+    classes = class_names(loaded.header)
     backend = loaded.model.backend
     test = load_test(data_dir)
     images = backend.asarray(test.images)
@@ -38,8 +40,8 @@ def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu") -> list[Path]
     confusion = confusion_matrix(test.labels.astype("int64"), probabilities.argmax(axis=1), get_backend("cpu"))
     paths = [
         plot_curves({run_dir.name: history}, run_dir / "curves.png"),
-        plot_confusion(confusion, run_dir / "confusion.png"),
-        plot_misclassified(test.images, test.labels, probabilities, run_dir / "misclassified.png"),
+        plot_confusion(confusion, run_dir / "confusion.png", classes),
+        plot_misclassified(test.images, test.labels, probabilities, run_dir / "misclassified.png", classes=classes),
         plot_first_layer(loaded.header["architecture"], loaded.model.state(), run_dir / "weights.png"),
     ]
     paths.append(write_report(run_dir, paths, confusion))

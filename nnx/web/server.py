@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from nnx import __version__
+from nnx.data.datasets import class_names
 from nnx.errors import DataError
 from nnx.images import image_to_digit, mnist_style
 from nnx.io import open_model
@@ -41,6 +42,7 @@ class Classifier:
         self.loaded = open_model(model_path, device)
         self.backend = self.loaded.model.backend
         self.header = self.loaded.header
+        self.classes = class_names(self.header)
         self.lock = threading.Lock()
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
@@ -58,6 +60,8 @@ class Classifier:
             "description": self.loaded.model.describe(),
             "metrics": self.header.get("metrics", {}),
             "device": self.backend.name,
+            "dataset": self.header.get("dataset", "mnist"),
+            "classes": class_names(self.header),
         }
 
 
@@ -118,6 +122,7 @@ def create_app(model_path: Path, device: str = "cpu") -> FastAPI:
         return JSONResponse(
             {
                 "class": int(probabilities.argmax()),
+                "label": classifier.classes[int(probabilities.argmax())],
                 "probabilities": [round(float(p), 6) for p in probabilities],
                 "input": pixels.tolist(),  # the 28x28 the network saw
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
