@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from nnx.config import validate
@@ -30,3 +31,24 @@ def test_every_yaml_block_in_the_readme_is_valid() -> None:
             validate(raw, "README.md")
             kinds.append("config")
     assert {"sweep", "config"} <= set(kinds)
+
+
+@pytest.mark.mnist
+def test_the_python_example_in_the_readme_runs(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (block,) = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    monkeypatch.chdir(tmp_path)  # its run directory lands in ./runs
+    monkeypatch.setenv("NNX_DATA_DIR", str(mnist_dir))
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    assert namespace["run"].summary["test_accuracy"] > 0.9
+    assert namespace["model"].predict(namespace["drawn"]).classes.shape == (1,)
+
+
+def test_data_readme_lists_the_checksums_nnx_checks() -> None:
+    from nnx.data.mnist import FILES
+
+    text = (README.parent / "data" / "README.md").read_text()
+    for file in FILES.values():
+        assert file.archive_sha256 in text and file.sha256 in text and file.name in text

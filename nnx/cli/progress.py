@@ -5,19 +5,53 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from nnx.trainer import BatchProgress, Callback, EpochMetrics, TrainResult
 
 REFRESH_SECONDS = 0.25
 
 
-def epoch_line(m: EpochMetrics, epochs: int) -> str:
-    val = f"  val acc {m.val_accuracy:.2%}" if m.val_accuracy is not None else ""
+def epoch_line(m: EpochMetrics, epochs: int, eta: float | None = None) -> str:
+    val = f"  val loss {m.val_loss:.4f}  val acc {m.val_accuracy:.2%}" if m.val_accuracy is not None else ""
+    left = f"  ETA {format_seconds(eta)}" if eta is not None and m.epoch < epochs else ""
     return (
         f"epoch {m.epoch}/{epochs}  loss {m.train_loss:.4f}  train acc {m.train_accuracy:.2%}"
-        f"{val}  {m.seconds:.2f}s  lr {m.lr:.4g}"
+        f"{val}  {m.seconds:.2f}s  lr {m.lr:.4g}{left}"
     )
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class Clock:
+    """Time left for the run, from the epochs done (or, in the first, the batches done)."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.batches = 0
+        self.epoch_seconds: list[float] = []
+
+    def after_epoch(self, m: EpochMetrics) -> float:
+        self.epoch_seconds.append(m.seconds)
+        mean = sum(self.epoch_seconds) / len(self.epoch_seconds)
+        return mean * (self.epochs - m.epoch)
+
+    def during_epoch(self, p: BatchProgress) -> float | None:
+        if p.batch == 0 or p.elapsed <= 0:
+            return None
+        per_epoch = (
+            sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else p.elapsed / p.batch * p.batches
+        )
+        return p.elapsed / p.batch * (p.batches - p.batch) + per_epoch * (self.epochs - p.epoch)
 
 
 class PlainProgress(Callback):
@@ -26,12 +60,13 @@ class PlainProgress(Callback):
     def __init__(self, console: Console) -> None:
         self.console = console
         self.epochs = 0
+        self.clock = Clock()
 
     def on_train_start(self, epochs: int, batches_per_epoch: int, samples_per_epoch: int) -> None:
-        self.epochs = epochs
+        self.epochs = self.clock.epochs = epochs
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
-        self.console.print(epoch_line(metrics, self.epochs), markup=False)
+        self.console.print(epoch_line(metrics, self.epochs, self.clock.after_epoch(metrics)), markup=False)
 
 
 class RichProgress(PlainProgress):
@@ -49,7 +84,6 @@ class RichProgress(PlainProgress):
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
-            TimeRemainingColumn(),
             console=console,
             transient=True,
         )
@@ -68,12 +102,17 @@ class RichProgress(PlainProgress):
         if now - self.last_refresh < REFRESH_SECONDS and p.batch != p.batches:
             return
         self.last_refresh = now
-        loss = float(p.loss_sum) / p.samples  # a device scalar: this read synchronises a GPU
+        loss = float(p.loss_sum) / p.samples  # device scalars: these reads synchronise a GPU
+        accuracy = float(p.correct) / p.samples
         rate = p.samples / p.elapsed if p.elapsed > 0 else 0.0
-        self.progress.update(self.batch_task, completed=p.batch, status=f"loss {loss:.4f}  {rate:,.0f} samples/s")
+        eta = self.clock.during_epoch(p)
+        left = f"  ETA {format_seconds(eta)}" if eta is not None else ""
+        status = f"loss {loss:.4f}  acc {accuracy:.2%}  {rate:,.0f} samples/s{left}"
+        self.progress.update(self.batch_task, completed=p.batch, status=status)
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
-        self.progress.console.print(epoch_line(metrics, self.epochs), markup=False)
+        eta = self.clock.after_epoch(metrics)
+        self.progress.console.print(epoch_line(metrics, self.epochs, eta), markup=False)
         self.progress.advance(self.epoch_task)
 
     def on_train_end(self, result: TrainResult) -> None:

@@ -35,7 +35,7 @@ def run_train(
 
     def log(line: str) -> None:
         if not quiet:
-            console.print(line, markup=False)
+            console.print(wrap_fields(line, console.width if console.is_terminal else None), markup=False)
 
     run = train(
         config_name,
@@ -101,3 +101,19 @@ def require_matplotlib() -> None:
 
     if importlib.util.find_spec("matplotlib") is None:
         raise NnxError("--plots needs matplotlib: pip install 'nnx[plot]'")
+
+
+def wrap_fields(line: str, width: int | None) -> str:
+    """A ' | '-separated line broken between fields, never inside one (a number cut in two at the
+    terminal's edge is misread), when it is wider than the terminal."""
+    if width is None or len(line) <= width:
+        return line
+    lines, current = [], ""
+    for field in line.split(" | "):
+        candidate = f"{current} | {field}" if current else field
+        if current and len(candidate) > width:
+            lines.append(current)
+            current = field
+        else:
+            current = candidate
+    return "\n".join([*lines, current])

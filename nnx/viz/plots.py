@@ -41,16 +41,22 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     for index, (name, history) in enumerate(runs.items()):
         colour = f"C{index}"
         epochs = [m["epoch"] for m in history]
-        loss_ax.plot(epochs, [m["train_loss"] for m in history], color=colour, label=f"{name} train")
-        acc_ax.plot(epochs, [100 * m["train_accuracy"] for m in history], color=colour, label=f"{name} train")
+        # Markers: a run of one epoch is a point, not an invisible line.
+        train = {"color": colour, "marker": "o", "markersize": 4}
+        val = {"color": colour, "marker": "s", "markersize": 4, "linestyle": "--"}
+        loss_ax.plot(epochs, [m["train_loss"] for m in history], **train, label=f"{name} train")
+        acc_ax.plot(epochs, [100 * m["train_accuracy"] for m in history], **train, label=f"{name} train")
         if any(m.get("val_loss") is not None for m in history):
-            loss_ax.plot(epochs, [m["val_loss"] for m in history], "--", color=colour, label=f"{name} validation")
-            acc_ax.plot(
-                epochs, [100 * m["val_accuracy"] for m in history], "--", color=colour, label=f"{name} validation"
-            )
+            loss_ax.plot(epochs, [m["val_loss"] for m in history], **val, label=f"{name} validation")
+            acc_ax.plot(epochs, [100 * m["val_accuracy"] for m in history], **val, label=f"{name} validation")
     loss_ax.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="accuracy", xlabel="epoch", ylabel="%")
+    from matplotlib.ticker import MaxNLocator
+
+    last = max((m["epoch"] for history in runs.values() for m in history), default=1)
     for ax in (loss_ax, acc_ax):
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -107,19 +113,24 @@ def plot_first_layer(architecture: list[dict[str, Any]], arrays: dict[str, np.nd
     W = arrays[f"{index}.W"]
     if architecture[index]["type"] == "linear":
         tiles = W.T.reshape(-1, 28, 28)  # unit u's weights on the 784 pixels
-        title = f"first layer: the 784 input weights of each of its {len(tiles)} units"
+        what = "units' 784 input weights as 28x28 images"
     else:
         tiles = W[:, 0] if W.shape[1] == 1 else W.mean(axis=1)  # (out, k, k)
-        title = f"first layer: its {len(tiles)} {W.shape[2]}x{W.shape[3]} filters"
+        what = f"{W.shape[2]}x{W.shape[3]} filters" + ("" if W.shape[1] == 1 else " (mean over input channels)")
+    total = len(tiles)
     tiles = tiles[:64]
     columns = 8
     rows = int(np.ceil(len(tiles) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.2))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.2 + 0.6))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
+    # One colour scale for all, so tiles compare: red positive, blue negative, white zero.
+    limit = float(np.abs(tiles).max()) or 1.0
+    image = None
     for ax, tile in zip(np.atleast_1d(axes).ravel(), tiles, strict=False):
-        limit = np.abs(tile).max() or 1.0
-        ax.imshow(tile, cmap="seismic", vmin=-limit, vmax=limit)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        image = ax.imshow(tile, cmap="seismic", vmin=-limit, vmax=limit)
+    fig.suptitle(f"first layer: {len(tiles)} of {total} {what}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    if image is not None:
+        fig.colorbar(image, ax=np.atleast_1d(axes).ravel().tolist(), fraction=0.03, label="weight")
     return _save(fig, path)

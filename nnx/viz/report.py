@@ -59,12 +59,16 @@ def write_report(run_dir: Path, pngs: list[Path], confusion: Any) -> Path:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     rows = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_show(value))}</td></tr>"
+        f"<tr><th>{html.escape(str(key).replace('_', ' '))}</th><td>{html.escape(_show(key, value))}</td></tr>"
         for key, value in summary.items()
     )
     accuracy = summary.get("test_accuracy")
     headline = f"test accuracy {accuracy:.2%}" if isinstance(accuracy, float) else ""
-    images = "".join(f"<figure>{_image(p, p.stem)}<figcaption>{p.stem}</figcaption></figure>" for p in pngs)
+    images = "".join(
+        f"<figure>{_image(p, CAPTIONS.get(p.name, p.stem))}<figcaption>{html.escape(CAPTIONS.get(p.name, p.stem))}"
+        "</figcaption></figure>"
+        for p in pngs
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>nnx run {html.escape(run_dir.name)}</title>
 <style>
@@ -75,8 +79,8 @@ pre {{ background: #f6f6f6; padding: 1rem; }} img {{ max-width: 100%; }} figure 
 <h1>nnx run {html.escape(run_dir.name)}</h1>
 <p>{html.escape(headline)}; {int(confusion.trace())} of {int(confusion.sum())} test images right</p>
 <h2>Summary</h2><table>{rows}</table>
-<h2>Config</h2><pre>{html.escape(config)}</pre>
 <h2>Plots</h2>{images}
+<h2>Config</h2><pre>{html.escape(config)}</pre>
 </body></html>
 """
     path = run_dir / "report.html"
@@ -84,7 +88,28 @@ pre {{ background: #f6f6f6; padding: 1rem; }} img {{ max-width: 100%; }} figure 
     return path
 
 
-def _show(value: Any) -> str:
+CAPTIONS = {
+    "curves.png": "Loss and accuracy per epoch: training (solid) and validation (dashed).",
+    "confusion.png": "Test set: how often each true class (rows) was predicted as each class (columns).",
+    "misclassified.png": "The test images the model got wrong most confidently: true → predicted, confidence.",
+    "weights.png": "The first layer's weights (red positive, blue negative): what each unit or filter looks for.",
+}
+
+
+def _show(key: str, value: Any) -> str:
+    """A summary value in human units: 98.31%, 11.7 s, 124 MB, 374,718 images/s."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if "accuracy" in key:
+        return f"{value:.2%}"
+    if key.endswith("seconds"):
+        return f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
+    if key.endswith("_mb"):
+        return f"{value:,.0f} MB"
+    if key == "samples_per_second":
+        return f"{value:,.0f} images/s"
     if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+        return f"{value:.4g}"
+    return f"{value:,}" if abs(value) >= 10_000 else str(value)
