@@ -121,6 +121,7 @@ def train(
     handle_sigint: bool = True,
     distributed: bool = False,
     threads: int | None = None,
+    progress: bool = False,
 ) -> Run:
     """Train `config` (a YAML path, a built-in name such as "mnist_cnn", a Config, or None for the
     default) with `overrides` ({"optimizer.lr": 0.05, ...}) into a run directory, and return the Run.
@@ -132,12 +133,19 @@ def train(
     run is kept resumable (a second Ctrl-C aborts). A stopped run comes back with
     `run.interrupted` set; its model.npz holds the weights at the stop.
 
+    `progress`: show bars (a terminal or a notebook, through rich) or a line per epoch.
     `threads`: BLAS/OpenMP threads for this run (threadpoolctl), recorded in the summary.
 
     `distributed`: one of N processes started by `mpiexec -n N` (nnx.parallel): each trains on
     its rows of every global batch, gradients are summed by one allreduce per step, and rank 0
     alone writes the run directory and reports. An error on any rank ends every rank.
     """
+    if progress:
+        from rich.console import Console
+
+        from nnx.progress import make_progress
+
+        callbacks = [*make_progress(Console(), quiet=False), *callbacks]
     if threads is not None:
         from threadpoolctl import threadpool_limits
 

@@ -12,8 +12,8 @@ from nnx.api import train
 from nnx.checkpoint import CHECKPOINT
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import download_with_progress
-from nnx.cli.progress import make_progress
 from nnx.errors import NnxError
+from nnx.progress import make_progress
 
 
 def run_train(

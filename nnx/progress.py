@@ -1,4 +1,4 @@
-"""Training progress: rich bars on a terminal, one plain line per epoch elsewhere."""
+"""Training progress for people: rich bars on a terminal or in a notebook, a plain line per epoch elsewhere."""
 
 from __future__ import annotations
 

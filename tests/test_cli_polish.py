@@ -1,0 +1,66 @@
+"""The small things users meet first: --version, nnx runs --json and whole run names, --threads,
+--plots without matplotlib, and what missing data says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nnx import __version__
+from nnx.cli.app import app
+
+TINY = ["--epochs", "1", "--set", "training.validation=100"]
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"nnx {__version__}"
+
+
+def test_runs_never_cuts_a_run_name_and_speaks_json(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    name = "a-run-with-a-really-quite-long-name-that-users-will-type-again-later"
+    assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", tmp_path / "runs" / name).exit_code == 0
+    monkeypatch.setenv("COLUMNS", "60")
+    table = invoke("runs", "--dir", tmp_path / "runs")
+    assert table.exit_code == 0
+    assert any(name in line for line in table.output.splitlines()), table.output  # on one line, whole
+    as_json = invoke("runs", "--dir", tmp_path / "runs", "--json")
+    rows = json.loads(as_json.output)
+    assert [Path(r["run"]).name for r in rows] == [name] and rows[0]["epochs"] == 1
+
+
+def test_threads_are_applied_and_recorded(tiny_mnist: Path, tmp_path: Path) -> None:
+    assert (
+        invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--threads", "1", "--out", tmp_path / "r").exit_code == 0
+    )
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["blas_threads"] == 1
+
+
+def test_plots_without_matplotlib_fail_before_training(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = invoke("train", "--data-dir", tiny_mnist, *TINY, "--plots", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "--plots needs matplotlib: pip install 'nnx[plot]'" in result.output
+    assert not (tmp_path / "r").exists()  # nothing trained, nothing written
+
+
+def test_data_info_on_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
+    result = invoke("data", "info", "--data-dir", tmp_path)
+    assert result.exit_code == 2
+    assert "nnx data download" in result.output and "data/README.md" in result.output
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_config_help_lists_the_built_in_configs(flag: str) -> None:
+    result = invoke("train", flag)
+    assert "mnist_cnn" in result.output
