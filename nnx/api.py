@@ -33,7 +33,7 @@ from nnx.nn import Sequential, build_model
 from nnx.optim import OPTIMIZERS, Optimizer, Schedule
 from nnx.parallel import Communicator, MPIComm, NCCLComm, RanksDisagreeError, Single, check_same_config
 from nnx.preprocess import Preprocess
-from nnx.runs import RunWriter, new_run_dir
+from nnx.runs import RunLock, RunWriter, new_run_dir
 from nnx.trainer import Callback, DeviceSplit, EarlyStopping, EpochMetrics, Trainer, TrainResult, TrainState, evaluate
 
 __all__ = ["Model", "Prediction", "Run", "build_model_for", "build_optimizer", "load", "train"]
@@ -122,6 +122,7 @@ def train(
     distributed: bool = False,
     threads: int | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> Run:
     """Train `config` (a YAML path, a built-in name such as "mnist_cnn", a Config, or None for the
     default) with `overrides` ({"optimizer.lr": 0.05, ...}) into a run directory, and return the Run.
@@ -134,6 +135,7 @@ def train(
     `run.interrupted` set; its model.npz holds the weights at the stop.
 
     `progress`: show bars (a terminal or a notebook, through rich) or a line per epoch.
+    `force`: write the run into an `out` folder that holds other files (nothing is deleted).
     `threads`: BLAS/OpenMP threads for this run (threadpoolctl), recorded in the summary.
 
     `distributed`: one of N processes started by `mpiexec -n N` (nnx.parallel): each trains on
@@ -152,13 +154,14 @@ def train(
         with threadpool_limits(limits=threads):
             return train(config, overrides, assignments=assignments, out=out, resume=resume, callbacks=callbacks,
                          download=download, fetch=fetch, log=log, handle_sigint=handle_sigint,
-                         distributed=distributed)  # fmt: skip
+                         distributed=distributed, force=force)  # fmt: skip
     if not distributed:
-        return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log, handle_sigint)
+        return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log, handle_sigint,
+                      None, force)  # fmt: skip
     comm = MPIComm()
     try:
         return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log, handle_sigint,
-                      comm)  # fmt: skip
+                      comm, force)  # fmt: skip
     except BaseException as exc:  # any failure must end every rank, not leave them waiting
         if comm.size == 1:
             raise
@@ -184,6 +187,7 @@ def _train(
     log: Callable[[str], None] | None,
     handle_sigint: bool,
     comm: Communicator | None = None,
+    force: bool = False,
 ) -> Run:
     comm = comm or Single()
     root = comm.is_root
@@ -212,12 +216,25 @@ def _train(
     mnist = load_mnist(data_dir, config.training.validation, csv)
     if config.data.limit is not None:
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
+
+    lock = None
+    if root:
+        run_dir = resume if resume is not None else new_run_dir(config, str(out) if out else None, force)
+        lock = RunLock(run_dir)  # a second `nnx train --out` here fails now, not halfway
+    run_dir = Path(comm.broadcast_object(str(run_dir) if root else None))
+    try:
+        return _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, dataset, resume,
+                         callbacks, say, handle_sigint)  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, dataset, resume, callbacks, say,
+              handle_sigint) -> Run:  # fmt: skip
+    root = comm.is_root
     t = config.training
     preprocess = Preprocess.named(config.data.normalize)
-
-    if root:
-        run_dir = resume if resume is not None else new_run_dir(config, str(out) if out else None)
-    run_dir = Path(comm.broadcast_object(str(run_dir) if root else None))
     writer = RunWriter(run_dir, config) if root else None
     state = TrainState()
     if resume is not None:

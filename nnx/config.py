@@ -18,7 +18,8 @@ DEFAULT_CONFIG = "mnist_mlp"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No unknown keys; and no inf or nan in a float setting (lr: .inf would pass lr > 0).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -158,11 +159,18 @@ class OptimizerConfig(Strict):
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)  # sgd
     nesterov: bool = False  # sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw; each in [0, 1)
     rho: float = Field(0.99, gt=0, lt=1)  # rmsprop
     eps: float = Field(1e-8, gt=0)  # adam, adamw, rmsprop
     weight_decay: float = Field(0.0, ge=0)
     clip_norm: float | None = Field(None, gt=0)  # clip gradients to this global L2 norm
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("each of the two betas must be in [0, 1)")
+        return betas
 
 
 class ScheduleConfig(Strict):

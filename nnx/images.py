@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from nnx.errors import DataError, NnxError
 
 
-def read_grey(source: Path | bytes) -> np.ndarray:
-    """An image file or its bytes as uint8 greyscale; transparent pixels count as white paper."""
+class ImageTooLargeError(DataError):
+    """An image whose declared size is over the pixel limit (never decoded)."""
+
+
+# Pixels an image may declare before it is decoded: a 26 KB PNG can claim 13000x13000 and cost
+# gigabytes once decoded. 4 million (2000x2000) is far above any drawing or photo of a digit.
+MAX_PIXELS = 4_000_000
+
+
+def read_grey(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file or its bytes as uint8 greyscale; transparent pixels count as white paper.
+    The size the image declares is checked against `max_pixels` before anything is decoded."""
     name = "upload" if isinstance(source, bytes) else str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with warnings.catch_warnings():  # PIL's own bomb warning: the stricter limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with opened as img:
+            width, height = img.size  # from the header: nothing decoded yet
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name}: the image declares {width}x{height} = {width * height:,} pixels, over the limit of "
+                    f"{max_pixels:,}"
+                )
             img.load()
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 rgba = img.convert("RGBA")
@@ -25,7 +45,9 @@ def read_grey(source: Path | bytes) -> np.ndarray:
             return np.asarray(img.convert("L"))
     except FileNotFoundError:
         raise DataError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # declared sizes far past even PIL's limit
+        raise ImageTooLargeError(f"{name}: {exc}; nnx's limit is {max_pixels:,} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{name}: not a readable image ({exc})") from None
 
 
@@ -80,9 +102,9 @@ def mnist_style(ink: np.ndarray) -> np.ndarray:
     return np.uint8(np.clip(np.rint(canvas), 0, 255)).reshape(SIDE * SIDE)
 
 
-def image_to_digit(source: Path | bytes) -> np.ndarray:
+def image_to_digit(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any image (a PNG from a drawing canvas, a photo of ink on paper) -> MNIST-style uint8 (784,)."""
-    return mnist_style(to_ink_on_black(read_grey(source)))
+    return mnist_style(to_ink_on_black(read_grey(source, max_pixels)))
 
 
 def as_pixels(images: Any) -> np.ndarray:

@@ -206,7 +206,8 @@ class Schedule:
             raise ValueError(f"unknown schedule {self.name!r}")
         warmup_steps = self.warmup_epochs * per_epoch
         if warmup_steps and step < warmup_steps:
-            lr *= (step + 1) / warmup_steps
+            # min: with a fractional warm-up length the last ramp step would pass 1 (by up to 9%)
+            lr *= min(1.0, (step + 1) / warmup_steps)
         return lr
 
     def _one_cycle(self, base: float, step: int, total: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,39 @@ from nnx.atomic import write_atomic
 from nnx.config import Config, to_yaml
 from nnx.errors import NnxError
 
+# What nnx writes into a run directory (write_atomic's temporary files start with a dot too).
+RUN_FILES = {
+    "config.yaml", "metrics.jsonl", "metrics.csv", "checkpoint.npz", "best.npz", "model.npz", "summary.json", ".lock",
+}  # fmt: skip
 
-def new_run_dir(config: Config, out: str | None) -> Path:
-    """--out, the config's output, or runs/<timestamp>-<name>; never reuses a finished run."""
+
+def new_run_dir(config: Config, out: str | None, force: bool = False) -> Path:
+    """--out, the config's output, or runs/<timestamp>-<name>. Never reuses a run (finished or
+    stopped), and never writes into a folder of the user's files unless `force` (which deletes
+    nothing)."""
     chosen = out or config.output
     if chosen:
         path = Path(chosen)
+        holder = locked_by(path)
+        if holder is not None:
+            raise NnxError(
+                f"{path}: another nnx process (pid {holder}) is writing this run; wait for it, or choose another --out"
+            )
         if (path / "model.npz").exists():
             raise NnxError(f"{path}: already holds a trained model; choose another --out")
+        if (path / "checkpoint.npz").exists():
+            raise NnxError(
+                f"{path}: holds a stopped run; continue it with nnx train --resume {path}, or choose another --out"
+            )
+        if path.is_file():
+            raise NnxError(f"{path}: is a file, not a directory; choose another --out")
+        theirs = sorted(p.name for p in path.iterdir() if p.name not in RUN_FILES) if path.is_dir() else []
+        if theirs and not force:
+            shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+            raise NnxError(
+                f"{path}: holds files nnx did not write ({shown}); choose another --out, or add --force to write "
+                "the run beside them (nothing is deleted)"
+            )
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / f"{stamp}-{config.name}"
@@ -31,6 +57,55 @@ def new_run_dir(config: Config, out: str | None) -> Path:
     except OSError as exc:
         raise NnxError(f"{path}: cannot create the run directory ({exc.strerror})") from None
     return path
+
+
+def locked_by(path: Path) -> str | None:
+    """The pid holding `path`'s run lock, or None when nobody does (creating nothing)."""
+    import fcntl
+
+    lock_file = path / ".lock"
+    if not lock_file.is_file():
+        return None
+    with open(lock_file) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return f.read().strip() or "unknown"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+class RunLock:
+    """A run directory belongs to one process at a time: an exclusive fcntl lock on its .lock file,
+    held while the run trains and released (by the OS too) when the process ends."""
+
+    def __init__(self, path: Path) -> None:
+        import fcntl
+
+        self.file = open(path / ".lock", "a+")  # noqa: SIM115 (held open for the lock's life)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise NnxError(
+                f"{path}: another nnx process (pid {holder}) is writing this run; wait for it, or choose another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        # Temporary files of a write that was killed halfway (write_atomic's .NAME.*.part): not ours to keep.
+        for stale in path.glob(".*.part"):
+            stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        import fcntl
+
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
 
 
 class RunWriter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,29 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+@pytest.mark.parametrize(
+    "assignment,message",
+    [
+        ("optimizer.lr=.inf", "optimizer.lr: Input should be a finite number"),
+        ("optimizer.lr=.nan", "optimizer.lr: Input should be a finite number"),
+        ("optimizer.betas=[0.9, 1.0]", "optimizer.betas: each of the two betas must be in [0, 1)"),
+        ("optimizer.weight_decay=-0.1", "optimizer.weight_decay: Input should be greater than or equal to 0"),
+        ("optimizer.momentum=1.0", "optimizer.momentum: Input should be less than 1"),
+        ("optimizer.eps=0", "optimizer.eps: Input should be greater than 0"),
+        ("optimizer.clip_norm=0", "optimizer.clip_norm: Input should be greater than 0"),
+    ],
+)
+def test_float_settings_must_be_finite_and_in_range(assignment: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [assignment])
+
+
+def test_a_fractional_warm_up_never_raises_the_rate_above_the_setting() -> None:
+    from nnx.optim import Schedule
+
+    schedule = Schedule("none", warmup_epochs=2.5)
+    rates = [schedule.lr(0.1, step, 1000, 7) for step in range(40)]  # 17.5 warm-up steps
+    assert max(rates) == pytest.approx(0.1) and all(r <= 0.1 for r in rates)
+    assert rates[0] == pytest.approx(0.1 / 17.5) and rates[20] == 0.1

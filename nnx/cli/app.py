@@ -77,6 +77,9 @@ def train(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="BLAS/OpenMP threads (default: all cores).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into an --out folder holding other files (nothing is deleted).")
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a network from a YAML config; writes a run directory with the model and metrics."""
@@ -91,7 +94,7 @@ def train(
         "dtype": dtype,
         "data.dir": str(data_dir) if data_dir else None,
     }
-    run_train(config, set_ or [], flags, out, download, quiet, resume, plots, distributed, threads)
+    run_train(config, set_ or [], flags, out, download, quiet, resume, plots, distributed, threads, force)
 
 
 @app.command()
@@ -175,11 +178,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     device: Device = None,
+    max_pixels: Annotated[
+        int | None, typer.Option(help="Largest image (width x height) decoded; default 4,000,000.", min=1)
+    ] = None,
 ) -> None:
     """A web page to draw digits on, classified live, and a JSON API (pip install 'nnx[web]')."""
     from nnx.cli.serve_cmd import run_serve
 
-    run_serve(model, host, port, device or "cpu")
+    run_serve(model, host, port, device or "cpu", max_pixels)
 
 
 @app.command()

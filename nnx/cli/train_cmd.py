@@ -27,6 +27,7 @@ def run_train(
     plots: bool = False,
     distributed: bool = False,
     threads: int | None = None,
+    force: bool = False,
 ) -> None:
     """The CLI over nnx.api.train: progress bars, the setup lines, the summary table, plots."""
     if plots:
@@ -49,6 +50,7 @@ def run_train(
         log=log,
         distributed=distributed,
         threads=threads,
+        force=force,
     )
     result, summary, run_dir = run.result, run.summary, run.path
     if run.rank != 0:  # rank 0 reports for every rank

@@ -7,7 +7,10 @@ problem, and the server keeps serving.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,16 +18,21 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from nnx import __version__
 from nnx.data.datasets import class_names
-from nnx.errors import DataError
-from nnx.images import image_to_digit, mnist_style
+from nnx.errors import DataError, NnxError
+from nnx.images import MAX_PIXELS, ImageTooLargeError, image_to_digit, mnist_style
 from nnx.io import open_model
 from nnx.metrics import softmax
 
 MAX_BODY = 1 << 20  # 1 MB
+logger = logging.getLogger("nnx.serve")
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
 
@@ -38,9 +46,13 @@ class BadRequestError(Exception):
 class Classifier:
     """One model on one backend: uint8 (784,) pixels -> probabilities."""
 
-    def __init__(self, model_path: Path, device: str = "cpu") -> None:
+    def __init__(self, model_path: Path, device: str = "cpu", max_pixels: int = MAX_PIXELS) -> None:
         self.loaded = open_model(model_path, device)
         self.backend = self.loaded.model.backend
+        self.max_pixels = max_pixels
+        bad = [name for name, array in self.loaded.model.state().items() if not np.isfinite(array).all()]
+        if bad:  # its answers would be NaN, which is not JSON
+            raise NnxError(f"{model_path}: parameters {', '.join(bad)} hold NaN or infinity; refusing to serve it")
         self.header = self.loaded.header
         self.classes = class_names(self.header)
         self.lock = threading.Lock()
@@ -71,11 +83,13 @@ def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequestError(400, f"the body is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting too deep
+        raise BadRequestError(400, f"the body is JSON nnx will not read ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or "pixels" not in data:
         raise BadRequestError(422, 'expected a JSON object with "pixels": a 28x28 or 784-long array of numbers 0-255')
     try:
         pixels = np.asarray(data["pixels"], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise BadRequestError(422, '"pixels" must be an array of numbers') from None
     if pixels.shape not in ((28, 28), (784,)):
         raise BadRequestError(422, f'"pixels" has shape {list(pixels.shape)}; expected [28, 28] or [784]')
@@ -89,13 +103,23 @@ def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:
     return pixels.reshape(28, 28), preprocess
 
 
-def create_app(model_path: Path, device: str = "cpu") -> FastAPI:
-    classifier = Classifier(model_path, device)
+def create_app(model_path: Path, device: str = "cpu", max_pixels: int = MAX_PIXELS) -> FastAPI:
+    classifier = Classifier(model_path, device, max_pixels)
     app = FastAPI(title="nnx", version=__version__, docs_url=None, redoc_url=None)
 
     @app.exception_handler(BadRequestError)
     async def bad_request(request: Request, exc: BadRequestError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    # 404, 405 and the like in the same shape as every other error of the API.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail}"}, exc.status_code,
+                            headers=getattr(exc, "headers", None))  # fmt: skip
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": f"invalid request: {exc.errors()}"}, 422)
 
     @app.get("/")
     def page() -> FileResponse:
@@ -117,8 +141,13 @@ def create_app(model_path: Path, device: str = "cpu") -> FastAPI:
             raise BadRequestError(413, f"the body is over {MAX_BODY} bytes")
         body = await _read_limited(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        pixels = await _pixels(request, content_type, body)
-        probabilities = classifier.probabilities(pixels)
+        if content_type == "multipart/form-data":
+            body = await _form(request, body)
+            content_type = "image/png"
+        # Decoding and inference in the thread pool: a heavy request never stalls the event
+        # loop, so /healthz and other clients are answered meanwhile.
+        pixels = await run_in_threadpool(_pixels, content_type, body, classifier.max_pixels)
+        probabilities = await run_in_threadpool(classifier.probabilities, pixels)
         return JSONResponse(
             {
                 "class": int(probabilities.argmax()),
@@ -134,25 +163,27 @@ def create_app(model_path: Path, device: str = "cpu") -> FastAPI:
 
 async def _read_limited(request: Request) -> bytes:
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise BadRequestError(413, f"the body is over {MAX_BODY} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise BadRequestError(413, f"the body is over {MAX_BODY} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        logger.warning("%s disconnected while sending its request body", client)  # one line, no traceback
+        raise BadRequestError(400, "the client disconnected before the body was complete") from None
     return b"".join(chunks)
 
 
-async def _pixels(request: Request, content_type: str, body: bytes) -> np.ndarray:
+def _pixels(content_type: str, body: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if not body:
         raise BadRequestError(400, "the body is empty: send a PNG, or JSON with pixels")
     if content_type == "application/json":
         pixels, preprocess = pixels_from_json(body)
         return mnist_style(pixels) if preprocess else np.uint8(np.rint(pixels)).reshape(784)
     if content_type in IMAGE_TYPES:
-        return _image(body)
-    if content_type == "multipart/form-data":
-        form = await _form(request, body)
-        return _image(form)
+        return _image(body, max_pixels)
     raise BadRequestError(
         415, f"content type {content_type or '(none)'!r} is not supported: use image/png or application/json"
     )
@@ -176,15 +207,42 @@ async def _form(request: Request, body: bytes) -> bytes:
     raise BadRequestError(422, "the form holds no file: upload the image as a file field")
 
 
-def _image(data: bytes) -> np.ndarray:
+def _image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
-        return image_to_digit(data)
+        return image_to_digit(data, max_pixels)
+    except ImageTooLargeError as exc:
+        raise BadRequestError(413, str(exc)) from None
     except DataError as exc:
         raise BadRequestError(422, str(exc)) from None
 
 
-def serve(model_path: Path, host: str, port: int, device: str) -> None:
+# Seconds an idle keep-alive connection stays open before the server closes it.
+KEEP_ALIVE_SECONDS = 5
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says it is serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise NnxError(f"port {port} on {host} is in use; choose another with --port") from None
+        raise NnxError(f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --port") from None
+    sock.listen(128)
+    return sock
+
+
+def serve(model_path: Path, host: str, port: int, device: str, max_pixels: int = MAX_PIXELS,
+          ready: Any = None) -> None:  # fmt: skip
     import uvicorn
 
-    app = create_app(model_path, device)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    app = create_app(model_path, device, max_pixels)
+    sock = bind(host, port)
+    if ready is not None:
+        ready()
+    config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    uvicorn.Server(config).run(sockets=[sock])
