@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from nnx import __version__
+from nnx.atomic import WriteError
 from nnx.augment import ShiftRotate
 from nnx.backend import Backend, get_backend
 from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
@@ -34,7 +35,17 @@ from nnx.optim import OPTIMIZERS, Optimizer, Schedule
 from nnx.parallel import Communicator, MPIComm, NCCLComm, RanksDisagreeError, Single, check_same_config
 from nnx.preprocess import Preprocess
 from nnx.runs import RunLock, RunWriter, new_run_dir
-from nnx.trainer import Callback, DeviceSplit, EarlyStopping, EpochMetrics, Trainer, TrainResult, TrainState, evaluate
+from nnx.trainer import (
+    Callback,
+    DeviceSplit,
+    EarlyStopping,
+    EpochMetrics,
+    Trainer,
+    TrainingDivergedError,
+    TrainResult,
+    TrainState,
+    evaluate,
+)
 
 __all__ = ["Model", "Prediction", "Run", "build_model_for", "build_optimizer", "load", "train"]
 
@@ -305,13 +316,36 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
         # A diverging run is reported by the trainer's guard; NumPy's overflow warnings are noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             result = trainer.fit(train_data, val_data, t.epochs, t.batch_size, t.seed, state)
-    except NnxError as exc:
+        # Ctrl-C from here on: the first is noted and the model is still evaluated and saved; a
+        # second stops at once, and the checkpoint (already written) finishes the job on --resume.
+        return _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, mnist, dataset, writer)
+    except TrainingDivergedError as exc:
         kept = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if (run_dir / CHECKPOINT).exists() else ""
-        raise type(exc)(f"{exc}{kept}; try a lower optimizer.lr or optimizer.clip_norm") from None
+        raise TrainingDivergedError(f"{exc}{kept}; try a lower optimizer.lr or optimizer.clip_norm") from None
+    except WriteError as exc:
+        raise WriteError(f"{exc}{_resumable(run_dir)}") from None
+    except KeyboardInterrupt:
+        if not (run_dir / CHECKPOINT).exists():
+            raise
+        raise InterruptedRunError(f"interrupted while finishing the run{_resumable(run_dir)}") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
+
+class InterruptedRunError(NnxError):
+    exit_code = 130
+
+
+def _resumable(run_dir: Path) -> str:
+    if not (run_dir / CHECKPOINT).exists():
+        return ""
+    return f"; the last checkpoint is intact: nnx train --resume {run_dir} continues from it"
+
+
+def _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, mnist, dataset, writer) -> Run:
+    """After the loop: the best weights (early stopping), the test set, the model file, the summary."""
+    root, t = comm.is_root, config.training
     if trainer.early_stopping is not None and trainer.best_state is not None and not result.interrupted:
         model.load_state(trainer.best_state)  # early stopping keeps the best epoch's weights
     test_loss, test_acc, _ = evaluate(model, DeviceSplit(mnist.test, backend), preprocess, backend, comm=comm)
@@ -422,7 +456,12 @@ def refuse_finished_run(run_dir: Path, epochs: int | None) -> None:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         return
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise NnxError(f"{summary_path}: corrupt (not JSON); move it aside to resume from the checkpoint") from None
+    if not isinstance(summary, dict):
+        raise NnxError(f"{summary_path}: corrupt (not a JSON object)")
     if summary.get("interrupted"):
         return
     done = summary.get("epochs", 0)

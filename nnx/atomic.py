@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from nnx.errors import NnxError
 
 
 def _default_mode() -> int:
@@ -14,10 +17,20 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+class WriteError(NnxError):
+    """The disk is full or will not take the file: what was there before stays as it was."""
+
+    exit_code = 1
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    """Write to a temp file beside `path`, fsync, then rename over it. A full or read-only disk is
+    one WriteError naming the file; the previous version of the file (if any) is untouched."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb") as out:
@@ -25,6 +38,16 @@ def write_atomic(path: Path, data: bytes) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
         raise
+
+
+def _write_error(path: Path, exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"no space left on device writing {path}")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return WriteError(f"cannot write {path} ({exc.strerror})")
+    return exc

@@ -243,12 +243,20 @@ def _describe(error: dict[str, Any], prefix: str = "") -> str:
     return f"{key}: {message}{shown}"
 
 
-def validate(raw: dict[str, Any], source: str) -> Config:
+def validate(raw: dict[str, Any], source: str, assigned: dict[str, str] | None = None) -> Config:
+    """A Config from `raw`, or one ConfigError listing every problem. `assigned` maps dotted keys
+    set on the command line to how they were given (`--set k=v`, `--lr`): a problem with one of
+    them names that, not the YAML file."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors()]
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        problems, from_file = [], []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"])
+            given = next((v for k, v in (assigned or {}).items() if key == k or key.startswith(k + ".")), None)
+            (problems if given else from_file).append(f"{given}: {_describe(error)}" if given else _describe(error))
+        message = "; ".join(problems + ([f"{source}: " + "; ".join(from_file)] if from_file else []))
+        raise ConfigError(message) from None
 
 
 def resolve_config_path(name_or_path: str | None) -> Path:
@@ -267,9 +275,11 @@ def resolve_config_path(name_or_path: str | None) -> Path:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -305,6 +315,13 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# The typed flags of `nnx train`, by the key each sets (to name them in errors).
+FLAGS = {
+    "training.epochs": "--epochs", "training.batch_size": "--batch-size", "optimizer.lr": "--lr", "device": "--device",
+    "training.seed": "--seed", "dtype": "--dtype", "data.dir": "--data-dir",
+}  # fmt: skip
+
+
 def load_config(
     name_or_path: str | None = None,
     assignments: list[str] | tuple[str, ...] = (),
@@ -315,12 +332,16 @@ def load_config(
     path = resolve_config_path(name_or_path)
     raw = read_yaml(path)
     raw.setdefault("name", path.stem)
+    assigned = {}
     for assignment in assignments:
-        set_key(raw, *parse_assignment(assignment))
+        key, value = parse_assignment(assignment)
+        set_key(raw, key, value)
+        assigned[key] = f"--set {assignment}"
     for key, value in (flags or {}).items():
         if value is not None:
             set_key(raw, key, value)
-    return validate(raw, str(path)), path
+            assigned[key] = f"{FLAGS[key]} {value}" if key in FLAGS else f"{key}={value!r}"
+    return validate(raw, str(path), assigned), path
 
 
 def to_yaml(config: Config) -> str:

@@ -123,30 +123,53 @@ class RunWriter:
 
 
 def read_run(path: Path) -> dict[str, Any]:
-    """A run's summary, config (as a dict) and per-epoch metrics."""
+    """A run's summary, config (as a dict) and per-epoch metrics; a broken file is an NnxError
+    naming it."""
     import yaml
 
     summary_path = path / "summary.json"
     if not summary_path.is_file():
         raise NnxError(f"{path}: not a finished run (no summary.json)")
+    summary = _read(summary_path, json.loads, dict)
     config_path = path / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    config = _read(config_path, yaml.safe_load, dict) if config_path.is_file() else {}
     metrics_path = path / "metrics.jsonl"
-    history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
-    return {
-        "path": path,
-        "summary": json.loads(summary_path.read_text()),
-        "config": config,
-        "history": history,
-        "modified": summary_path.stat().st_mtime,
-    }
+    history = []
+    if metrics_path.is_file():
+        text = _read(metrics_path, lambda t: t, str)
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    history.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise NnxError(f"{metrics_path}: line {number} is not JSON (a corrupt file)") from None
+    return {"path": path, "summary": summary, "config": config, "history": history,
+            "modified": summary_path.stat().st_mtime}  # fmt: skip
 
 
-def list_runs(root: Path) -> list[dict[str, Any]]:
-    """Every finished run under `root`, oldest first."""
+def _read(path: Path, parse: Any, kind: type) -> Any:
+    try:
+        value = parse(path.read_bytes().decode("utf-8"))
+    except Exception as exc:  # OSError, UnicodeDecodeError, JSONDecodeError, YAMLError
+        raise NnxError(f"{path}: unreadable or corrupt ({type(exc).__name__})") from None
+    if not isinstance(value, kind):
+        raise NnxError(f"{path}: corrupt (expected a {kind.__name__}, found {type(value).__name__})")
+    return value
+
+
+def list_runs(root: Path, warn: Any = None) -> list[dict[str, Any]]:
+    """Every finished run under `root`, oldest first; a run with a broken file is skipped and
+    `warn(message)` told which file."""
     if not root.is_dir():
         return []
-    runs = [read_run(p) for p in root.iterdir() if (p / "summary.json").is_file()]
+    runs = []
+    for path in root.iterdir():
+        if (path / "summary.json").is_file():
+            try:
+                runs.append(read_run(path))
+            except NnxError as exc:
+                if warn is not None:
+                    warn(f"skipped {path.name}: {exc}")
     return sorted(runs, key=lambda run: run["modified"])
 
 

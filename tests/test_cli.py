@@ -43,6 +43,7 @@ def trained(tiny_mnist: Path, tmp_path: Path) -> Path:
 
 def test_train_writes_a_complete_run(trained: Path, tiny_mnist: Path) -> None:
     assert sorted(p.name for p in trained.iterdir()) == [
+        ".lock",  # the run's lock (free once training ends; see tests/test_run_dirs.py)
         "checkpoint.npz",
         "config.yaml",
         "metrics.jsonl",

@@ -127,3 +127,19 @@ def test_a_fractional_warm_up_never_raises_the_rate_above_the_setting() -> None:
     rates = [schedule.lr(0.1, step, 1000, 7) for step in range(40)]  # 17.5 warm-up steps
     assert max(rates) == pytest.approx(0.1) and all(r <= 0.1 for r in rates)
     assert rates[0] == pytest.approx(0.1 / 17.5) and rates[20] == 0.1
+
+
+def test_errors_name_the_command_line_setting_not_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["optimizer.lr=-1"], {"training.epochs": 0})
+    message = str(info.value)
+    assert "--set optimizer.lr=-1: optimizer.lr: Input should be greater than 0" in message
+    assert "--epochs 0: training.epochs: Input should be greater than or equal to 1" in message
+    assert "mnist_mlp.yaml" not in message
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(str(path))

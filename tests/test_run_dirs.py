@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from nnx.cli.app import app
@@ -68,3 +69,67 @@ def test_the_lock_clears_stale_temporary_files_and_is_released(tmp_path: Path) -
     assert (tmp_path / ".lock").read_text() == str(os.getpid())
     lock.release()
     RunLock(tmp_path).release()  # free again
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tiny_mnist: Path, tmp_path: Path) -> None:
+    """A 700 KB tmpfs: the first checkpoint (about 400 KB) fits; the second cannot be written
+    beside it (an atomic write needs room for both for a moment)."""
+    import shutil
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        message = f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}): needs root"
+        if os.environ.get("CI"):
+            raise AssertionError(message)  # CI runs as root: this must run there
+        pytest.skip(message)
+    try:
+        run = mount / "run"
+        result = invoke("train", "-q", "--data-dir", tiny_mnist, "--epochs", "3", "--set", "training.validation=100",
+                        "--out", run)  # fmt: skip
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert lines[-1].startswith("error: no space left on device writing") and "Traceback" not in result.output
+        assert f"the last checkpoint is intact: nnx train --resume {run}" in lines[-1]
+        assert not list(run.glob(".*.part"))
+        from nnx.api import build_model_for, build_optimizer
+        from nnx.backend import get_backend
+        from nnx.checkpoint import load_checkpoint
+        from nnx.config import load_config
+
+        config, _ = load_config(str(run / "config.yaml"))
+        backend = get_backend("cpu")
+        model = build_model_for(config, backend)
+        state = load_checkpoint(run / "checkpoint.npz", model, build_optimizer(config, model, backend))
+        assert state.epoch >= 2  # a whole, readable checkpoint from before the disk filled
+        copy = tmp_path / "copy"
+        shutil.copytree(run, copy)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    resumed = invoke("train", "-q", "--resume", copy, "--data-dir", tiny_mnist)
+    assert resumed.exit_code == 0, resumed.output
+
+
+@pytest.mark.parametrize(
+    "broken,content",
+    [("summary.json", b"{not json"), ("metrics.jsonl", b'{"epoch": 1}\n{trunc'), ("config.yaml", b"\xff\xfe")],
+)
+def test_corrupt_run_files_are_named_not_crashed_on(
+    tiny_mnist: Path, tmp_path: Path, broken: str, content: bytes
+) -> None:
+    runs = tmp_path / "runs"
+    for name in ("good", "bad"):
+        assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", runs / name).exit_code == 0
+    (runs / "bad" / broken).write_bytes(content)
+    listed = CliRunner().invoke(app, ["runs", "--dir", str(runs)])
+    assert listed.exit_code == 0 and "good" in listed.output
+    assert f"warning: skipped bad: {runs / 'bad' / broken}" in listed.output.replace("\n", "")
+    compared = invoke("runs", "compare", runs / "good", runs / "bad")
+    assert compared.exit_code == 2 and str(runs / "bad" / broken) in compared.output
+    resumed = invoke("train", "-q", "--resume", runs / "bad", "--epochs", "3", "--data-dir", tiny_mnist)
+    if broken == "metrics.jsonl":  # rewritten from the checkpoint's own history
+        assert resumed.exit_code == 0, resumed.output
+        assert len((runs / "bad" / "metrics.jsonl").read_text().splitlines()) == 3
+    else:
+        assert resumed.exit_code == 2 and str(runs / "bad" / broken) in resumed.output.replace("\n", "")

@@ -103,7 +103,7 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="A model file, e.g. runs/<run>/model.npz.")],
     data_dir: DataDir = None,
     device: Device = None,
-    show_errors: Annotated[int, typer.Option(help="Draw this many of the most confident mistakes.")] = 2,
+    show_errors: Annotated[int, typer.Option(help="Draw this many of the most confident mistakes.", min=0)] = 2,
     quiet: Quiet = False,
 ) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a model on MNIST's test set."""

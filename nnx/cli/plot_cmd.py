@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from nnx.cli.common import stdout_console
+from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.data.mnist import resolve_data_dir
 from nnx.errors import NnxError
@@ -41,7 +41,8 @@ def _percent(value: float | None) -> str:
 
 def run_list(directory: Path, as_json: bool = False) -> None:
     console = stdout_console()
-    runs = list_runs(directory)
+    warnings = stderr_console()
+    runs = list_runs(directory, lambda message: warnings.print(f"warning: {message}", markup=False))
     if as_json:
         rows = [{"run": str(run["path"]), "modified": run["modified"], **run["summary"]} for run in runs]
         console.print(json.dumps(rows, indent=1), markup=False, highlight=False, soft_wrap=True)

@@ -24,7 +24,14 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise NnxError(f"{run_dir}: no metrics.jsonl (not a run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    history = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                history.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise NnxError(f"{path}: line {number} is not JSON (a corrupt file)") from None
+    return history
 
 
 def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu") -> list[Path]:
@@ -56,7 +63,10 @@ def _image(path: Path, alt: str) -> str:
 def write_report(run_dir: Path, pngs: list[Path], confusion: Any) -> Path:
     """report.html with every image embedded: it opens in a browser with no server or network."""
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise NnxError(f"{summary_path}: corrupt (not JSON)") from None
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     rows = "".join(
         f"<tr><th>{html.escape(str(key).replace('_', ' '))}</th><td>{html.escape(_show(key, value))}</td></tr>"
