@@ -17,7 +17,8 @@ import numpy as np
 
 from nnx import __version__
 from nnx.atomic import write_atomic
-from nnx.errors import NnxError
+from nnx.errors import ModelFileError, NnxError
+from nnx.io import check_members, digest, memory_limit, read_json_member
 from nnx.nn.sequential import Sequential
 from nnx.optim import Optimizer
 from nnx.trainer import TrainState
@@ -25,7 +26,7 @@ from nnx.trainer import TrainState
 CHECKPOINT = "checkpoint.npz"
 BEST = "best.npz"
 FORMAT = "nnx-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-array SHA-256 and shapes in the header
 
 
 def save_checkpoint(path: Path, model: Sequential, optimizer: Optimizer, state: TrainState) -> None:
@@ -38,6 +39,8 @@ def save_checkpoint(path: Path, model: Sequential, optimizer: Optimizer, state: 
         "state": state.to_dict(),
         "optimizer_steps": optimizer.steps,
         "architecture": model.spec(),
+        # As in model files: a tampered checkpoint is refused, never loaded into the weights.
+        "arrays": {name: {"shape": list(a.shape), "sha256": digest(a)} for name, a in arrays.items()},
     }
     buffer = io.BytesIO()
     np.savez(buffer, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
@@ -49,15 +52,33 @@ def load_checkpoint(path: Path, model: Sequential, optimizer: Optimizer) -> Trai
     if not path.is_file():
         raise NnxError(f"{path}: no checkpoint to resume from")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-        header = json.loads(arrays.pop("__header__").tobytes().decode())
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise NnxError(f"{path}: not a readable nnx checkpoint ({exc})") from None
-    if header.get("format") != FORMAT or header.get("format_version", 0) > FORMAT_VERSION:
+        header = read_json_member(path)
+    except ModelFileError as exc:
+        raise NnxError(str(exc).replace("nnx model file", "nnx checkpoint")) from None
+    if (
+        header.get("format") != FORMAT
+        or not isinstance(header.get("format_version"), int)
+        or (header["format_version"] > FORMAT_VERSION)
+    ):
         raise NnxError(f"{path}: not an nnx checkpoint this version understands")
     if header.get("architecture") != model.spec():
         raise NnxError(f"{path}: the checkpoint's architecture differs from the run's config")
+    listed = header.get("arrays")
+    if header["format_version"] >= 2 and not isinstance(listed, dict):
+        raise NnxError(f"{path}: the checkpoint lists no arrays (tampered or corrupt)")
+    if isinstance(listed, dict):
+        try:
+            check_members(path, listed, memory_limit())  # shapes and dtypes before any data is read
+        except ModelFileError as exc:
+            raise NnxError(str(exc).replace("nnx model file", "nnx checkpoint")) from None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files if key != "__header__"}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise NnxError(f"{path}: not a readable nnx checkpoint ({exc})") from None
+    for name, array in arrays.items():
+        if isinstance(listed, dict) and digest(array) != listed.get(name, {}).get("sha256"):
+            raise NnxError(f"{path}: array {name} does not match its checksum (checkpoint tampered or corrupt)")
     model_arrays = {k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")}
     optim_arrays = {k.removeprefix("optim/"): v for k, v in arrays.items() if k.startswith("optim/")}
     try:

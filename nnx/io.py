@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nnx import __version__
 from nnx.atomic import write_atomic
@@ -36,7 +38,7 @@ class LoadedModel:
     header: dict[str, Any]
 
 
-def _digest(array: np.ndarray) -> str:
+def digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
@@ -57,7 +59,7 @@ def save_model(
         "dtype": np.dtype(model.backend.dtype).name,
         "preprocessing": preprocess.to_dict(),
         "metrics": metrics or {},
-        "arrays": {name: {"shape": list(a.shape), "sha256": _digest(a)} for name, a in arrays.items()},
+        "arrays": {name: {"shape": list(a.shape), "sha256": digest(a)} for name, a in arrays.items()},
         **(extra or {}),
     }
     buffer = io.BytesIO()
@@ -66,10 +68,125 @@ def save_model(
     write_atomic(path, buffer.getvalue())
 
 
+HEADER_LIMIT = 1 << 22  # 4 MB of JSON is far more than any architecture needs
+
+
+class _ArrayEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shape: list[int]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _Preprocessing(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+
+
+class _Header(BaseModel):
+    """What a model file's JSON header must hold before anything is built from it."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    format: str
+    format_version: int
+    architecture: list[dict[str, Any]] = Field(min_length=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    preprocessing: _Preprocessing = Field(default_factory=_Preprocessing)
+    arrays: dict[str, _ArrayEntry]
+
+
+def check_members(path: Path, listed: dict[str, Any], limit_bytes: int | None = None) -> None:
+    """Every array's shape and dtype, read from the .npy headers inside the zip (no data read),
+    against what the JSON header lists, and their total size against `limit_bytes`: a small file
+    cannot make nnx allocate gigabytes."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {n.removesuffix(".npy"): n for n in archive.namelist() if n != HEADER_KEY + ".npy"}
+            if set(members) != set(listed):
+                raise ModelFileError(
+                    f"{path}: arrays {sorted(members)} do not match the header's {sorted(listed)} (tampered?)"
+                )
+            for name, member in members.items():
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(f)
+                if dtype.kind != "f" or list(shape) != list(listed[name]["shape"]):
+                    raise ModelFileError(
+                        f"{path}: array {name} is {dtype} {list(shape)}, but the header lists {listed[name]['shape']}"
+                    )
+                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise ModelFileError(f"{path}: not a readable nnx model file ({exc})") from None
+    if limit_bytes is not None and total > limit_bytes:
+        raise ModelFileError(f"{path}: its arrays hold {total:,} bytes, more than the {limit_bytes:,} allowed here")
+
+
+def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a .npy stream's header, leaving its data unread."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def read_json_member(path: Path) -> dict[str, Any]:
+    """The __header__ entry, its size checked before it is read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if HEADER_KEY + ".npy" not in archive.namelist():
+                raise ModelFileError(f"{path}: not an nnx model file (no {HEADER_KEY} entry)")
+            with archive.open(HEADER_KEY + ".npy") as f:
+                shape, dtype = _npy_header(f)
+                if dtype != np.uint8 or len(shape) != 1 or shape[0] > HEADER_LIMIT:
+                    raise ModelFileError(f"{path}: its header entry is {dtype} {list(shape)}, not JSON text")
+                raw = f.read(shape[0])
+        header = json.loads(raw.decode())
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{path}: not a readable nnx model file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: corrupt header (not a JSON object)")
+    return header
+
+
+def memory_limit() -> int:
+    """Bytes of arrays a model file may hold: a quarter of this machine's memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
 def read_header(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The checked header and host arrays of a model file; never unpickles anything."""
+    """The checked header and host arrays of a model file; never unpickles anything. The header
+    is validated against its schema, and every array's declared shape and dtype against it, before
+    any array is read."""
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    header = read_json_member(path)
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an nnx model file (format is {header.get('format')!r})")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model format version {version!r} is not one this nnx {__version__} "
+            f"understands (up to {FORMAT_VERSION}); upgrade nnx"
+        )
+    try:
+        _Header.model_validate(header)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise ModelFileError(f"{path}: invalid header ({problems})") from None
+    check_members(path, header["arrays"], memory_limit())
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -79,20 +196,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise ModelFileError(f"{path}: not a readable nnx model file ({exc})") from None
-    if HEADER_KEY not in arrays:
-        raise ModelFileError(f"{path}: not an nnx model file (no {HEADER_KEY} entry)")
-    try:
-        header = json.loads(arrays.pop(HEADER_KEY).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path}: corrupt header ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not an nnx model file (format is {header.get('format')!r})")
-    version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: model format version {version!r} is not one this nnx {__version__} "
-            f"understands (up to {FORMAT_VERSION}); upgrade nnx"
-        )
+    arrays.pop(HEADER_KEY, None)
     listed = header.get("arrays", {})
     if set(listed) != set(arrays):
         raise ModelFileError(f"{path}: arrays {sorted(arrays)} do not match the header's {sorted(listed)} (tampered?)")
@@ -101,7 +205,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             raise ModelFileError(
                 f"{path}: array {name} has shape {array.shape} / {array.dtype}, not as the header says"
             )
-        if _digest(array) != listed[name]["sha256"]:
+        if digest(array) != listed[name]["sha256"]:
             raise ModelFileError(f"{path}: array {name} does not match its checksum (file tampered or corrupt)")
     return header, arrays
 

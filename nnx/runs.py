@@ -38,7 +38,11 @@ def new_run_dir(config: Config, out: str | None, force: bool = False) -> Path:
             )
         if path.is_file():
             raise NnxError(f"{path}: is a file, not a directory; choose another --out")
-        theirs = sorted(p.name for p in path.iterdir() if p.name not in RUN_FILES) if path.is_dir() else []
+        theirs = (
+            sorted(p.name for p in path.iterdir() if p.name not in RUN_FILES and not _temporary(p.name))
+            if path.is_dir()
+            else []
+        )
         if theirs and not force:
             shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
             raise NnxError(
@@ -57,6 +61,11 @@ def new_run_dir(config: Config, out: str | None, force: bool = False) -> Path:
     except OSError as exc:
         raise NnxError(f"{path}: cannot create the run directory ({exc.strerror})") from None
     return path
+
+
+def _temporary(name: str) -> bool:
+    """write_atomic's temporary files (.NAME.XXXX.part), which a killed write leaves behind."""
+    return name.startswith(".") and name.endswith(".part")
 
 
 def locked_by(path: Path) -> str | None:

@@ -133,3 +133,36 @@ def test_corrupt_run_files_are_named_not_crashed_on(
         assert len((runs / "bad" / "metrics.jsonl").read_text().splitlines()) == 3
     else:
         assert resumed.exit_code == 2 and str(runs / "bad" / broken) in resumed.output.replace("\n", "")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tiny_mnist: Path, tmp_path: Path, seed: int) -> None:
+    """kill -9 wherever it lands (mid-batch, mid-checkpoint write), then --resume: the final
+    weights are bitwise those of a run that was never stopped."""
+    import random
+
+    import numpy as np
+
+    from nnx.io import read_header
+
+    args = ["--data-dir", str(tiny_mnist), "--epochs", "150", "--set", "training.validation=100",
+            "--set", "model.hidden=[32]", "--threads", "1"]  # fmt: skip
+    base = [sys.executable, "-m", "nnx", "train", "-q"]
+    subprocess.run([*base, *args, "--out", str(tmp_path / "straight")], check=True, capture_output=True, timeout=300)
+
+    run = tmp_path / "killed"
+    victim = subprocess.Popen([*base, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (run / "checkpoint.npz").is_file():  # a checkpoint to come back to
+        assert time.monotonic() < deadline and victim.poll() is None
+        time.sleep(0.01)
+    time.sleep(random.Random(seed).uniform(0.0, 0.8))
+    victim.kill()
+    victim.wait()
+    if not (run / "model.npz").exists():  # killed before the end (nearly always)
+        resumed = subprocess.run([*base, "--resume", str(run), "--threads", "1"], capture_output=True, text=True,
+                                 timeout=300)  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+    a, b = read_header(tmp_path / "straight" / "model.npz")[1], read_header(run / "model.npz")[1]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not list(run.glob(".*.part"))

@@ -103,3 +103,42 @@ def test_a_port_in_use_is_one_line_and_exit_2(model_file: Path) -> None:
     assert result.exit_code == 2
     assert f"port {port} on 127.0.0.1 is in use; choose another with --port" in result.output
     assert "serving" not in result.output
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from nnx.web.server import BadRequestError, _pixels  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=3000), kind=st.sampled_from(["application/json", "image/png", "image/jpeg", "text/x"]))
+def test_any_body_is_pixels_or_a_4xx(body: bytes, kind: str) -> None:
+    try:
+        pixels = _pixels(kind, body)
+    except BadRequestError as exc:
+        assert 400 <= exc.status < 500
+    else:
+        assert pixels.dtype == np.uint8 and pixels.shape == (784,)
+
+
+json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=30) | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=900,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pixels=json_trees, preprocess=st.none() | st.booleans() | st.integers())
+def test_any_json_structure_is_pixels_or_a_4xx(pixels, preprocess) -> None:
+    import json
+
+    body = {"pixels": pixels} if preprocess is None else {"pixels": pixels, "preprocess": preprocess}
+    try:
+        result = _pixels("application/json", json.dumps(body).encode())
+    except BadRequestError as exc:
+        assert 400 <= exc.status < 500
+    else:
+        assert result.shape == (784,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
 import zlib
 from collections.abc import Iterator
@@ -84,16 +85,42 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             if len(raw_shape) < 4 * dims:
                 raise DataError(f"{path}: truncated header")
             shape = struct.unpack(f">{dims}I", raw_shape)
-            array = np.empty(shape, dtype=np.uint8)
-            got = _read_into(f, memoryview(array).cast("B")) if array.size else 0
-            extra = f.read(1)
+            declared = math.prod(shape)  # Python ints: a product of four uint32s overflows int64
+            if isinstance(f, gzip.GzipFile):
+                # The decompressed size is unknown until read: read what is there (at most the
+                # declared size and one byte), never allocating what the header merely claims.
+                data = _read_at_most(f, declared + 1)
+                got, extra = min(len(data), declared), data[declared:]
+                array = np.frombuffer(data, dtype=np.uint8)[:got]
+                if got == declared:
+                    array = array.reshape(shape)
+            else:
+                available = path.stat().st_size - 4 - 4 * dims
+                if available < declared:  # checked before the array is allocated
+                    raise DataError(
+                        f"{path}: truncated: the header {tuple(shape)} needs {declared} data bytes, found {available}"
+                    )
+                array = np.empty(shape, dtype=np.uint8)
+                got = _read_into(f, memoryview(array).cast("B")) if array.size else 0
+                extra = f.read(1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt gzip data ({exc})") from None
-    if got != array.size:
-        raise DataError(f"{path}: truncated: the header {tuple(shape)} needs {array.size} data bytes, found {got}")
+    if got != declared:
+        raise DataError(f"{path}: truncated: the header {tuple(shape)} needs {declared} data bytes, found {got}")
     if extra:
-        raise DataError(f"{path}: longer than its header {tuple(shape)} says ({array.size} data bytes)")
+        raise DataError(f"{path}: longer than its header {tuple(shape)} says ({declared} data bytes)")
     return array
+
+
+def _read_at_most(f: IO[bytes], limit: int) -> bytearray:
+    """Up to `limit` bytes, in chunks, into one growing buffer (memory follows the real data)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = f.read(min(CHUNK, limit - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def read_idx_images(path: Path) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,6 +157,7 @@ def build_model(
     to `classes` outputs when given. Sizes a layer can take from its input ("in" of linear and
     conv2d, "features" of batchnorm) may be left out."""
     layers: list[Layer] = []
+    budget = ParameterBudget(backend)
     first = spec[0] if spec else {}
     shape: tuple[int, ...] = (int(first["in"]),) if first.get("type") == "linear" and "in" in first else INPUT_SHAPE
     for i, item in enumerate(spec):
@@ -166,6 +168,7 @@ def build_model(
                 raise ValueError(f"{where}: needs an image, but its input is a flat vector of {shape[0]}")
             layers.append(Reshape(backend, IMAGE_SHAPE))
             shape = IMAGE_SHAPE
+        budget.add(kind, item, shape, where)  # before the layer allocates anything
         layer, shape = _build_layer(kind, item, shape, backend, rng, where)
         layers.append(layer)
     if classes is not None and shape != (classes,):
@@ -173,6 +176,44 @@ def build_model(
     if any(isinstance(layer, Softmax) for layer in layers[:-1]):
         raise ValueError("softmax may only be the last layer")
     return Sequential(layers, backend)
+
+
+class ParameterBudget:
+    """Counts a network's parameters layer by layer before each is allocated, and refuses one that
+    would not fit: a model file (or config) declaring a 10^9-unit layer is an error with its
+    parameter count, not gigabytes allocated and a crash. The limit: a quarter of this machine's
+    memory for the parameters (training needs as much again for gradients, and more for the
+    optimizer's state)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.itemsize = np.dtype(backend.dtype).itemsize
+        self.count = 0
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 16 GB machine
+            memory = 16 << 30
+        self.limit = memory // 4
+
+    def add(self, kind: Any, item: dict[str, Any], shape: tuple[int, ...], where: str) -> None:
+        try:
+            if kind == "linear":
+                size = shape[0] * int(item["out"]) + int(item["out"])
+            elif kind == "conv2d":
+                k = int(item.get("kernel", 3))
+                size = int(item["out"]) * shape[0] * k * k + int(item["out"])
+            elif kind == "batchnorm":
+                size = 4 * shape[0]
+            else:
+                return
+        except (KeyError, TypeError, ValueError):
+            return  # the layer's own checks name what is wrong
+        self.count += max(size, 0)
+        if self.count * self.itemsize > self.limit:
+            size = self.count * self.itemsize / 2**30
+            raise ValueError(
+                f"{where}: the network reaches {self.count:,} parameters ({size:.1f} GiB), "
+                f"more than this machine can train (limit {self.limit / 2**30:.1f} GiB for the parameters)"
+            )
 
 
 def _expect_in(item: dict[str, Any], key: str, actual: int, where: str) -> None:

@@ -1,0 +1,209 @@
+"""Every reader of what a user (or a stranger) hands nnx, fed arbitrary bytes and structures with
+Hypothesis: the result is data or an nnx error naming the problem, never another exception, and
+never an allocation the input merely claims."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import resource
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnx.backend import get_backend
+from nnx.checkpoint import load_checkpoint, save_checkpoint
+from nnx.config import load_config
+from nnx.data.csvfile import read_csv
+from nnx.data.idx import read_idx
+from nnx.errors import NnxError
+from nnx.io import load_model, save_model
+from nnx.nn import build_model, mlp_spec
+from nnx.optim import SGD
+from nnx.preprocess import Preprocess
+from nnx.trainer import TrainState
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+MEMORY_GROWTH_LIMIT_MB = 200  # what one hostile file may cost at most
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def only_nnx_errors(read, *args) -> None:
+    """Call read(*args): data or NnxError; anything else fails the test. Memory stays bounded."""
+    before = peak_mb()
+    try:
+        read(*args)
+    except NnxError:
+        pass
+    assert peak_mb() - before < MEMORY_GROWTH_LIMIT_MB
+
+
+def idx_header(dims: list[int], dtype_code: int = 8) -> bytes:
+    return struct.pack(">HBB", 0, dtype_code, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=2000), gz=st.booleans())
+def test_idx_reader_on_arbitrary_bytes(tmp_path: Path, data: bytes, gz: bool) -> None:
+    path = tmp_path / "x-idx3-ubyte"
+    path.write_bytes(gzip.compress(data) if gz else data)
+    only_nnx_errors(read_idx, path, 3)
+
+
+@SETTINGS
+@given(
+    dims=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=3),
+    body=st.binary(max_size=500),
+    gz=st.booleans(),
+)
+def test_idx_headers_claiming_gigabytes_cost_nothing(tmp_path: Path, dims: list[int], body: bytes, gz: bool) -> None:
+    path = tmp_path / "claims-idx-ubyte"
+    content = idx_header(dims) + body
+    path.write_bytes(gzip.compress(content) if gz else content)
+    only_nnx_errors(read_idx, path, len(dims))
+
+
+@SETTINGS
+@given(text=st.text(max_size=3000))
+def test_csv_reader_on_arbitrary_text(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(text, encoding="utf-8")
+    only_nnx_errors(read_csv, path)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=3000))
+def test_config_reader_on_arbitrary_bytes(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(data)
+    only_nnx_errors(load_config, str(path))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@SETTINGS
+@given(tree=st.dictionaries(st.sampled_from(["name", "model", "optimizer", "training", "data", "bogus"]), json_values))
+def test_config_reader_on_arbitrary_structures(tmp_path: Path, tree: dict) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(tree))  # JSON is YAML
+    only_nnx_errors(load_config, str(path))
+
+
+def model_file(path: Path) -> Path:
+    model = build_model(mlp_spec([784, 8, 10]), get_backend("cpu"), np.random.default_rng(0))
+    save_model(path, model, Preprocess.named("standard"))
+    return path
+
+
+def rewrite(
+    path: Path, header: object | None = None, arrays: dict | None = None, raw_header: bytes | None = None
+) -> None:
+    """The model file with its JSON header and/or arrays replaced."""
+    with np.load(path, allow_pickle=False) as npz:
+        content = {k: npz[k] for k in npz.files}
+    if raw_header is not None:
+        content["__header__"] = np.frombuffer(raw_header, dtype=np.uint8)
+    elif header is not None:
+        content["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    content.update(arrays or {})
+    buffer = io.BytesIO()
+    np.savez(buffer, **content)
+    path.write_bytes(buffer.getvalue())
+
+
+@SETTINGS
+@given(header=json_values)
+def test_model_headers_of_any_structure(tmp_path: Path, header: object) -> None:
+    path = model_file(tmp_path / "m.npz")
+    rewrite(path, header=header)
+    only_nnx_errors(load_model, path, get_backend("cpu"))
+
+
+@SETTINGS
+@given(key=st.sampled_from(["architecture", "arrays", "preprocessing", "dtype", "format_version"]), value=json_values)
+def test_model_headers_with_one_field_changed(tmp_path: Path, key: str, value: object) -> None:
+    path = model_file(tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as npz:
+        header = json.loads(npz["__header__"].tobytes())
+    header[key] = value
+    rewrite(path, header=header)
+    only_nnx_errors(load_model, path, get_backend("cpu"))
+
+
+@SETTINGS
+@given(data=st.binary(max_size=3000))
+def test_model_reader_on_arbitrary_bytes(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "m.npz"
+    path.write_bytes(data)
+    only_nnx_errors(load_model, path, get_backend("cpu"))
+
+
+def test_a_header_claiming_a_huge_layer_is_refused_before_allocating(tmp_path: Path) -> None:
+    path = model_file(tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as npz:
+        header = json.loads(npz["__header__"].tobytes())
+    header["architecture"][0]["out"] = 10**9
+    rewrite(path, header=header)
+    before = peak_mb()
+    with pytest.raises(NnxError):
+        load_model(path, get_backend("cpu"))
+    assert peak_mb() - before < 50
+
+
+def test_an_array_whose_npy_header_disagrees_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = model_file(tmp_path / "m.npz")
+    rewrite(path, arrays={"0.W": np.zeros((784, 9), dtype=np.float32)})
+    with pytest.raises(NnxError, match=r"array 0.W is float32 \[784, 9\], but the header lists \[784, 8\]"):
+        load_model(path, get_backend("cpu"))
+
+
+def checkpoint_file(path: Path):
+    backend = get_backend("cpu")
+    model = build_model(mlp_spec([784, 8, 10]), backend, np.random.default_rng(0))
+    optimizer = SGD(model.flat_parameters(), 0.1, 0.9, ops=backend.ops)
+    save_checkpoint(path, model, optimizer, TrainState(epoch=2))
+    return model, optimizer
+
+
+def test_a_tampered_checkpoint_is_refused_not_loaded_into_the_weights(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.npz"
+    model, optimizer = checkpoint_file(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    weights = np.load(io.BytesIO(members["model/0.W.npy"]))
+    weights[0, 0] += 1.0
+    buffer = io.BytesIO()
+    np.save(buffer, weights)
+    members["model/0.W.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    before = model.state()["0.W"].copy()
+    with pytest.raises(NnxError, match="array model/0.W does not match its checksum"):
+        load_checkpoint(path, model, optimizer)
+    assert np.array_equal(model.state()["0.W"], before)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=3000))
+def test_checkpoint_reader_on_arbitrary_bytes(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "checkpoint.npz"
+    model, optimizer = checkpoint_file(tmp_path / "good.npz")
+    path.write_bytes(data)
+    only_nnx_errors(load_checkpoint, path, model, optimizer)
