@@ -166,3 +166,44 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tiny_mnist: Path, tmp
     a, b = read_header(tmp_path / "straight" / "model.npz")[1], read_header(run / "model.npz")[1]
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not list(run.glob(".*.part"))
+
+
+def test_ctrl_c_during_the_final_evaluation_still_saves_the_model(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import signal
+
+    import nnx.api as api
+
+    real = api.evaluate
+
+    def evaluate_with_a_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C once, while the test set runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "evaluate", evaluate_with_a_ctrl_c)
+    result = invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "model.npz").exists() and (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_second_ctrl_c_while_finishing_leaves_a_resumable_run(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    import nnx.api as api
+
+    real = api.evaluate
+
+    def evaluate_aborted(*args, **kwargs):
+        raise KeyboardInterrupt  # what the second Ctrl-C raises
+
+    monkeypatch.setattr(api, "evaluate", evaluate_aborted)
+    run = tmp_path / "run"
+    result = invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", run)
+    assert result.exit_code == 130
+    assert f"interrupted while finishing the run; the last checkpoint is intact: nnx train --resume {run}" in (
+        result.output.replace("\n", "")
+    )
+    assert not (run / "model.npz").exists()
+    monkeypatch.setattr(api, "evaluate", real)
+    resumed = invoke("train", "-q", "--resume", run, "--data-dir", tiny_mnist)
+    assert resumed.exit_code == 0, resumed.output
+    assert (run / "model.npz").exists()
