@@ -142,3 +142,47 @@ def test_any_json_structure_is_pixels_or_a_4xx(pixels, preprocess) -> None:
         assert 400 <= exc.status < 500
     else:
         assert result.shape == (784,)
+
+
+@pytest.fixture
+def live_server(model_file: Path, monkeypatch):
+    """nnx serve's own serve() in a thread on a free loopback port (the body timeout shortened)."""
+    import threading
+    import time
+
+    import nnx.web.server as server
+
+    monkeypatch.setattr(server, "BODY_TIMEOUT_SECONDS", 1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ready = threading.Event()
+    thread = threading.Thread(target=server.serve, args=(model_file, "127.0.0.1", port, "cpu"),
+                              kwargs={"ready": ready.set}, daemon=True)  # fmt: skip
+    thread.start()
+    assert ready.wait(20)
+    time.sleep(0.3)
+    return port
+
+
+def raw_request(port: int, head: bytes, body: bytes, wait: float) -> bytes:
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head + body)
+        time.sleep(wait)
+        return conn.recv(65536)
+
+
+def test_a_slow_body_gets_408_and_a_disconnect_one_log_line(live_server: int, caplog) -> None:
+    head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    answer = raw_request(live_server, head, b'{"pixels": [', wait=1.5)
+    assert answer.startswith(b"HTTP/1.1 408") and b'"error"' in answer
+    with caplog.at_level("WARNING"):
+        with socket.create_connection(("127.0.0.1", live_server), timeout=10) as conn:
+            conn.sendall(head + b'{"pix')  # then gone
+        import time
+
+        time.sleep(0.5)
+    lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and "Traceback" not in caplog.text

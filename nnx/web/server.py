@@ -7,6 +7,7 @@ problem, and the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import logging
@@ -167,9 +168,18 @@ def create_app(model_path: Path, device: str = "cpu", max_pixels: int = MAX_PIXE
 
 
 async def _read_limited(request: Request) -> bytes:
+    """The body, at most MAX_BODY bytes, each part arriving within BODY_TIMEOUT_SECONDS: a client
+    trickling its body (a 'slow loris') is answered 408 and let go instead of holding a worker."""
     chunks, size = [], 0
+    stream = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), BODY_TIMEOUT_SECONDS)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise BadRequestError(408, f"the body did not arrive within {BODY_TIMEOUT_SECONDS} s") from None
             size += len(chunk)
             if size > MAX_BODY:
                 raise BadRequestError(413, f"the body is over {MAX_BODY} bytes")
@@ -223,6 +233,8 @@ def _image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 # Seconds an idle keep-alive connection stays open before the server closes it.
 KEEP_ALIVE_SECONDS = 5
+# Seconds a request body may take between two of its parts.
+BODY_TIMEOUT_SECONDS = 10
 
 
 def bind(host: str, port: int) -> socket.socket:
