@@ -82,6 +82,31 @@ def load(port: int, body: bytes, content_type: str, clients: int, seconds: float
     return sum(ok), sum(errors)
 
 
+def trained_model(folder: Path) -> Path:
+    """The default config trained into `folder` (a few seconds), for a benchmark without --model."""
+    subprocess.run([sys.executable, "-m", "nnx", "train", "-q", "--out", str(folder / "run")], check=True)
+    return folder / "run" / "model.npz"
+
+
+def start_server(model: Path, port: int, quiet: bool = False) -> subprocess.Popen:
+    """`nnx serve` on 127.0.0.1:port, returned once /healthz answers (30 s at most)."""
+    output = subprocess.DEVNULL if quiet else None
+    server = subprocess.Popen([sys.executable, "-m", "nnx", "serve", str(model), "--port", str(port)],
+                              stdout=output, stderr=output)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path)
@@ -89,24 +114,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            subprocess.run([sys.executable, "-m", "nnx", "train", "-q", "--out", f"{tmp}/run"], check=True)
-            model = Path(f"{tmp}/run/model.npz")
+        model = args.model or trained_model(Path(tmp))
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "nnx", "serve", str(model), "--port", str(port)])
+        server = start_server(model, port)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                    conn.request("GET", "/healthz")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
             pixels = np.random.default_rng(0).integers(0, 256, 784).tolist()
             as_json = json.dumps({"pixels": pixels, "preprocess": False}).encode()
             png = drawing_png()

@@ -18,7 +18,6 @@ import io
 import itertools
 import json
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import free_port  # noqa: E402
+from serve import free_port, start_server, trained_model  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -137,25 +136,10 @@ def main() -> None:
     parser.add_argument("--abusers", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            subprocess.run([sys.executable, "-m", "nnx", "train", "-q", "--out", f"{tmp}/run"], check=True)
-            model = Path(f"{tmp}/run/model.npz")
+        model = args.model or trained_model(Path(tmp))
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "nnx", "serve", str(model), "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        server = start_server(model, port, quiet=True)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                    conn.request("GET", "/healthz")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
             quiet = run(port, args.good, args.abusers, args.seconds / 2, abuse=False)
             before = rss_mb(server.pid)
             abused = run(port, args.good, args.abusers, args.seconds, abuse=True)

@@ -223,7 +223,7 @@ def _train(
     optimizer = build_optimizer(config, model, backend)
     csv = (Path(config.data.train_csv), Path(config.data.test_csv)) if config.data.train_csv else None
     if csv is None:
-        _ensure_data(data_dir, download, fetch, say, dataset.name)
+        ensure_data(data_dir, download, fetch, say, dataset.name)
     mnist = load_mnist(data_dir, config.training.validation, csv)
     if config.data.limit is not None:
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
@@ -431,9 +431,11 @@ def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Commun
     return TrainState.from_dict(state_dict)
 
 
-def _ensure_data(
+def ensure_data(
     data_dir: Path, download: bool, fetch: Callable[..., None] | None, say: Callable[[str], None], dataset: str
 ) -> None:
+    """Download what `dataset` lacks in `data_dir` (through `fetch(data_dir, dataset)` when given),
+    or say how to get it when downloading is off."""
     missing = missing_files(data_dir)
     if not missing:
         return

@@ -12,6 +12,30 @@ import numpy as np
 
 from nnx.backend import Backend
 
+# A network holding every layer kind nnx has, for tests that must cover them all (parity, export).
+EVERY_LAYER = [
+    {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1},
+    {"type": "batchnorm"},
+    {"type": "leaky_relu", "alpha": 0.1},
+    {"type": "maxpool2d", "size": 2},
+    {"type": "conv2d", "out": 8, "kernel": 3, "stride": 2},
+    {"type": "elu", "alpha": 1.0},
+    {"type": "avgpool2d", "size": 2, "stride": 1},
+    {"type": "flatten"},
+    {"type": "dropout", "p": 0.3},
+    {"type": "linear", "out": 32},
+    {"type": "batchnorm"},
+    {"type": "gelu"},
+    {"type": "linear", "out": 24},
+    {"type": "tanh"},
+    {"type": "linear", "out": 16},
+    {"type": "sigmoid"},
+    {"type": "linear", "out": 10},
+    {"type": "relu"},
+    {"type": "linear", "out": 10},
+    {"type": "softmax"},
+]
+
 # Per-dtype tolerances for comparing two backends (relative error), when none is measured.
 PARITY_RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 # Margin over the measured float32 rounding error, and the least tolerance (16 float32 ulps).

@@ -18,35 +18,12 @@ from nnx.errors import ModelFileError
 from nnx.io import save_model
 from nnx.nn import build_model
 from nnx.preprocess import Preprocess
+from nnx.testing import EVERY_LAYER
 from nnx.trainer import DeviceSplit, Trainer
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("safetensors")
-
-# Every layer kind nnx has, in one network.
-EVERY_LAYER = [
-    {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1},
-    {"type": "batchnorm"},
-    {"type": "leaky_relu", "alpha": 0.1},
-    {"type": "maxpool2d", "size": 2},
-    {"type": "conv2d", "out": 8, "kernel": 3, "stride": 2},
-    {"type": "elu", "alpha": 1.0},
-    {"type": "avgpool2d", "size": 2, "stride": 1},
-    {"type": "flatten"},
-    {"type": "dropout", "p": 0.3},
-    {"type": "linear", "out": 32},
-    {"type": "batchnorm"},
-    {"type": "gelu"},
-    {"type": "linear", "out": 24},
-    {"type": "tanh"},
-    {"type": "linear", "out": 16},
-    {"type": "sigmoid"},
-    {"type": "linear", "out": 10},
-    {"type": "relu"},
-    {"type": "linear", "out": 10},
-    {"type": "softmax"},
-]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from nnx.nn import ACTIVATIONS, Linear, SoftmaxCrossEntropy, build_model, mlp_sp
 from nnx.ops import Ops
 from nnx.optim import SGD
 from nnx.preprocess import Preprocess
-from nnx.testing import assert_parity, measured_tolerances, relative_error
+from nnx.testing import EVERY_LAYER, assert_parity, measured_tolerances, relative_error
 from nnx.trainer import DeviceSplit, Trainer, evaluate
 
 pytestmark = pytest.mark.gpu
@@ -230,21 +230,7 @@ def test_train_on_gpu_reaches_97_5(mnist_dir: Path, tmp_path: Path) -> None:
     assert abs(cpu_accuracy - summary["test_accuracy"]) <= 3 / len(test)
 
 
-CNN_SPEC = [
-    {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1},
-    {"type": "batchnorm"},
-    {"type": "leaky_relu", "alpha": 0.1},
-    {"type": "maxpool2d", "size": 2},
-    {"type": "conv2d", "out": 8, "kernel": 3, "stride": 2},
-    {"type": "elu", "alpha": 1.0},
-    {"type": "avgpool2d", "size": 2, "stride": 1},
-    {"type": "flatten"},
-    {"type": "dropout", "p": 0.3},
-    {"type": "linear", "out": 32},
-    {"type": "batchnorm"},
-    {"type": "gelu"},
-    {"type": "linear", "out": 10},
-]
+CNN_SPEC = EVERY_LAYER  # every layer kind, in one network
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -12,7 +12,7 @@ from nnx.cli.common import stdout_console
 from nnx.data.datasets import get_dataset
 from nnx.data.download import download_mnist
 from nnx.data.idx import content_sha256
-from nnx.data.mnist import FILES, find_file, label_counts, load_mnist, missing_files, resolve_data_dir
+from nnx.data.mnist import FILES, find_file, label_counts, load_mnist, resolve_data_dir
 from nnx.errors import DataError
 
 
@@ -40,17 +40,13 @@ def download_with_progress(
 
 
 def ensure_data(data_dir: Path, console: Console, download: bool = True, dataset: str = "mnist") -> None:
-    missing = missing_files(data_dir)
-    if not missing:
-        return
-    option = "" if dataset == "mnist" else f" --dataset {dataset}"
-    if not download:
-        raise DataError(
-            f"{data_dir}: missing {', '.join(missing)}; run `nnx data download{option}` or drop --no-download"
-        )
-    title = get_dataset(dataset).title
-    console.print(f"{title} not found in {data_dir}: downloading {len(missing)} file(s)", markup=False)
-    download_with_progress(data_dir, console, dataset=dataset)
+    """nnx.api.ensure_data with a progress bar and the CLI's console."""
+    from nnx.api import ensure_data as ensure
+
+    def fetch(folder: Path, name: str) -> None:
+        download_with_progress(folder, console, dataset=name)
+
+    ensure(data_dir, download, fetch, lambda line: console.print(line, markup=False), dataset)
 
 
 def run_download(data_dir: Path | None, mirrors: list[str] | None, force: bool, dataset: str = "mnist") -> None:
