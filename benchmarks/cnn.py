@@ -52,12 +52,13 @@ def nnx_seconds(device: str, train: Split, repeats: int) -> float:
     return statistics.median(trainer.fit(data, None, 1, BATCH, r + 1).train_seconds for r in range(repeats))
 
 
-def torch_cnn(dev: Any) -> Any:
-    """configs/mnist_cnn.yaml's network in PyTorch, from nnx's initial weights."""
+def torch_cnn(dev: Any, config_name: str = "mnist_cnn", seed: int = 0) -> Any:
+    """A config's network (configs/mnist_cnn.yaml by default) in PyTorch, from nnx's initial
+    weights for `seed` (drawn as nnx draws them)."""
     import torch
 
-    config, _ = load_config("mnist_cnn")
-    host = build_model(config.model.layer_specs(), get_backend("cpu"), np.random.default_rng([0, 0]), classes=10)
+    config, _ = load_config(config_name)
+    host = build_model(config.model.layer_specs(), get_backend("cpu"), np.random.default_rng([seed, 0]), classes=10)
     layers: list[Any] = []
     for layer in host.layers:
         spec = layer.spec()
@@ -92,13 +93,16 @@ def torch_cnn(dev: Any) -> Any:
 class TorchCNN:
     """The PyTorch contender: nnx's batches (host permutation), per-batch uint8 -> float on the device."""
 
-    def __init__(self, device: str, train: Split, lr: float = LR) -> None:
+    def __init__(
+        self, device: str, train: Split, lr: float = LR, config_name: str = "mnist_cnn", seed: int = 0,
+        batch: int = BATCH,
+    ) -> None:  # fmt: skip
         import torch
 
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-        self.torch, self.dev = torch, torch.device(device)
-        self.model = torch_cnn(self.dev)
+        self.torch, self.dev, self.batch = torch, torch.device(device), batch
+        self.model = torch_cnn(self.dev, config_name, seed)
         self.lr = lr
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.images = torch.from_numpy(np.ascontiguousarray(train.images)).to(self.dev)
@@ -116,10 +120,10 @@ class TorchCNN:
         index = torch.from_numpy(order).to(self.dev)
         self.synchronize()
         started = time.perf_counter()
-        for b, start in enumerate(range(0, len(order), BATCH)):
+        for b, start in enumerate(range(0, len(order), self.batch)):
             if lr_at is not None:
                 self.optimizer.param_groups[0]["lr"] = lr_at(b)
-            idx = index[start : start + BATCH]
+            idx = index[start : start + self.batch]
             x = self.images[idx].float().mul_(self.scale).sub_(self.shift)
             loss = torch.nn.functional.cross_entropy(self.model(x), self.labels[idx])
             self.optimizer.zero_grad(set_to_none=True)
