@@ -75,13 +75,17 @@ step() {
 }
 
 # What the device image lacks comes from the carried wheels (scripts/gpu_wheels.txt).
+# Into fresh folders, used only when the install worked (never a stale copy from another run).
 # MPICH's library and mpiexec are data files of its wheel, which pip's --target drops: a prefix.
-step "install carried wheels" 90 "$out/env.txt" bash -c 'set -e
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/nnx-site \
+site="$(mktemp -d)/site" mpi="$(mktemp -d)/mpi"
+if step "install carried wheels" 90 "$out/env.txt" bash -c 'set -e
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$1" \
     $(ls .whl/*.whl | grep -v /mpich-)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --prefix /tmp/nnx-mpi .whl/mpich-*.whl'
-export PYTHONPATH="/tmp/nnx-site${PYTHONPATH:+:$PYTHONPATH}"
-export PATH="/tmp/nnx-mpi/bin:$PATH" MPI4PY_LIBMPI=/tmp/nnx-mpi/lib/libmpi.so.12
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --prefix "$2" .whl/mpich-*.whl' \
+  _ "$site" "$mpi"; then
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  export PATH="$mpi/bin:$PATH" MPI4PY_LIBMPI="$mpi/lib/libmpi.so.12"
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" # nnx straight from the working tree
 
 python3 - >>"$out/env.txt" 2>&1 <<'EOF'
