@@ -178,12 +178,20 @@ class MaxPool2D(_Pool2D):
         # (common after a ReLU: windows of zeros), so every window passes dy exactly once.
         # Overlapping windows (stride < size) accumulate through the slice additions.
         xp = self.xp
-        dx = xp.zeros(self.x.transpose(0, 2, 3, 1).shape, dtype=dy.dtype)
+        shape = self.x.transpose(0, 2, 3, 1).shape
+        # Windows that tile x exactly (stride = size, no border left over) each write their own
+        # elements once: no zero fill and no read-add-write, just stores.
+        n, h, w, c = shape
+        tiles = self.stride == self.size and h == self.out_hw[0] * self.size and w == self.out_hw[1] * self.size
+        dx = xp.empty(shape, dtype=dy.dtype) if tiles else xp.zeros(shape, dtype=dy.dtype)
         remaining = dy.transpose(0, 2, 3, 1).copy()  # the gradient not yet given to a maximum
         last = len(self.views) - 1
         for p, (rows, cols) in enumerate(self.views):
             share = remaining * (self.packed[p] == self.y)
-            dx[:, rows, cols, :] += share
+            if tiles:
+                dx[:, rows, cols, :] = share
+            else:
+                dx[:, rows, cols, :] += share
             if p < last:
                 remaining -= share
         return dx.transpose(0, 3, 1, 2)
