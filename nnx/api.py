@@ -8,6 +8,7 @@ about the setup to `log` when one is given.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -23,7 +24,7 @@ from nnx.atomic import WriteError
 from nnx.augment import ShiftRotate
 from nnx.backend import Backend, get_backend
 from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
-from nnx.config import Config, load_config
+from nnx.config import Config, apply_overrides, load_config, validate
 from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
 from nnx.errors import DataError, NnxError
@@ -106,14 +107,7 @@ def resolve_config(
     if isinstance(config, Config):
         raw = config.model_dump()
         source = f"config {config.name!r}"
-        from nnx.config import parse_assignment, set_key, validate
-
-        for assignment in assignments:
-            set_key(raw, *parse_assignment(assignment))
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                set_key(raw, key, value)
-        return validate(raw, source), source
+        return validate(raw, source, apply_overrides(raw, list(assignments), overrides)), source
     resolved, path = load_config(str(config) if config is not None else None, list(assignments), overrides)
     return resolved, path.name
 
@@ -127,7 +121,7 @@ def train(
     resume: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     download: bool = True,
-    fetch: Callable[[Path], None] | None = None,
+    fetch: Callable[[Path, str], None] | None = None,
     log: Callable[[str], None] | None = None,
     handle_sigint: bool = True,
     distributed: bool = False,
@@ -139,7 +133,7 @@ def train(
     default) with `overrides` ({"optimizer.lr": 0.05, ...}) into a run directory, and return the Run.
 
     `resume`: a stopped run's directory, continued from its checkpoint (then `config` is ignored).
-    `callbacks` see every event of the loop. `fetch(data_dir)` downloads missing MNIST files (by
+    `callbacks` see every event of the loop. `fetch(data_dir, dataset)` downloads missing files (by
     default the mirrors in order, silently; `download=False` refuses instead). `log` receives the
     setup lines the CLI shows. With `handle_sigint`, Ctrl-C stops after the current batch and the
     run is kept resumable (a second Ctrl-C aborts). A stopped run comes back with
@@ -159,22 +153,18 @@ def train(
         from nnx.progress import make_progress
 
         callbacks = [*make_progress(Console(), quiet=False), *callbacks]
+    limits = contextlib.nullcontext()
     if threads is not None:
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=threads):
-            return train(config, overrides, assignments=assignments, out=out, resume=resume, callbacks=callbacks,
-                         download=download, fetch=fetch, log=log, handle_sigint=handle_sigint,
-                         distributed=distributed, force=force)  # fmt: skip
-    if not distributed:
-        return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log, handle_sigint,
-                      None, force)  # fmt: skip
-    comm = MPIComm()
+        limits = threadpool_limits(limits=threads)
+    comm = MPIComm() if distributed else None
     try:
-        return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log, handle_sigint,
-                      comm, force)  # fmt: skip
+        with limits:
+            return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log,
+                          handle_sigint, comm, force)  # fmt: skip
     except BaseException as exc:  # any failure must end every rank, not leave them waiting
-        if comm.size == 1:
+        if comm is None or comm.size == 1:
             raise
         code = 130 if isinstance(exc, KeyboardInterrupt) else getattr(exc, "exit_code", 1)
         # One line from the rank that failed (rank 0 alone for what every rank finds alike).
@@ -194,7 +184,7 @@ def _train(
     resume: str | Path | None,
     callbacks: Sequence[Callback],
     download: bool,
-    fetch: Callable[[Path], None] | None,
+    fetch: Callable[[Path, str], None] | None,
     log: Callable[[str], None] | None,
     handle_sigint: bool,
     comm: Communicator | None = None,
@@ -432,7 +422,7 @@ def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Commun
 
 
 def ensure_data(
-    data_dir: Path, download: bool, fetch: Callable[..., None] | None, say: Callable[[str], None], dataset: str
+    data_dir: Path, download: bool, fetch: Callable[[Path, str], None] | None, say: Callable[[str], None], dataset: str
 ) -> None:
     """Download what `dataset` lacks in `data_dir` (through `fetch(data_dir, dataset)` when given),
     or say how to get it when downloading is off."""

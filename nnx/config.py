@@ -332,6 +332,15 @@ def load_config(
     path = resolve_config_path(name_or_path)
     raw = read_yaml(path)
     raw.setdefault("name", path.stem)
+    assigned = apply_overrides(raw, assignments, flags)
+    return validate(raw, str(path), assigned), path
+
+
+def apply_overrides(
+    raw: dict[str, Any], assignments: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Set `--set key.path=value` assignments in order, then typed flags (which win), on `raw`;
+    returns how each key was given, for `validate` to name it in errors."""
     assigned = {}
     for assignment in assignments:
         key, value = parse_assignment(assignment)
@@ -341,7 +350,7 @@ def load_config(
         if value is not None:
             set_key(raw, key, value)
             assigned[key] = f"{FLAGS[key]} {value}" if key in FLAGS else f"{key}={value!r}"
-    return validate(raw, str(path), assigned), path
+    return assigned
 
 
 def to_yaml(config: Config) -> str:

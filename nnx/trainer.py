@@ -172,8 +172,6 @@ def evaluate(
         predictions[start - lo : stop - lo] = z.argmax(axis=1)
     correct = (predictions == data.labels[lo:hi]).sum()
     n = max(len(data), 1)
-    if comm.size == 1:
-        return backend.to_float(loss_sum) / n, backend.to_float(correct) / n, predictions
     total_loss, total_correct = comm.allreduce_host([backend.to_float(loss_sum), backend.to_float(correct)])
     return float(total_loss) / n, float(total_correct) / n, predictions
 
@@ -192,7 +190,7 @@ class Trainer:
         preprocess: Preprocess,
         callbacks: list[Callback] | None = None,
         schedule: str | Schedule = "none",
-        augment: Callable[[Any, int], Any] | None = None,
+        augment: Callable[[Any, int, int], Any] | None = None,
         early_stopping: EarlyStopping | None = None,
         checkpoint: Callable[[TrainState], None] | None = None,
         comm: Communicator | None = None,
