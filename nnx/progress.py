@@ -102,8 +102,9 @@ class RichProgress(PlainProgress):
         if now - self.last_refresh < REFRESH_SECONDS and p.batch != p.batches:
             return
         self.last_refresh = now
-        loss = float(p.loss_sum) / p.samples  # device scalars: these reads synchronise a GPU
-        accuracy = float(p.correct) / p.samples
+        # Device scalars: these reads synchronise a GPU. On several ranks they are rank 0's rows.
+        loss = float(p.loss_sum) / max(p.rows, 1)
+        accuracy = float(p.correct) / max(p.rows, 1)
         rate = p.samples / p.elapsed if p.elapsed > 0 else 0.0
         eta = self.clock.during_epoch(p)
         left = f"  ETA {format_seconds(eta)}" if eta is not None else ""

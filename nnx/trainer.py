@@ -53,10 +53,11 @@ class BatchProgress:
     epoch: int
     batch: int
     batches: int
-    samples: int  # seen so far this epoch
+    samples: int  # seen so far this epoch (by every rank together)
     loss_sum: Any
     correct: Any
     elapsed: float  # seconds since the epoch (or its resumed part) began; host clock
+    rows: int = 0  # the images loss_sum and correct cover: `samples`, or this rank's share of them
 
 
 @dataclass
@@ -249,6 +250,7 @@ class Trainer:
             loss_sum = xp.asarray(state.loss_sum if comm.is_root else 0.0, dtype=backend.dtype)
             correct = xp.asarray(state.correct if comm.is_root else 0, dtype=np.int64)
             seen = state.seen
+            rows = state.seen if comm.is_root else 0  # what this rank's loss_sum and correct cover
             # The first batch whose loss was nan or inf, tracked on the device: -1 while all is well.
             first_bad = xp.asarray(-1)
             started = time.perf_counter()
@@ -277,13 +279,16 @@ class Trainer:
                 self.optimizer.step()
                 loss_sum += loss * len(idx)
                 seen += global_rows
+                rows += len(idx)
                 state.batch = batch + 1
                 first_bad = xp.where((first_bad < 0) & ~xp.isfinite(loss), batch + 1, first_bad)
                 if (batch + 1) % DIVERGENCE_CHECK_EVERY == 0:
                     self._check_divergence(epoch, first_bad)
                 self._emit(
                     "on_batch_end",
-                    BatchProgress(epoch, batch + 1, batches, seen, loss_sum, correct, time.perf_counter() - started),
+                    BatchProgress(
+                        epoch, batch + 1, batches, seen, loss_sum, correct, time.perf_counter() - started, rows
+                    ),
                 )
                 if self._stop_agreed():
                     break

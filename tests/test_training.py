@@ -129,3 +129,18 @@ def test_parity_harness_on_two_cpu_configurations(tiny_mnist: Path) -> None:
         assert "dtype float64 on cpu vs float32" in str(exc)
     else:
         raise AssertionError("the harness missed a dtype difference")
+
+
+def test_batch_progress_averages_cover_the_rows_they_sum(tiny_mnist: Path) -> None:
+    """On one process `rows` is every image seen; the live loss is loss_sum / rows."""
+
+    class Rows(Callback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, int]] = []
+
+        def on_batch_end(self, progress) -> None:
+            self.seen.append((progress.samples, progress.rows))
+
+    recorder = Rows()
+    train_tiny(tiny_mnist, epochs=1, callbacks=[recorder])
+    assert recorder.seen and all(samples == rows > 0 for samples, rows in recorder.seen)
