@@ -159,20 +159,27 @@ def _open_gpu(index: int, allow_tf32: bool) -> ModuleType:
     return cupy
 
 
+def _cpu_ops(fused: bool) -> Ops:
+    from nnx.cpu_ops import CpuOps
+
+    return CpuOps() if fused else Ops(np)
+
+
 def get_backend(device: str = "cpu", dtype: str = "float32", allow_tf32: bool = False, fused: bool = True) -> Backend:
-    """Make the backend for `device` ("cpu", "gpu", "gpu:N" or "auto"). On a GPU, `fused` picks
-    the fused CUDA kernels over the plain CuPy reference for the hot elementwise chains."""
+    """Make the backend for `device` ("cpu", "gpu", "gpu:N" or "auto"). `fused` picks the fast
+    versions of the hot chains (fused CUDA kernels on a GPU, all cores on the CPU) over the plain
+    xp reference in nnx/ops.py."""
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype {dtype!r}: use float32 or float64")
     kind, index = _parse_device(device)
     np_dtype = np.dtype(DTYPES[dtype])
     if kind == "cpu":
-        return Backend("cpu", np, np_dtype)
+        return Backend("cpu", np, np_dtype, ops=_cpu_ops(fused))
     if kind == "auto":
         try:
             cupy = _open_gpu(index, allow_tf32)
         except BackendError as exc:
-            return Backend("cpu", np, np_dtype, auto_fallback=str(exc))
+            return Backend("cpu", np, np_dtype, auto_fallback=str(exc), ops=_cpu_ops(fused))
     else:
         cupy = _open_gpu(index, allow_tf32)
     tf32 = os.environ.get("CUPY_TF32", "0") == "1" and np_dtype == np.float32

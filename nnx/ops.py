@@ -1,13 +1,16 @@
 """The few hot elementwise chains, as plain `xp` code.
 
-These are the reference implementations: the CPU runs them as written, and the GPU backend swaps
-in fused CUDA kernels (nnx/gpu_kernels.py) that tests compare against these. Layers and
-optimizers call them through `backend.ops`, so they never know which one they got.
+These are the reference implementations: the GPU backend swaps in fused CUDA kernels
+(nnx/gpu_kernels.py) and the CPU spreads them over its cores (nnx/cpu_ops.py); tests compare both
+against these. Layers and optimizers call them through `backend.ops`, so they never know which
+one they got.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 _M1, _M2, _GOLDEN = 0x85EBCA6B, 0xC2B2AE35, 0x9E3779B1
@@ -30,6 +33,21 @@ def mix_key(*parts: int) -> int:
 class Ops:
     def __init__(self, xp: Any) -> None:
         self.xp = xp
+
+    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int) -> None:
+        """Run work(rows) over row slices that cover 0..n; each row's work must touch only its own
+        outputs. The reference does it in one call; the CPU's ops (nnx/cpu_ops.py) cut the rows into
+        chunks run on all cores. `cost`: the elements one row's work reads and writes."""
+        work(slice(0, n))
+
+    def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int) -> Any:
+        """The sum over rows of term(rows), for sums over the batch such as dW = x^T dy: here one
+        term of all rows; the CPU's ops add up one term per chunk."""
+        return term(slice(0, n))
+
+    def compute_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Held while a training loop runs (the CPU's ops keep BLAS to one thread in it)."""
+        return contextlib.nullcontext()
 
     def uniform(self, shape: tuple[int, ...], key: int, dtype: Any, offset: int = 0) -> Any:
         """Counter-based uniform numbers in [0, 1): u_i = fmix32(i * golden + key) / 2^32, kept to

@@ -22,33 +22,37 @@ def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int) -> Any:
+def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int, out: Any = None) -> Any:
     """x: (N, C, H, W) -> cols: (N, OH, OW, kh, kw, C) with cols[n, y, x, i, j, c] =
     x_padded[n, c, y * stride + i, x * stride + j]: one row of kh * kw * C per output pixel.
 
     Channels go last (the input is copied to NHWC once) so every copy below moves contiguous
-    runs of C values, and reshaping to (N * OH * OW, kh * kw * C) costs nothing."""
+    runs of C values, and reshaping to (N * OH * OW, kh * kw * C) costs nothing. `out`: the array
+    to fill instead of a new one."""
     n, c, h, w = x.shape
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
     x = x.transpose(0, 2, 3, 1)
     if padding:
         x = xp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    cols = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    cols = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype) if out is None else out
     for i in range(kh):
         for j in range(kw):
             cols[:, :, :, i, j, :] = x[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :]
     return cols
 
 
-def col2im_product(xp: Any, dy2: Any, weights: Any, shape: tuple[int, ...], stride: int, padding: int) -> Any:
+def col2im_product(
+    xp: Any, dy2: Any, weights: Any, shape: tuple[int, ...], stride: int, padding: int, out: Any = None
+) -> Any:
     """col2im(dy2 @ W), the adjoint of im2col applied to the column gradient, without building
     the columns: dx = sum over offsets (i, j) of dy2 @ W[:, i, j, :] added at that offset. Half
     the time of building them here: each partial product is contiguous, a column slice strided.
-    dy2: (N * OH * OW, O); weights: (O, kh, kw, C); shape: x's (N, C, H, W)."""
+    dy2: (N * OH * OW, O); weights: (O, kh, kw, C); shape: x's (N, C, H, W). `out`: a zeroed
+    (N, H + 2 padding, W + 2 padding, C) array to accumulate into instead of a new one."""
     n, c, h, w = shape
     _, kh, kw, _ = weights.shape
     oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
-    dx = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dy2.dtype)
+    dx = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dy2.dtype) if out is None else out
     for i in range(kh):
         for j in range(kw):
             part = (dy2 @ weights[:, i, j, :]).reshape(n, oh, ow, c)
@@ -88,19 +92,27 @@ class Conv2D(Layer):
         self.fuse_relu = False  # set by Sequential when a ReLU follows, as for Linear
 
     def forward(self, x: Any, training: bool = False) -> Any:
-        xp = self.xp
-        n = x.shape[0]
-        self.x_shape = x.shape
-        cols = im2col(xp, x, self.kernel, self.kernel, self.stride, self.padding)
-        oh, ow = cols.shape[1], cols.shape[2]
+        xp, ops = self.xp, self.backend.ops
+        n, c, h, w = self.x_shape = x.shape
+        k, o = self.kernel, self.out_channels
+        oh, ow = output_size(h, k, self.stride, self.padding), output_size(w, k, self.stride, self.padding)
         # rows: one per output pixel (n, y, x); columns: the window (i, j, c)
+        cols = xp.empty((n, oh, ow, k, k, c), dtype=x.dtype)
+        y = xp.empty((n, oh, ow, o), dtype=x.dtype)
+        W, b = self._weight_rows().T, self.params["b"]
+
+        def images(i: slice) -> None:  # Y = cols W^T + b for the images i, while their columns are in cache
+            im2col(xp, x[i], k, k, self.stride, self.padding, out=cols[i])
+            y_i = y[i].reshape(-1, o)
+            xp.matmul(cols[i].reshape(len(y_i), -1), W, out=y_i)
+            if self.fuse_relu:
+                ops.bias_relu(y_i, b)
+            else:
+                y_i += b
+
+        ops.parallel_for(n, images, oh * ow * (k * k * c + o))
         self.cols = cols.reshape(n * oh * ow, -1)
-        y = self.cols @ self._weight_rows().T
-        if self.fuse_relu:
-            y = self.backend.ops.bias_relu(y, self.params["b"])
-        else:
-            y += self.params["b"]
-        return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+        return y.transpose(0, 3, 1, 2)
 
     def _weight_rows(self) -> Any:
         """W as (O, kh * kw * C), in the column order of im2col."""
@@ -108,15 +120,27 @@ class Conv2D(Layer):
 
     def backward(self, dy: Any) -> Any:
         # With Y = cols W^T + b:  dW = dY^T cols,  db = sum dY,  dcols = dY W
+        xp, ops = self.xp, self.backend.ops
         n, o, oh, ow = dy.shape
-        k, c = self.kernel, self.in_channels
+        k, c, p = self.kernel, self.in_channels, self.padding
         dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)
-        self.grads["W"][...] = (dy2.T @ self.cols).reshape(o, k, k, c).transpose(0, 3, 1, 2)
+        dW = ops.parallel_sum(len(dy2), lambda r: dy2[r].T @ self.cols[r], self.cols.shape[1] * (1 + o // 16))
+        self.grads["W"][...] = dW.reshape(o, k, k, c).transpose(0, 3, 1, 2)
         dy2.sum(axis=0, out=self.grads["b"])
         if not self.compute_dx:
             return None
-        weights = self.params["W"].transpose(0, 2, 3, 1)  # (O, kh, kw, C)
-        return col2im_product(self.xp, dy2, weights, self.x_shape, self.stride, self.padding)
+        # (O, kh, kw, C), contiguous: each W[:, i, j, :] must be a matrix BLAS can take as it is
+        weights = xp.ascontiguousarray(self.params["W"].transpose(0, 2, 3, 1))
+        _, _, h, w = self.x_shape
+        dx = xp.empty((n, h + 2 * p, w + 2 * p, c), dtype=dy.dtype)
+        dy3 = dy2.reshape(n, oh * ow, o)
+
+        def images(i: slice) -> None:
+            dx[i] = 0
+            col2im_product(xp, dy3[i].reshape(-1, o), weights, (len(dx[i]), c, h, w), self.stride, p, out=dx[i])
+
+        ops.parallel_for(n, images, oh * ow * (o + k * k * c) + dx[0].size * 2)
+        return dx[:, p : p + h, p : p + w, :].transpose(0, 3, 1, 2)
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -168,9 +192,14 @@ class MaxPool2D(_Pool2D):
         xn = x.transpose(0, 2, 3, 1)
         n, _, _, c = xn.shape
         self.packed = xp.empty((len(views), n, *self.out_hw, c), dtype=x.dtype)
-        for p, (rows, cols) in enumerate(views):
-            self.packed[p] = xn[:, rows, cols, :]
-        self.y = self.packed.max(axis=0)
+        self.y = xp.empty((n, *self.out_hw, c), dtype=x.dtype)
+
+        def images(i: slice) -> None:
+            for p, (rows, cols) in enumerate(views):
+                self.packed[p, i] = xn[i, rows, cols, :]
+            xp.max(self.packed[:, i], axis=0, out=self.y[i])
+
+        self.backend.ops.parallel_for(n, images, self.y[:1].size * (2 * len(views) + 1))
         return self.y.transpose(0, 3, 1, 2)
 
     def backward(self, dy: Any) -> Any:
@@ -178,22 +207,29 @@ class MaxPool2D(_Pool2D):
         # (common after a ReLU: windows of zeros), so every window passes dy exactly once.
         # Overlapping windows (stride < size) accumulate through the slice additions.
         xp = self.xp
-        shape = self.x.transpose(0, 2, 3, 1).shape
+        n, h, w, c = shape = self.x.transpose(0, 2, 3, 1).shape
         # Windows that tile x exactly (stride = size, no border left over) each write their own
         # elements once: no zero fill and no read-add-write, just stores.
-        n, h, w, c = shape
         tiles = self.stride == self.size and h == self.out_hw[0] * self.size and w == self.out_hw[1] * self.size
-        dx = xp.empty(shape, dtype=dy.dtype) if tiles else xp.zeros(shape, dtype=dy.dtype)
-        remaining = dy.transpose(0, 2, 3, 1).copy()  # the gradient not yet given to a maximum
+        dx = xp.empty(shape, dtype=dy.dtype)
+        dyn = dy.transpose(0, 2, 3, 1)
         last = len(self.views) - 1
-        for p, (rows, cols) in enumerate(self.views):
-            share = remaining * (self.packed[p] == self.y)
-            if tiles:
-                dx[:, rows, cols, :] = share
-            else:
-                dx[:, rows, cols, :] += share
-            if p < last:
-                remaining -= share
+
+        def images(i: slice) -> None:
+            if not tiles:
+                dx[i] = 0
+            remaining = dyn[i].copy()  # the gradient not yet given to a maximum
+            y = self.y[i]
+            for p, (rows, cols) in enumerate(self.views):
+                share = remaining * (self.packed[p, i] == y)
+                if tiles:
+                    dx[i, rows, cols, :] = share
+                else:
+                    dx[i, rows, cols, :] += share
+                if p < last:
+                    remaining -= share
+
+        self.backend.ops.parallel_for(n, images, dx[:1].size * 4)
         return dx.transpose(0, 3, 1, 2)
 
 

@@ -40,15 +40,35 @@ class Linear(Layer):
 
     def forward(self, x: Any, training: bool = False) -> Any:
         self.x = x
-        if self.fuse_relu:
-            return self.backend.ops.bias_relu(x @ self.params["W"], self.params["b"])
-        return x @ self.params["W"] + self.params["b"]
+        ops, W, b = self.backend.ops, self.params["W"], self.params["b"]
+        y = self.xp.empty((x.shape[0], self.out_features), dtype=x.dtype)
+
+        def rows(i: slice) -> None:
+            self.xp.matmul(x[i], W, out=y[i])
+            if self.fuse_relu:
+                ops.bias_relu(y[i], b)
+            else:
+                y[i] += b
+
+        ops.parallel_for(len(y), rows, self.in_features + 2 * self.out_features)
+        return y
 
     def backward(self, dy: Any) -> Any:
         # dL/dW = x^T dy,  dL/db = sum_n dy,  dL/dx = dy W^T
-        self.xp.matmul(self.x.T, dy, out=self.grads["W"])
+        xp, ops, x, W = self.xp, self.backend.ops, self.x, self.params["W"]
+        self.grads["W"][...] = ops.parallel_sum(
+            len(x), lambda i: x[i].T @ dy[i], self.in_features * (1 + self.out_features // 16)
+        )
         dy.sum(axis=0, out=self.grads["b"])
-        return dy @ self.params["W"].T if self.compute_dx else None
+        if not self.compute_dx:
+            return None
+        dx = xp.empty_like(x)
+
+        def rows(i: slice) -> None:
+            xp.matmul(dy[i], W.T, out=dx[i])
+
+        ops.parallel_for(len(dx), rows, self.in_features + self.out_features)
+        return dx
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind, "in": self.in_features, "out": self.out_features, "init": self.init}

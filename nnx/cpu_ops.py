@@ -1,0 +1,203 @@
+"""The CPU's ops: the reference chains of nnx/ops.py, spread over the machine's cores.
+
+NumPy runs every elementwise pass and copy on one core, while BLAS spreads its matrix products
+over all of them (and PyTorch spreads both). So layers hand their per-row work to
+`parallel_for`, which cuts the rows into chunks and runs them on a small pool of threads: NumPy
+releases the GIL inside its loops and BLAS calls, and a chunk's copies and product stay in cache
+between one pass and the next. Meanwhile BLAS is limited to one thread, so that the threads do
+not queue for BLAS's own pool.
+
+Chunk boundaries depend only on the sizes of the work, never on the number of threads, and every
+chunk writes its own rows: a run gives the same numbers bit for bit on 1 thread or 16, and the
+plain reference in nnx/ops.py (one chunk of everything) stays what the tests compare against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from nnx.ops import Ops
+
+# About this many array elements a chunk should touch: enough to pay for the hand-over to a thread
+# (tens of microseconds), small enough that a chunk's temporaries stay in a core's cache.
+CHUNK_ELEMENTS = 1 << 20
+# Below this many elements in all, the work runs in the calling thread, in one piece.
+SERIAL_ELEMENTS = 1 << 16
+
+
+def default_threads() -> int:
+    """The threads BLAS was given (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, threadpoolctl limits)
+    or else the cores this process may run on."""
+    from threadpoolctl import threadpool_info
+
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return max(1, min(blas)) if blas else len(os.sched_getaffinity(0))
+
+
+class _Pool:
+    """Worker threads shared by every CpuOps of the process, and the BLAS limit they need."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one parallel section at a time (the BLAS limit is global)
+        self.executor: ThreadPoolExecutor | None = None
+        self.workers = 0
+        self.blas: Any = None
+        self.scopes = 0  # open compute scopes, which hold BLAS at one thread already
+        self.scope_limit: Any = None
+        self.local = threading.local()  # .inside: this thread is running a chunk
+
+    def blas_controller(self) -> Any:
+        if self.blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            self.blas = ThreadpoolController().select(user_api="blas")
+        return self.blas
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        with self.lock:
+            if self.scopes == 0:
+                self.scope_limit = self.blas_controller().limit(limits=1)
+            self.scopes += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.scopes -= 1
+                if self.scopes == 0:
+                    self.scope_limit.restore_original_limits()
+
+    def run(self, chunks: list[slice], work: Callable[[slice], None], threads: int) -> None:
+        with self.lock:
+            if self.workers < threads - 1:
+                if self.executor is not None:
+                    self.executor.shutdown()
+                self.executor = ThreadPoolExecutor(threads - 1, thread_name_prefix="nnx-cpu")
+                self.workers = threads - 1
+            next_chunk = iter(chunks)
+            take = threading.Lock()
+
+            def drain() -> None:
+                self.local.inside = True
+                try:
+                    while True:
+                        with take:
+                            rows = next(next_chunk, None)
+                        if rows is None:
+                            return
+                        work(rows)
+                finally:
+                    self.local.inside = False
+
+            limit = contextlib.nullcontext() if self.scopes else self.blas_controller().limit(limits=1)
+            with limit:
+                helpers = [self.executor.submit(drain) for _ in range(min(threads, len(chunks)) - 1)]
+                try:
+                    drain()
+                finally:  # the helpers write into the caller's arrays: wait for them even on an error
+                    errors = [f.exception() for f in helpers]
+                errors = [e for e in errors if e is not None]
+                if errors:
+                    raise errors[0]
+
+
+_POOL = _Pool()
+
+
+class CpuOps(Ops):
+    """Ops for NumPy arrays, with the per-row work of layers and the elementwise chains of the
+    optimizers spread over `threads` threads (1: the same chunks, one after another)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__(np)
+        self._threads = threads
+
+    @property
+    def threads(self) -> int:
+        if self._threads is None:  # asked on first use: threadpoolctl takes milliseconds to look
+            self._threads = default_threads()
+        return self._threads
+
+    def compute_scope(self) -> contextlib.AbstractContextManager[None]:
+        """BLAS on one thread while a loop runs: these ops spread the work over the cores, and BLAS's
+        own threads, which spin for a while after each product, would only take cores from them."""
+        return _POOL.scope() if self.threads > 1 else contextlib.nullcontext()
+
+    def chunks(self, n: int, cost: int) -> list[slice]:
+        """Row slices covering 0..n, each about CHUNK_ELEMENTS / cost rows long; one when the work is
+        small. A function of the sizes alone."""
+        cost = max(int(cost), 1)
+        if n * cost <= SERIAL_ELEMENTS or n <= 1:
+            return [slice(0, n)]
+        rows = max(1, -(-CHUNK_ELEMENTS // cost))
+        return [slice(a, min(a + rows, n)) for a in range(0, n, rows)]
+
+    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int) -> None:
+        """work(rows) for each of `chunks(n, cost)`, on all threads."""
+        chunks = self.chunks(n, cost)
+        if self.threads == 1 or len(chunks) == 1 or getattr(_POOL.local, "inside", False):
+            for chunk in chunks:
+                work(chunk)
+            return
+        _POOL.run(chunks, work, self.threads)
+
+    def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int) -> Any:
+        """The sum of term(rows) over `chunks(n, cost)`: each chunk's term on some thread, then added
+        in chunk order (so the result does not depend on which thread finished first)."""
+        terms: dict[int, Any] = {}
+
+        def work(rows: slice) -> None:
+            terms[rows.start] = term(rows)
+
+        self.parallel_for(n, work, cost)
+        ordered = [terms[start] for start in sorted(terms)]
+        total = ordered[0]
+        for t in ordered[1:]:
+            total += t
+        return total
+
+    # The elementwise chains: each element's arithmetic is the reference's, only spread out.
+
+    def relu_backward(self, dy: Any, y: Any) -> Any:
+        dx = np.empty_like(dy)
+
+        def rows(i: slice) -> None:
+            np.multiply(dy[i], y[i] > 0, out=dx[i])
+
+        self.parallel_for(dy.shape[0], rows, dy[:1].size * 3)
+        return dx
+
+    def uniform(self, shape: tuple[int, ...], key: int, dtype: Any, offset: int = 0) -> Any:
+        u = np.empty(shape, dtype=dtype)
+        flat = u.reshape(-1)
+
+        def part(i: slice) -> None:
+            flat[i] = Ops.uniform(self, (i.stop - i.start,), key, dtype, offset + i.start)
+
+        self.parallel_for(flat.size, part, 4)
+        return u
+
+    def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
+        def part(i: slice) -> None:
+            Ops.sgd_update(self, p[i], g[i], None if v is None else v[i], lr, mu, nesterov, wd)
+
+        self.parallel_for(p.shape[0], part, 6 * p[:1].size)
+
+    def adam_update(self, p: Any, g: Any, m: Any, v: Any, *args: Any) -> None:
+        def part(i: slice) -> None:
+            Ops.adam_update(self, p[i], g[i], m[i], v[i], *args)
+
+        self.parallel_for(p.shape[0], part, 10 * p[:1].size)
+
+    def rmsprop_update(self, p: Any, g: Any, s: Any, *args: Any) -> None:
+        def part(i: slice) -> None:
+            Ops.rmsprop_update(self, p[i], g[i], s[i], *args)
+
+        self.parallel_for(p.shape[0], part, 8 * p[:1].size)
