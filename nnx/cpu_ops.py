@@ -30,6 +30,8 @@ from nnx.ops import Ops
 CHUNK_ELEMENTS = 1 << 20
 # Below this many elements in all, the work runs in the calling thread, in one piece.
 SERIAL_ELEMENTS = 1 << 16
+# matmul_tn splits a product's output rows into chunks of at least this many.
+MIN_OUTPUT_ROWS = 256
 
 
 def default_threads() -> int:
@@ -130,38 +132,56 @@ class CpuOps(Ops):
         own threads, which spin for a while after each product, would only take cores from them."""
         return _POOL.scope() if self.threads > 1 else contextlib.nullcontext()
 
-    def chunks(self, n: int, cost: int) -> list[slice]:
-        """Row slices covering 0..n, each about CHUNK_ELEMENTS / cost rows long; one when the work is
-        small. A function of the sizes alone."""
+    def chunks(self, n: int, cost: int, shared: int = 0) -> list[slice]:
+        """Row slices covering 0..n, each about CHUNK_ELEMENTS / cost rows long, and long enough that
+        `shared` (elements every chunk reads whatever its length: a weight matrix) is at most an
+        eighth of a chunk's work; one slice when the work is small. A function of the sizes alone."""
         cost = max(int(cost), 1)
         if n * cost <= SERIAL_ELEMENTS or n <= 1:
             return [slice(0, n)]
-        rows = max(1, -(-CHUNK_ELEMENTS // cost))
+        rows = max(-(-CHUNK_ELEMENTS // cost), -(-8 * shared // cost), 1)
         return [slice(a, min(a + rows, n)) for a in range(0, n, rows)]
 
-    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int) -> None:
-        """work(rows) for each of `chunks(n, cost)`, on all threads."""
-        chunks = self.chunks(n, cost)
+    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
+        """work(rows) for each of `chunks(n, cost, shared)`, on all threads."""
+        chunks = self.chunks(n, cost, shared)
         if self.threads == 1 or len(chunks) == 1 or getattr(_POOL.local, "inside", False):
             for chunk in chunks:
                 work(chunk)
             return
         _POOL.run(chunks, work, self.threads)
 
-    def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int) -> Any:
-        """The sum of term(rows) over `chunks(n, cost)`: each chunk's term on some thread, then added
-        in chunk order (so the result does not depend on which thread finished first)."""
+    def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int, shared: int = 0) -> Any:
+        """The sum of term(rows) (an array or a tuple of arrays) over `chunks(n, cost, shared)`: each
+        chunk's term on some thread, then added in chunk order (so the result does not depend on
+        which thread finished first). `shared`: the size of a term, which each chunk adds once."""
         terms: dict[int, Any] = {}
 
         def work(rows: slice) -> None:
             terms[rows.start] = term(rows)
 
-        self.parallel_for(n, work, cost)
+        self.parallel_for(n, work, cost, shared)
         ordered = [terms[start] for start in sorted(terms)]
         total = ordered[0]
         for t in ordered[1:]:
-            total += t
+            for a, b in zip(total, t, strict=True) if isinstance(total, tuple) else [(total, t)]:
+                a += b
         return total
+
+    def matmul_tn(self, a: Any, b: Any) -> Any:
+        """a^T b for a: (N, P), b: (N, Q), a sum over the N rows (dW = x^T dy). With many output
+        rows (P), chunks of them, each a whole product; otherwise partial sums over chunks of N."""
+        n, p = a.shape
+        q = b.shape[1]
+        if p >= 2 * MIN_OUTPUT_ROWS:
+            out = np.empty((p, q), dtype=np.result_type(a, b))
+
+            def outputs(j: slice) -> None:
+                np.matmul(a[:, j].T, b, out=out[j])
+
+            self.parallel_for(p, outputs, n + n * q // 16, shared=max(b.size, MIN_OUTPUT_ROWS * (n + n * q // 16) // 8))
+            return out
+        return self.parallel_sum(n, lambda i: a[i].T @ b[i], p + q + p * q // 16, shared=p * q)
 
     # The elementwise chains: each element's arithmetic is the reference's, only spread out.
 

@@ -34,16 +34,21 @@ class Ops:
     def __init__(self, xp: Any) -> None:
         self.xp = xp
 
-    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int) -> None:
+    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
         """Run work(rows) over row slices that cover 0..n; each row's work must touch only its own
         outputs. The reference does it in one call; the CPU's ops (nnx/cpu_ops.py) cut the rows into
-        chunks run on all cores. `cost`: the elements one row's work reads and writes."""
+        chunks run on all cores. `cost`: the elements one row's work reads and writes, plus its
+        multiply-adds / 16; `shared`: the elements every chunk reads (a weight matrix)."""
         work(slice(0, n))
 
-    def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int) -> Any:
-        """The sum over rows of term(rows), for sums over the batch such as dW = x^T dy: here one
-        term of all rows; the CPU's ops add up one term per chunk."""
+    def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int, shared: int = 0) -> Any:
+        """The sum over rows of term(rows) (an array or a tuple of arrays), for sums over the batch
+        such as dW = x^T dy: here one term of all rows; the CPU's ops add up one term per chunk."""
         return term(slice(0, n))
+
+    def matmul_tn(self, a: Any, b: Any) -> Any:
+        """a^T b for a: (N, P), b: (N, Q): a sum over the batch's rows, such as dW = x^T dy."""
+        return a.T @ b
 
     def compute_scope(self) -> contextlib.AbstractContextManager[None]:
         """Held while a training loop runs (the CPU's ops keep BLAS to one thread in it)."""

@@ -15,8 +15,10 @@ class ReLU(Layer):
 
     def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
-        # Set by Sequential when the Linear before this layer already applied max(., 0).
+        # Set by Sequential when the Linear before this layer already applied max(., 0), and when
+        # the max pooling after it applies this layer's gradient mask.
         self.applied_by_previous = False
+        self.mask_applied_by_next = False
 
     def forward(self, x: Any, training: bool = False) -> Any:
         self.y = x if self.applied_by_previous else self.xp.maximum(x, 0)
@@ -24,6 +26,8 @@ class ReLU(Layer):
 
     def backward(self, dy: Any) -> Any:
         # dL/dx = dy * 1[x > 0], and x > 0 exactly where y > 0
+        if self.mask_applied_by_next:
+            return dy
         return self.backend.ops.relu_backward(dy, self.y)
 
 

@@ -124,9 +124,8 @@ class Conv2D(Layer):
         n, o, oh, ow = dy.shape
         k, c, p = self.kernel, self.in_channels, self.padding
         dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)
-        dW = ops.parallel_sum(len(dy2), lambda r: dy2[r].T @ self.cols[r], self.cols.shape[1] * (1 + o // 16))
-        self.grads["W"][...] = dW.reshape(o, k, k, c).transpose(0, 3, 1, 2)
-        dy2.sum(axis=0, out=self.grads["b"])
+        self.grads["W"][...] = ops.matmul_tn(dy2, self.cols).reshape(o, k, k, c).transpose(0, 3, 1, 2)
+        self.grads["b"][...] = ops.parallel_sum(len(dy2), lambda r: dy2[r].sum(axis=0), o)
         if not self.compute_dx:
             return None
         # (O, kh, kw, C), contiguous: each W[:, i, j, :] must be a matrix BLAS can take as it is
@@ -182,6 +181,7 @@ class MaxPool2D(_Pool2D):
     """y = max over each size x size window.   x: (N, C, H, W) -> (N, C, OH, OW)."""
 
     kind = "maxpool2d"
+    relu_before = False  # set by Sequential: apply the preceding ReLU's gradient mask here
 
     def forward(self, x: Any, training: bool = False) -> Any:
         xp = self.xp
@@ -218,8 +218,9 @@ class MaxPool2D(_Pool2D):
         def images(i: slice) -> None:
             if not tiles:
                 dx[i] = 0
-            remaining = dyn[i].copy()  # the gradient not yet given to a maximum
             y = self.y[i]
+            # the gradient not yet given to a maximum (a preceding ReLU's mask applied: 1[max > 0])
+            remaining = dyn[i] * (y > 0) if self.relu_before else dyn[i].copy()
             for p, (rows, cols) in enumerate(self.views):
                 share = remaining * (self.packed[p, i] == y)
                 if tiles:

@@ -50,16 +50,14 @@ class Linear(Layer):
             else:
                 y[i] += b
 
-        ops.parallel_for(len(y), rows, self.in_features + 2 * self.out_features)
+        ops.parallel_for(len(y), rows, self.row_cost, shared=W.size)
         return y
 
     def backward(self, dy: Any) -> Any:
         # dL/dW = x^T dy,  dL/db = sum_n dy,  dL/dx = dy W^T
         xp, ops, x, W = self.xp, self.backend.ops, self.x, self.params["W"]
-        self.grads["W"][...] = ops.parallel_sum(
-            len(x), lambda i: x[i].T @ dy[i], self.in_features * (1 + self.out_features // 16)
-        )
-        dy.sum(axis=0, out=self.grads["b"])
+        self.grads["W"][...] = ops.matmul_tn(x, dy)
+        self.grads["b"][...] = ops.parallel_sum(len(dy), lambda i: dy[i].sum(axis=0), self.out_features)
         if not self.compute_dx:
             return None
         dx = xp.empty_like(x)
@@ -67,8 +65,13 @@ class Linear(Layer):
         def rows(i: slice) -> None:
             xp.matmul(dy[i], W.T, out=dx[i])
 
-        ops.parallel_for(len(dx), rows, self.in_features + self.out_features)
+        ops.parallel_for(len(dx), rows, self.row_cost, shared=W.size)
         return dx
+
+    @property
+    def row_cost(self) -> int:
+        """What one row of a batch costs, for ops.parallel_for: its elements plus multiply-adds / 16."""
+        return self.in_features + self.out_features + self.in_features * self.out_features // 16
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.kind, "in": self.in_features, "out": self.out_features, "init": self.init}

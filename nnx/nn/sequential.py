@@ -41,6 +41,12 @@ class Sequential:
             if isinstance(layer, (Linear, Conv2D)) and isinstance(following, ReLU):
                 layer.fuse_relu = True
                 following.applied_by_previous = True
+            if isinstance(layer, ReLU) and isinstance(following, MaxPool2D):
+                # max commutes with relu, and the pool's gradient reaches only each window's
+                # maximum: the ReLU's mask is then 1[window max > 0], which the pool applies to its
+                # small dy instead of the ReLU making a pass over the large one.
+                layer.mask_applied_by_next = True
+                following.relu_before = True
         self.flat_params, self.flat_grads = self._flatten()
         # A final Softmax is for inference; training feeds logits to the fused loss instead.
         self.logit_layers = layers[:-1] if layers and isinstance(layers[-1], Softmax) else layers
