@@ -146,6 +146,9 @@ def test_csv_bad_rows(tmp_path: Path, rows, message: str) -> None:
 def test_csv_not_numbers(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("label,a\n1,x\n")
+    with pytest.raises(DataError, match="bad.csv: data row 1 has 'x', which is not part of a number or a comma"):
+        read_csv(path)
+    path.write_text("label,a\n1,2-3\n")  # only number characters, still no number
     with pytest.raises(DataError, match="not a table of integers"):
         read_csv(path)
 

@@ -20,7 +20,7 @@ from nnx.checkpoint import load_checkpoint, save_checkpoint
 from nnx.config import load_config
 from nnx.data.csvfile import read_csv
 from nnx.data.idx import read_idx
-from nnx.errors import NnxError
+from nnx.errors import DataError, NnxError
 from nnx.io import load_model, save_model
 from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD
@@ -28,7 +28,7 @@ from nnx.preprocess import Preprocess
 from nnx.trainer import TrainState
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -67,6 +67,9 @@ def test_idx_reader_on_arbitrary_bytes(tmp_path: Path, data: bytes, gz: bool) ->
     body=st.binary(max_size=500),
     gz=st.booleans(),
 )
+# Found by Hypothesis: no data at all, yet a shape NumPy refuses to make (raised ValueError).
+@example(dims=[0, 3_036_988_439, 3_037_012_561], body=b"", gz=False)
+@example(dims=[0, 3_036_988_439, 3_037_012_561], body=b"", gz=True)
 def test_idx_headers_claiming_gigabytes_cost_nothing(tmp_path: Path, dims: list[int], body: bytes, gz: bool) -> None:
     path = tmp_path / "claims-idx-ubyte"
     content = idx_header(dims) + body
@@ -80,6 +83,15 @@ def test_csv_reader_on_arbitrary_text(tmp_path: Path, text: str) -> None:
     path = tmp_path / "x.csv"
     path.write_text(text, encoding="utf-8")
     only_nnx_errors(read_csv, path)
+
+
+def test_csv_characters_outside_numbers_are_named_before_parsing(tmp_path: Path) -> None:
+    """NumPy's CSV tokenizer has crashed the process on arbitrary Unicode (this module's Hypothesis
+    test found it): such text must be refused before it gets there."""
+    path = tmp_path / "x.csv"
+    path.write_text("label,p1\n5," + ",".join(["0"] * 784) + "\n3,\U000e0924<\x83\U0010833f\u00e9\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"x.csv: data row 2 has '\\U000e0924', which is not part of a number"):
+        read_csv(path)
 
 
 @SETTINGS

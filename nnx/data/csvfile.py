@@ -5,6 +5,7 @@ A header row is optional (detected by its first field not being a number).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from nnx.data.idx import check_labels
 from nnx.errors import DataError
 
 PIXELS = 784
+_NOT_A_NUMBER_TABLE = re.compile(r"[^0-9,+\- \t\n]")
 
 
 def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +28,13 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = [line for line in lines[start:] if line.strip()]
     if not rows:
         raise DataError(f"{path}: no data rows")
+    # Only digits, signs, commas and blanks reach NumPy's parser: fed arbitrary Unicode, its C
+    # tokenizer has crashed the process now and then (found by tests/test_hostile_files.py).
+    body = "\n".join(rows)
+    bad = _NOT_A_NUMBER_TABLE.search(body)
+    if bad:
+        row = body.count("\n", 0, bad.start()) + 1
+        raise DataError(f"{path}: data row {row} has {bad.group()!r}, which is not part of a number or a comma")
     try:
         table = np.loadtxt(rows, delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError as exc:

@@ -86,6 +86,8 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
                 raise DataError(f"{path}: truncated header")
             shape = struct.unpack(f">{dims}I", raw_shape)
             declared = math.prod(shape)  # Python ints: a product of four uint32s overflows int64
+            if math.prod(d for d in shape if d) >= 2**62:  # NumPy refuses such a shape even when empty
+                raise DataError(f"{path}: the header's dimensions {tuple(shape)} are beyond any array")
             if isinstance(f, gzip.GzipFile):
                 # The decompressed size is unknown until read: read what is there (at most the
                 # declared size and one byte), never allocating what the header merely claims.
