@@ -75,9 +75,7 @@ def main() -> None:
     with threadpool_limits(limits=1):
         one = profile(args.config, args.batches)
     total_many, total_one = sum(many.values()), sum(one.values())
-    print(
-        f"| {args.config}, per batch | ms, all cores | ms, 1 thread | share of the step | speed-up from threads |"
-    )
+    print(f"| {args.config}, per batch | ms, all cores | ms, 1 thread | share of the step | speed-up from threads |")
     print("| --- | --- | --- | --- | --- |")
     for key in sorted(many, key=lambda k: -many[k]):
         print(f"| {key} | {many[key] * 1e3:.2f} | {one[key] * 1e3:.2f} | {many[key] / total_many:.0%} | "

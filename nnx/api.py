@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -141,7 +142,8 @@ def train(
 
     `progress`: show bars (a terminal or a notebook, through rich) or a line per epoch.
     `force`: write the run into an `out` folder that holds other files (nothing is deleted).
-    `threads`: BLAS/OpenMP threads for this run (threadpoolctl), recorded in the summary.
+    `threads`: the threads a CPU run computes on (nnx's own and BLAS's), recorded in the summary;
+    by default every core this process may use (divided among the ranks a machine runs).
 
     `distributed`: one of N processes started by `mpiexec -n N` (nnx.parallel): each trains on
     its rows of every global batch, gradients are summed by one allreduce per step, and rank 0
@@ -153,12 +155,15 @@ def train(
         from nnx.progress import make_progress
 
         callbacks = [*make_progress(Console(), quiet=False), *callbacks]
+    comm = MPIComm() if distributed else None
+    if threads is None and comm is not None and comm.local_size > 1:
+        # Ranks on one machine share its cores: each gets its part, not all of them.
+        threads = max(1, len(os.sched_getaffinity(0)) // comm.local_size)
     limits = contextlib.nullcontext()
     if threads is not None:
         from threadpoolctl import threadpool_limits
 
         limits = threadpool_limits(limits=threads)
-    comm = MPIComm() if distributed else None
     try:
         with limits:
             return _train(config, overrides, assignments, out, resume, callbacks, download, fetch, log,
@@ -364,6 +369,7 @@ def _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, 
         "model": str(run_dir / "model.npz"),
         "ranks": comm.size,
         "blas_threads": _blas_threads(),
+        "threads": getattr(backend.ops, "threads", None),  # the CPU's compute threads
     }
     if not root:
         return Run(run_dir, config, summary, list(result.history), model, preprocess, backend, result, comm.rank)

@@ -37,6 +37,8 @@ MIN_OUTPUT_ROWS = 256
 def default_threads() -> int:
     """The threads BLAS was given (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, threadpoolctl limits)
     or else the cores this process may run on."""
+    if _POOL.scopes:  # BLAS is held at one thread by a compute scope: what it had before
+        return _POOL.threads_outside
     from threadpoolctl import threadpool_info
 
     blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
@@ -53,6 +55,7 @@ class _Pool:
         self.blas: Any = None
         self.scopes = 0  # open compute scopes, which hold BLAS at one thread already
         self.scope_limit: Any = None
+        self.threads_outside = 1  # default_threads() when the first scope opened
         self.local = threading.local()  # .inside: this thread is running a chunk
 
     def blas_controller(self) -> Any:
@@ -66,6 +69,7 @@ class _Pool:
     def scope(self) -> Iterator[None]:
         with self.lock:
             if self.scopes == 0:
+                self.threads_outside = default_threads()
                 self.scope_limit = self.blas_controller().limit(limits=1)
             self.scopes += 1
         try:

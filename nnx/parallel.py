@@ -37,6 +37,7 @@ class Communicator:
     rank = 0
     size = 1
     local_rank = 0  # rank among the processes of this machine (which GPU to use)
+    local_size = 1  # processes on this machine (they share its cores)
 
     @property
     def is_root(self) -> bool:
@@ -77,7 +78,7 @@ class MPIComm(Communicator):
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = local.Get_rank()
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
 
     def allreduce_sum(self, x: Any) -> None:

@@ -1,0 +1,200 @@
+"""The CPU's ops (nnx/cpu_ops.py): the same numbers as the plain reference in nnx/ops.py, whatever
+the chunking, and the same bits whatever the number of threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import nnx.cpu_ops as cpu_ops
+from nnx.backend import Backend, get_backend
+from nnx.cpu_ops import CpuOps
+from nnx.nn import SoftmaxCrossEntropy, build_model
+from nnx.ops import Ops
+from nnx.optim import SGD, Adam, RMSprop
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of a few rows, so that test-sized arrays are cut into many pieces."""
+    monkeypatch.setattr(cpu_ops, "CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(cpu_ops, "SERIAL_ELEMENTS", 0)
+    monkeypatch.setattr(cpu_ops, "MIN_OUTPUT_ROWS", 4)
+
+
+def backend_with(ops: Ops, dtype: type = np.float64) -> Backend:
+    return Backend("cpu", np, np.dtype(dtype), ops=ops)
+
+
+CNN = [
+    {"type": "reshape", "shape": [1, 28, 28]},
+    {"type": "conv2d", "out": 4, "kernel": 3, "padding": 1},
+    {"type": "relu"},
+    {"type": "maxpool2d", "size": 2},
+    {"type": "conv2d", "out": 6, "kernel": 3, "stride": 2, "padding": 1},
+    {"type": "relu"},
+    {"type": "maxpool2d", "size": 2, "stride": 1},
+    {"type": "flatten"},
+    {"type": "dropout", "p": 0.3},
+    {"type": "linear", "out": 40},
+    {"type": "relu"},
+    {"type": "linear", "out": 10},
+]
+
+
+def train_steps(ops: Ops, dtype: type, optimizer: type, steps: int = 3) -> dict[str, np.ndarray]:
+    """A few training steps of a CNN with every chunked layer; parameters, gradients, optimizer state."""
+    backend = backend_with(ops, dtype)
+    model = build_model(CNN, backend, np.random.default_rng(3))
+    opt = optimizer(model.flat_parameters(), 0.01, ops=ops)
+    loss_fn = SoftmaxCrossEntropy(backend)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(37, 784)).astype(dtype)
+    y = rng.integers(0, 10, size=37)
+    with ops.compute_scope():
+        for step in range(steps):
+            model.set_random_key(0, 1, step)
+            loss_fn.forward(model.logits(x, training=True), y)
+            model.backward(loss_fn.backward())
+            opt.step()
+    out = {f"param {k}": p.copy() for k, p, _ in model.parameters()}
+    out |= {f"grad {k}": g.copy() for k, _, g in model.parameters()}
+    out |= {k: v for k, v in opt.state_arrays(np.asarray).items()}
+    return out
+
+
+@pytest.mark.parametrize("optimizer", [SGD, Adam, RMSprop])
+def test_chunked_training_matches_the_reference(small_chunks, optimizer) -> None:
+    """Every layer and optimizer cut into many chunks on 3 threads gives the reference's numbers
+    (float64: only the order of the batch sums differs)."""
+    reference = train_steps(Ops(np), np.float64, optimizer)
+    chunked = train_steps(CpuOps(threads=3), np.float64, optimizer)
+    for key, expected in reference.items():
+        np.testing.assert_allclose(chunked[key], expected, rtol=1e-11, atol=1e-13, err_msg=key)
+
+
+def test_the_thread_count_does_not_change_a_bit(small_chunks) -> None:
+    one = train_steps(CpuOps(threads=1), np.float32, Adam)
+    three = train_steps(CpuOps(threads=3), np.float32, Adam)
+    for key, expected in one.items():
+        assert np.array_equal(three[key], expected), key
+
+
+def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks) -> None:
+    ops, ref = CpuOps(threads=2), Ops(np)
+    rng = np.random.default_rng(0)
+    dy = rng.normal(size=(9, 5, 4)).astype(np.float32)
+    y = np.maximum(rng.normal(size=(9, 5, 4)), 0).astype(np.float32)
+    dy[0, 0, 0], y[1, 0, 0] = np.nan, np.nan
+    assert np.array_equal(ops.relu_backward(dy, y), ref.relu_backward(dy, y), equal_nan=True)
+    u = ops.uniform((7, 11), key=123, dtype=np.float32, offset=5)
+    assert np.array_equal(u, ref.uniform((7, 11), key=123, dtype=np.float32, offset=5))
+    p, g, m, v = (rng.normal(size=301).astype(np.float32) for _ in range(4))
+    v = np.abs(v)
+    states = [(p.copy(), m.copy(), v.copy()) for _ in range(2)]
+    for o, (pp, mm, vv) in zip((ops, ref), states, strict=True):
+        o.adam_update(pp, g, mm, vv, 0.01, 0.9, 0.999, 1e-8, 3, 0.01, True)
+    for a, b in zip(*states, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_chunks_cover_every_row_once_and_depend_on_sizes_only() -> None:
+    for n, cost, shared in [(1, 10**9, 0), (5, 1, 0), (1000, 3000, 0), (129, 70000, 10**6), (64, 4000, 50000)]:
+        chunks = CpuOps(threads=1).chunks(n, cost, shared)
+        assert chunks == CpuOps(threads=8).chunks(n, cost, shared)
+        covered = np.concatenate([np.arange(n)[c] for c in chunks])
+        assert np.array_equal(covered, np.arange(n))
+    # a weight matrix every chunk reads makes chunks long enough to pay for reading it
+    assert len(CpuOps().chunks(1024, 67_000, shared=1 << 20)) <= 9
+
+
+def test_parallel_sum_adds_in_chunk_order(small_chunks) -> None:
+    x = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32)
+    ops = CpuOps(threads=3)
+    expected = np.zeros(3, dtype=np.float32)
+    for rows in ops.chunks(50, 3, 0):
+        expected += x[rows].sum(axis=0)
+    assert np.array_equal(ops.parallel_sum(50, lambda r: x[r].sum(axis=0), 3), expected)
+
+
+def test_an_error_in_a_chunk_reaches_the_caller_after_every_chunk_ended(small_chunks) -> None:
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def work(rows: slice) -> None:
+        if rows.start == 8:
+            raise ValueError("chunk at 8 failed")
+        with lock:
+            done.append(rows.start)
+
+    ops = CpuOps(threads=3)
+    starts = [c.start for c in ops.chunks(40, 8, 0)]
+    with pytest.raises(ValueError, match="chunk at 8"):
+        ops.parallel_for(40, work, 8)
+    # the pool is usable again afterwards
+    ops.parallel_for(40, lambda rows: None, 8)
+    assert set(done) <= set(starts) - {8}
+
+
+def test_nested_parallel_sections_run_inline(small_chunks) -> None:
+    ops = CpuOps(threads=2)
+    out = np.zeros((12, 12))
+
+    def outer(rows: slice) -> None:
+        def inner(cols: slice) -> None:
+            out[rows, cols] += 1
+
+        ops.parallel_for(12, inner, 8)
+
+    ops.parallel_for(12, outer, 8)
+    assert (out == 1).all()
+
+
+def blas_threads() -> list[int]:
+    return [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+
+
+def test_the_compute_scope_holds_blas_at_one_thread_and_restores_it() -> None:
+    before = blas_threads()
+    ops = CpuOps(threads=2)
+    with ops.compute_scope():
+        assert set(blas_threads()) == {1}
+        with ops.compute_scope():
+            assert set(blas_threads()) == {1}
+        assert set(blas_threads()) == {1}
+    assert blas_threads() == before
+
+
+def test_the_cpu_backend_uses_them_and_the_plain_one_is_the_reference() -> None:
+    assert isinstance(get_backend("cpu").ops, CpuOps)
+    assert type(get_backend("cpu", fused=False).ops) is Ops
+
+
+def test_relu_before_maxpool_leaves_its_mask_to_the_pool() -> None:
+    """Folding the ReLU's gradient mask into the pool changes no gradient."""
+    backend = get_backend("cpu", "float64")
+    model = build_model(CNN, backend, np.random.default_rng(5))
+    relu, pool = model.layers[2], model.layers[3]
+    assert relu.mask_applied_by_next and pool.relu_before
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5, 784))
+    loss_fn = SoftmaxCrossEntropy(backend)
+    model.set_random_key(0, 1, 0)
+    loss_fn.forward(model.logits(x, training=True), rng.integers(0, 10, size=5))
+    model.backward(loss_fn.backward())
+    fused = {k: g.copy() for k, _, g in model.parameters()}
+    relu.mask_applied_by_next = pool.relu_before = False
+    model.backward(loss_fn.backward())
+    for k, _, g in model.parameters():
+        assert np.array_equal(g, fused[k]), k
+
+
+def test_ops_made_inside_a_scope_still_count_every_thread() -> None:
+    """BLAS reads one thread inside a compute scope; ops made there must not take that for the
+    machine's size (sweep workers and evaluations make backends while training runs)."""
+    outside = CpuOps().threads
+    with CpuOps(threads=2).compute_scope():
+        assert CpuOps().threads == outside
