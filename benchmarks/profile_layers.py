@@ -24,11 +24,6 @@ from nnx.preprocess import Preprocess
 
 def profile(config_name: str, batches: int) -> dict[str, float]:
     backend = get_backend("cpu", "float32")
-    with backend.ops.compute_scope():  # as the trainer holds it
-        return _profile(config_name, batches, backend)
-
-
-def _profile(config_name: str, batches: int, backend) -> dict[str, float]:
     config, _ = load_config(config_name)
     model = build_model_for(config, backend)
     optimizer = build_optimizer(config, model, backend)

@@ -5,7 +5,7 @@ over all of them (and PyTorch spreads both). So layers hand their per-row work t
 `parallel_for`, which cuts the rows into chunks and runs them on a small pool of threads: NumPy
 releases the GIL inside its loops and BLAS calls, and a chunk's copies and product stay in cache
 between one pass and the next. Meanwhile BLAS is limited to one thread, so that the threads do
-not queue for BLAS's own pool.
+not queue for BLAS's own pool, nor compete with its spinning threads.
 
 Chunk boundaries depend only on the sizes of the work, never on the number of threads, and every
 chunk writes its own rows: a run gives the same numbers bit for bit on 1 thread or 16, and the
@@ -14,10 +14,9 @@ plain reference in nnx/ops.py (one chunk of everything) stays what the tests com
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,7 +36,7 @@ MIN_OUTPUT_ROWS = 256
 def default_threads() -> int:
     """The threads BLAS was given (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, threadpoolctl limits)
     or else the cores this process may run on."""
-    if _POOL.scopes:  # BLAS is held at one thread by a compute scope: what it had before
+    if _POOL.limited:  # a parallel section holds BLAS at one thread: what it had before
         return _POOL.threads_outside
     from threadpoolctl import threadpool_info
 
@@ -53,9 +52,8 @@ class _Pool:
         self.executor: ThreadPoolExecutor | None = None
         self.workers = 0
         self.blas: Any = None
-        self.scopes = 0  # open compute scopes, which hold BLAS at one thread already
-        self.scope_limit: Any = None
-        self.threads_outside = 1  # default_threads() when the first scope opened
+        self.limited = False  # a section holds BLAS at one thread now
+        self.threads_outside = 1  # default_threads() before it did
         self.local = threading.local()  # .inside: this thread is running a chunk
 
     def blas_controller(self) -> Any:
@@ -64,21 +62,6 @@ class _Pool:
 
             self.blas = ThreadpoolController().select(user_api="blas")
         return self.blas
-
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
-        with self.lock:
-            if self.scopes == 0:
-                self.threads_outside = default_threads()
-                self.scope_limit = self.blas_controller().limit(limits=1)
-            self.scopes += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.scopes -= 1
-                if self.scopes == 0:
-                    self.scope_limit.restore_original_limits()
 
     def run(self, chunks: list[slice], work: Callable[[slice], None], threads: int) -> None:
         with self.lock:
@@ -102,13 +85,19 @@ class _Pool:
                 finally:
                     self.local.inside = False
 
-            limit = contextlib.nullcontext() if self.scopes else self.blas_controller().limit(limits=1)
-            with limit:
+            # BLAS on one thread while the chunks run (about 3 us to set and to restore): BLAS's
+            # own threads would compete with them. Outside, BLAS keeps its threads, which small
+            # products (a batch of 64) still gain from.
+            blas = self.blas_controller()
+            self.threads_outside = min((c.num_threads for c in blas.lib_controllers), default=threads)
+            with blas.limit(limits=1):
+                self.limited = True
                 helpers = [self.executor.submit(drain) for _ in range(min(threads, len(chunks)) - 1)]
                 try:
                     drain()
                 finally:  # the helpers write into the caller's arrays: wait for them even on an error
                     errors = [f.exception() for f in helpers]
+                    self.limited = False
                 errors = [e for e in errors if e is not None]
                 if errors:
                     raise errors[0]
@@ -131,29 +120,26 @@ class CpuOps(Ops):
             self._threads = default_threads()
         return self._threads
 
-    def compute_scope(self) -> contextlib.AbstractContextManager[None]:
-        """BLAS on one thread while a loop runs: these ops spread the work over the cores, and BLAS's
-        own threads, which spin for a while after each product, would only take cores from them."""
-        return _POOL.scope() if self.threads > 1 else contextlib.nullcontext()
-
     def chunks(self, n: int, cost: int, shared: int = 0) -> list[slice]:
         """Row slices covering 0..n, each about CHUNK_ELEMENTS / cost rows long, and long enough that
         `shared` (elements every chunk reads whatever its length: a weight matrix) is at most an
         eighth of a chunk's work; one slice when the work is small. A function of the sizes alone."""
         cost = max(int(cost), 1)
-        if n * cost <= SERIAL_ELEMENTS or n <= 1:
-            return [slice(0, n)]
         rows = max(-(-CHUNK_ELEMENTS // cost), -(-8 * shared // cost), 1)
+        if rows >= n or n * cost <= SERIAL_ELEMENTS:
+            return [slice(0, n)]
         return [slice(a, min(a + rows, n)) for a in range(0, n, rows)]
 
     def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
         """work(rows) for each of `chunks(n, cost, shared)`, on all threads."""
         chunks = self.chunks(n, cost, shared)
-        if self.threads == 1 or len(chunks) == 1 or getattr(_POOL.local, "inside", False):
+        if len(chunks) == 1:  # the common case for small models: no more Python than needed
+            work(chunks[0])
+        elif self.threads == 1 or getattr(_POOL.local, "inside", False):
             for chunk in chunks:
                 work(chunk)
-            return
-        _POOL.run(chunks, work, self.threads)
+        else:
+            _POOL.run(chunks, work, self.threads)
 
     def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int, shared: int = 0) -> Any:
         """The sum of term(rows) (an array or a tuple of arrays) over `chunks(n, cost, shared)`: each

@@ -8,7 +8,6 @@ one they got.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -49,10 +48,6 @@ class Ops:
     def matmul_tn(self, a: Any, b: Any) -> Any:
         """a^T b for a: (N, P), b: (N, Q): a sum over the batch's rows, such as dW = x^T dy."""
         return a.T @ b
-
-    def compute_scope(self) -> contextlib.AbstractContextManager[None]:
-        """Held while a training loop runs (the CPU's ops keep BLAS to one thread in it)."""
-        return contextlib.nullcontext()
 
     def uniform(self, shape: tuple[int, ...], key: int, dtype: Any, offset: int = 0) -> Any:
         """Counter-based uniform numbers in [0, 1): u_i = fmix32(i * golden + key) / 2^32, kept to

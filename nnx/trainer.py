@@ -230,18 +230,6 @@ class Trainer:
         state: TrainState | None = None,
     ) -> TrainResult:
         """Train until `epochs` are done, starting from `state` (a resumed run) or the start."""
-        with self.backend.ops.compute_scope():
-            return self._fit(train, validation, epochs, batch_size, seed, state)
-
-    def _fit(
-        self,
-        train: DeviceSplit,
-        validation: DeviceSplit | None,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        state: TrainState | None,
-    ) -> TrainResult:
         backend, xp, model, loss_fn, comm = self.backend, self.backend.xp, self.model, self.loss_fn, self.comm
         state = state or TrainState()
         n = len(train)

@@ -54,12 +54,11 @@ def train_steps(ops: Ops, dtype: type, optimizer: type, steps: int = 3) -> dict[
     rng = np.random.default_rng(4)
     x = rng.normal(size=(37, 784)).astype(dtype)
     y = rng.integers(0, 10, size=37)
-    with ops.compute_scope():
-        for step in range(steps):
-            model.set_random_key(0, 1, step)
-            loss_fn.forward(model.logits(x, training=True), y)
-            model.backward(loss_fn.backward())
-            opt.step()
+    for step in range(steps):
+        model.set_random_key(0, 1, step)
+        loss_fn.forward(model.logits(x, training=True), y)
+        model.backward(loss_fn.backward())
+        opt.step()
     out = {f"param {k}": p.copy() for k, p, _ in model.parameters()}
     out |= {f"grad {k}": g.copy() for k, _, g in model.parameters()}
     out |= {k: v for k, v in opt.state_arrays(np.asarray).items()}
@@ -157,14 +156,12 @@ def blas_threads() -> list[int]:
     return [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
 
 
-def test_the_compute_scope_holds_blas_at_one_thread_and_restores_it() -> None:
+def test_blas_is_held_at_one_thread_only_while_chunks_run(small_chunks) -> None:
     before = blas_threads()
+    seen: list[list[int]] = []
     ops = CpuOps(threads=2)
-    with ops.compute_scope():
-        assert set(blas_threads()) == {1}
-        with ops.compute_scope():
-            assert set(blas_threads()) == {1}
-        assert set(blas_threads()) == {1}
+    ops.parallel_for(8, lambda rows: seen.append(blas_threads()), 64)
+    assert seen and all(set(s) == {1} for s in seen)
     assert blas_threads() == before
 
 
@@ -192,9 +189,10 @@ def test_relu_before_maxpool_leaves_its_mask_to_the_pool() -> None:
         assert np.array_equal(g, fused[k]), k
 
 
-def test_ops_made_inside_a_scope_still_count_every_thread() -> None:
-    """BLAS reads one thread inside a compute scope; ops made there must not take that for the
-    machine's size (sweep workers and evaluations make backends while training runs)."""
+def test_ops_made_while_chunks_run_still_count_every_thread(small_chunks) -> None:
+    """BLAS reads one thread while a section runs; ops made meanwhile (a sweep worker's, in
+    another thread) must not take that for the machine's size."""
     outside = CpuOps().threads
-    with CpuOps(threads=2).compute_scope():
-        assert CpuOps().threads == outside
+    made: list[int] = []
+    CpuOps(threads=2).parallel_for(4, lambda rows: made.append(CpuOps().threads), 64)
+    assert made and set(made) == {outside}
