@@ -158,20 +158,33 @@ class CpuOps(Ops):
                 a += b
         return total
 
-    def matmul_tn(self, a: Any, b: Any) -> Any:
+    def matmul_tn(self, a: Any, b: Any, out: Any = None) -> Any:
         """a^T b for a: (N, P), b: (N, Q), a sum over the N rows (dW = x^T dy). With many output
         rows (P), chunks of them, each a whole product; otherwise partial sums over chunks of N."""
         n, p = a.shape
         q = b.shape[1]
+        if len(self.chunks(n, p + q + p * q // 16, p * q)) == 1:  # small: one product, no copies
+            return np.matmul(a.T, b, out=out)
         if p >= 2 * MIN_OUTPUT_ROWS:
-            out = np.empty((p, q), dtype=np.result_type(a, b))
+            out = np.empty((p, q), dtype=np.result_type(a, b)) if out is None else out
 
             def outputs(j: slice) -> None:
                 np.matmul(a[:, j].T, b, out=out[j])
 
             self.parallel_for(p, outputs, n + n * q // 16, shared=max(b.size, MIN_OUTPUT_ROWS * (n + n * q // 16) // 8))
             return out
-        return self.parallel_sum(n, lambda i: a[i].T @ b[i], p + q + p * q // 16, shared=p * q)
+        total = self.parallel_sum(n, lambda i: a[i].T @ b[i], p + q + p * q // 16, shared=p * q)
+        if out is None:
+            return total
+        out[...] = total
+        return out
+
+    def sum_rows(self, x: Any, out: Any = None) -> Any:
+        total = self.parallel_sum(len(x), lambda i: x[i].sum(axis=0), x[:1].size, shared=x[:1].size)
+        if out is None:
+            return total
+        out[...] = total
+        return out
 
     # The elementwise chains: each element's arithmetic is the reference's, only spread out.
 

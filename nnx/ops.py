@@ -45,9 +45,13 @@ class Ops:
         such as dW = x^T dy: here one term of all rows; the CPU's ops add up one term per chunk."""
         return term(slice(0, n))
 
-    def matmul_tn(self, a: Any, b: Any) -> Any:
+    def matmul_tn(self, a: Any, b: Any, out: Any = None) -> Any:
         """a^T b for a: (N, P), b: (N, Q): a sum over the batch's rows, such as dW = x^T dy."""
-        return a.T @ b
+        return self.xp.matmul(a.T, b, out=out)
+
+    def sum_rows(self, x: Any, out: Any = None) -> Any:
+        """sum_n x[n] for x: (N, F), such as db = sum over the batch of dy."""
+        return x.sum(axis=0, out=out)
 
     def uniform(self, shape: tuple[int, ...], key: int, dtype: Any, offset: int = 0) -> Any:
         """Counter-based uniform numbers in [0, 1): u_i = fmix32(i * golden + key) / 2^32, kept to

@@ -125,7 +125,7 @@ class Conv2D(Layer):
         k, c, p = self.kernel, self.in_channels, self.padding
         dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)
         self.grads["W"][...] = ops.matmul_tn(dy2, self.cols).reshape(o, k, k, c).transpose(0, 3, 1, 2)
-        self.grads["b"][...] = ops.parallel_sum(len(dy2), lambda r: dy2[r].sum(axis=0), o)
+        ops.sum_rows(dy2, out=self.grads["b"])
         if not self.compute_dx:
             return None
         # (O, kh, kw, C), contiguous: each W[:, i, j, :] must be a matrix BLAS can take as it is

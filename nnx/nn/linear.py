@@ -56,8 +56,8 @@ class Linear(Layer):
     def backward(self, dy: Any) -> Any:
         # dL/dW = x^T dy,  dL/db = sum_n dy,  dL/dx = dy W^T
         xp, ops, x, W = self.xp, self.backend.ops, self.x, self.params["W"]
-        self.grads["W"][...] = ops.matmul_tn(x, dy)
-        self.grads["b"][...] = ops.parallel_sum(len(dy), lambda i: dy[i].sum(axis=0), self.out_features)
+        ops.matmul_tn(x, dy, out=self.grads["W"])
+        ops.sum_rows(dy, out=self.grads["b"])
         if not self.compute_dx:
             return None
         dx = xp.empty_like(x)
