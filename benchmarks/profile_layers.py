@@ -23,8 +23,8 @@ from nnx.preprocess import Preprocess
 
 
 def profile(config_name: str, batches: int) -> dict[str, float]:
-    backend = get_backend("cpu", "float32")
     config, _ = load_config(config_name)
+    backend = get_backend("cpu", "float32")
     model = build_model_for(config, backend)
     optimizer = build_optimizer(config, model, backend)
     loss_fn = SoftmaxCrossEntropy(backend)

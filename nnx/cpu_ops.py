@@ -142,20 +142,19 @@ class CpuOps(Ops):
             _POOL.run(chunks, work, self.threads)
 
     def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int, shared: int = 0) -> Any:
-        """The sum of term(rows) (an array or a tuple of arrays) over `chunks(n, cost, shared)`: each
-        chunk's term on some thread, then added in chunk order (so the result does not depend on
-        which thread finished first). `shared`: the size of a term, which each chunk adds once."""
+        """The sum of term(rows) over `chunks(n, cost, shared)`: each chunk's term on some thread,
+        then added in chunk order (so the result does not depend on which thread finished first).
+        `shared`: the size of a term, which each chunk adds once."""
         terms: dict[int, Any] = {}
 
         def work(rows: slice) -> None:
             terms[rows.start] = term(rows)
 
         self.parallel_for(n, work, cost, shared)
-        ordered = [terms[start] for start in sorted(terms)]
-        total = ordered[0]
-        for t in ordered[1:]:
-            for a, b in zip(total, t, strict=True) if isinstance(total, tuple) else [(total, t)]:
-                a += b
+        starts = sorted(terms)
+        total = terms[starts[0]]
+        for start in starts[1:]:
+            total += terms[start]
         return total
 
     def matmul_tn(self, a: Any, b: Any, out: Any = None) -> Any:
@@ -163,7 +162,8 @@ class CpuOps(Ops):
         rows (P), chunks of them, each a whole product; otherwise partial sums over chunks of N."""
         n, p = a.shape
         q = b.shape[1]
-        if len(self.chunks(n, p + q + p * q // 16, p * q)) == 1:  # small: one product, no copies
+        row_cost = p + q + p * q // 16  # a row of a and b, and its p * q multiply-adds
+        if len(self.chunks(n, row_cost, p * q)) == 1:  # small: one product, no copies
             return np.matmul(a.T, b, out=out)
         if p >= 2 * MIN_OUTPUT_ROWS:
             out = np.empty((p, q), dtype=np.result_type(a, b)) if out is None else out
@@ -171,20 +171,16 @@ class CpuOps(Ops):
             def outputs(j: slice) -> None:
                 np.matmul(a[:, j].T, b, out=out[j])
 
-            self.parallel_for(p, outputs, n + n * q // 16, shared=max(b.size, MIN_OUTPUT_ROWS * (n + n * q // 16) // 8))
+            output_cost = n + n * q // 16  # a column of a, and its n * q multiply-adds
+            # all of b read by every chunk, and chunks of at least MIN_OUTPUT_ROWS rows
+            shared = max(b.size, MIN_OUTPUT_ROWS * output_cost // 8)
+            self.parallel_for(p, outputs, output_cost, shared)
             return out
-        total = self.parallel_sum(n, lambda i: a[i].T @ b[i], p + q + p * q // 16, shared=p * q)
-        if out is None:
-            return total
-        out[...] = total
-        return out
+        return _into(out, self.parallel_sum(n, lambda i: a[i].T @ b[i], row_cost, shared=p * q))
 
     def sum_rows(self, x: Any, out: Any = None) -> Any:
-        total = self.parallel_sum(len(x), lambda i: x[i].sum(axis=0), x[:1].size, shared=x[:1].size)
-        if out is None:
-            return total
-        out[...] = total
-        return out
+        row = x[:1].size
+        return _into(out, self.parallel_sum(len(x), lambda i: x[i].sum(axis=0), row, shared=row))
 
     # The elementwise chains: each element's arithmetic is the reference's, only spread out.
 
@@ -207,20 +203,28 @@ class CpuOps(Ops):
         self.parallel_for(flat.size, part, 4)
         return u
 
-    def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
-        def part(i: slice) -> None:
-            Ops.sgd_update(self, p[i], g[i], None if v is None else v[i], lr, mu, nesterov, wd)
+    def _update_in_chunks(self, update: Callable[..., None], arrays: tuple[Any, ...], args: tuple, passes: int) -> None:
+        """The reference `update` over chunks of the rows of `arrays` (p first; a None stays None)."""
+        p = arrays[0]
 
-        self.parallel_for(p.shape[0], part, 6 * p[:1].size)
+        def part(i: slice) -> None:
+            update(self, *(None if a is None else a[i] for a in arrays), *args)
+
+        self.parallel_for(p.shape[0], part, passes * p[:1].size)
+
+    def sgd_update(self, p: Any, g: Any, v: Any, *args: Any) -> None:
+        self._update_in_chunks(Ops.sgd_update, (p, g, v), args, passes=6)
 
     def adam_update(self, p: Any, g: Any, m: Any, v: Any, *args: Any) -> None:
-        def part(i: slice) -> None:
-            Ops.adam_update(self, p[i], g[i], m[i], v[i], *args)
-
-        self.parallel_for(p.shape[0], part, 10 * p[:1].size)
+        self._update_in_chunks(Ops.adam_update, (p, g, m, v), args, passes=10)
 
     def rmsprop_update(self, p: Any, g: Any, s: Any, *args: Any) -> None:
-        def part(i: slice) -> None:
-            Ops.rmsprop_update(self, p[i], g[i], s[i], *args)
+        self._update_in_chunks(Ops.rmsprop_update, (p, g, s), args, passes=8)
 
-        self.parallel_for(p.shape[0], part, 8 * p[:1].size)
+
+def _into(out: Any, total: Any) -> Any:
+    """`total`, written into `out` when one was given."""
+    if out is None:
+        return total
+    out[...] = total
+    return out
