@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,11 @@ CHUNK_ELEMENTS = 1 << 20
 SERIAL_ELEMENTS = 1 << 16
 # matmul_tn splits a product's output rows into chunks of at least this many.
 MIN_OUTPUT_ROWS = 256
+# OpenBLAS's idle threads spin for about 2^28 cycles (~0.1 s) after each threaded call, taking the
+# cores a parallel section needs. So for this long after a section, work too small to be cut into
+# chunks (but big enough for BLAS to thread) runs with BLAS on one thread; a network whose steps
+# are never cut (784-64-10 at batch 64) keeps BLAS's threads for its products.
+SECTION_SECONDS = 1.0
 
 
 def default_threads() -> int:
@@ -54,14 +61,42 @@ class _Pool:
         self.blas: Any = None
         self.limited = False  # a section holds BLAS at one thread now
         self.threads_outside = 1  # default_threads() before it did
+        self.last_section = -float("inf")  # time.monotonic() when the last section ended
         self.local = threading.local()  # .inside: this thread is running a chunk
 
-    def blas_controller(self) -> Any:
+    def blas_libraries(self) -> list[Any]:
         if self.blas is None:
             from threadpoolctl import ThreadpoolController
 
-            self.blas = ThreadpoolController().select(user_api="blas")
+            self.blas = ThreadpoolController().select(user_api="blas").lib_controllers
         return self.blas
+
+    @contextmanager
+    def one_blas_thread(self) -> Iterator[None]:
+        """BLAS on one thread inside (about 1.5 us to set and to restore; call with the lock held)."""
+        libraries = self.blas_libraries()
+        before = [lib.get_num_threads() for lib in libraries]
+        self.threads_outside = min(before, default=self.threads_outside)
+        for lib in libraries:
+            lib.set_num_threads(1)
+        self.limited = True
+        try:
+            yield
+        finally:
+            self.limited = False
+            for lib, threads in zip(libraries, before, strict=True):
+                lib.set_num_threads(threads)
+
+    def run_alone(self, rows: slice, work: Callable[[slice], None]) -> None:
+        """work(rows) in this thread; with BLAS on one thread if a section ran recently."""
+        if time.monotonic() - self.last_section > SECTION_SECONDS or not self.lock.acquire(blocking=False):
+            work(rows)
+            return
+        try:
+            with self.one_blas_thread():
+                work(rows)
+        finally:
+            self.lock.release()
 
     def run(self, chunks: list[slice], work: Callable[[slice], None], threads: int) -> None:
         with self.lock:
@@ -85,22 +120,18 @@ class _Pool:
                 finally:
                     self.local.inside = False
 
-            # BLAS on one thread while the chunks run (about 3 us to set and to restore): BLAS's
-            # own threads would compete with them. Outside, BLAS keeps its threads, which small
-            # products (a batch of 64) still gain from.
-            blas = self.blas_controller()
-            self.threads_outside = min((c.num_threads for c in blas.lib_controllers), default=threads)
-            with blas.limit(limits=1):
-                self.limited = True
+            # BLAS on one thread while the chunks run: BLAS's own threads would compete with them.
+            # Outside, BLAS keeps its threads, which small products (a batch of 64) still gain from.
+            with self.one_blas_thread():
                 helpers = [self.executor.submit(drain) for _ in range(min(threads, len(chunks)) - 1)]
                 try:
                     drain()
                 finally:  # the helpers write into the caller's arrays: wait for them even on an error
                     errors = [f.exception() for f in helpers]
-                    self.limited = False
-                errors = [e for e in errors if e is not None]
-                if errors:
-                    raise errors[0]
+                    self.last_section = time.monotonic()
+            errors = [e for e in errors if e is not None]
+            if errors:
+                raise errors[0]
 
 
 _POOL = _Pool()
@@ -121,20 +152,24 @@ class CpuOps(Ops):
         return self._threads
 
     def chunks(self, n: int, cost: int, shared: int = 0) -> list[slice]:
-        """Row slices covering 0..n, each about CHUNK_ELEMENTS / cost rows long, and long enough that
-        `shared` (elements every chunk reads whatever its length: a weight matrix) is at most an
-        eighth of a chunk's work; one slice when the work is small. A function of the sizes alone."""
+        """Row slices covering 0..n: as many as it takes for each to be at most `rows` long, of
+        nearly equal lengths. rows: about CHUNK_ELEMENTS / cost, or more where `shared` (elements
+        every chunk reads whatever its length: a weight matrix) would be over an eighth of a chunk's
+        work. One slice when the work is small. A function of the sizes alone."""
         cost = max(int(cost), 1)
         rows = max(-(-CHUNK_ELEMENTS // cost), -(-8 * shared // cost), 1)
         if rows >= n or n * cost <= SERIAL_ELEMENTS:
             return [slice(0, n)]
-        return [slice(a, min(a + rows, n)) for a in range(0, n, rows)]
+        count = -(-n // rows)  # then all of nearly equal length, so that the threads end together
+        return [slice(n * k // count, n * (k + 1) // count) for k in range(count)]
 
     def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
         """work(rows) for each of `chunks(n, cost, shared)`, on all threads."""
         chunks = self.chunks(n, cost, shared)
-        if len(chunks) == 1:  # the common case for small models: no more Python than needed
+        if len(chunks) == 1 and n * cost <= SERIAL_ELEMENTS:  # small: no more Python than needed
             work(chunks[0])
+        elif len(chunks) == 1:
+            _POOL.run_alone(chunks[0], work)
         elif self.threads == 1 or getattr(_POOL.local, "inside", False):
             for chunk in chunks:
                 work(chunk)
@@ -164,7 +199,9 @@ class CpuOps(Ops):
         q = b.shape[1]
         row_cost = p + q + p * q // 16  # a row of a and b, and its p * q multiply-adds
         if len(self.chunks(n, row_cost, p * q)) == 1:  # small: one product, no copies
-            return np.matmul(a.T, b, out=out)
+            result: list[Any] = []
+            self.parallel_for(n, lambda rows: result.append(np.matmul(a.T, b, out=out)), row_cost, p * q)
+            return result[0]
         if p >= 2 * MIN_OUTPUT_ROWS:
             out = np.empty((p, q), dtype=np.result_type(a, b)) if out is None else out
 
@@ -183,6 +220,46 @@ class CpuOps(Ops):
         return _into(out, self.parallel_sum(len(x), lambda i: x[i].sum(axis=0), row, shared=row))
 
     # The elementwise chains: each element's arithmetic is the reference's, only spread out.
+
+    def normalize(self, pixels: Any, scale: float, shift: float, dtype: Any) -> Any:
+        return self.normalize_rows(pixels, slice(None), scale, shift, dtype)
+
+    def normalize_rows(self, images: Any, idx: Any, scale: float, shift: float, dtype: Any) -> Any:
+        # Each chunk gathers its rows and converts them while they are in cache; a batch of
+        # random rows from a large split waits on memory, which two threads wait on in parallel.
+        rows = images[idx] if isinstance(idx, slice) else None
+        n = len(rows) if rows is not None else len(idx)
+        x = np.empty((n, *images.shape[1:]), dtype=dtype)
+
+        def part(i: slice) -> None:
+            x[i] = rows[i] if rows is not None else images[idx[i]]
+            x[i] *= scale
+            if shift:
+                x[i] -= shift
+
+        self.parallel_for(n, part, 4 * x[:1].size)
+        return x
+
+    def softmax_cross_entropy(self, z: Any, y: Any) -> tuple[Any, Any]:
+        """The reference's arithmetic on the transposed logits (C, N): NumPy reduces a (N, 10)
+        array along its short rows ten times slower than along the long axis of its transpose.
+        Only for the usual batch whose labels are all in 0..C-1 (a cheap check on the host); any
+        other batch goes to the reference, NaN rows and all."""
+        n, c = z.shape
+        if n == 0 or y.min() < 0 or y.max() >= c:
+            return Ops.softmax_cross_entropy(self, z, y)
+        rows = np.arange(n)
+        shifted = z.T.copy()
+        shifted -= shifted.max(axis=0)
+        e = np.exp(shifted)
+        sum_e = e.sum(axis=0)
+        row_loss = np.log(sum_e)
+        row_loss -= shifted[y, rows]
+        dz = e
+        dz /= sum_e
+        dz[y, rows] -= 1
+        dz /= n
+        return row_loss.mean(), np.ascontiguousarray(dz.T)
 
     def relu_backward(self, dy: Any, y: Any) -> Any:
         dx = np.empty_like(dy)

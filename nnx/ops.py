@@ -79,6 +79,10 @@ class Ops:
             x -= shift
         return x
 
+    def normalize_rows(self, images: Any, idx: Any, scale: float, shift: float, dtype: Any) -> Any:
+        """normalize(images[idx]): a batch gathered from a split and converted."""
+        return self.normalize(images[idx], scale, shift, dtype)
+
     def bias_relu(self, a: Any, b: Any) -> Any:
         """y = max(a + b, 0), written over `a` (the fresh result of a matmul)."""
         a += b

@@ -261,11 +261,13 @@ class Trainer:
                 lo, hi = shard(global_rows, comm.rank, comm.size)
                 idx = idx[lo:hi]  # this rank's rows of the global batch (all of them on one process)
                 y = train.labels[idx]
-                pixels = train.images[idx]
-                if self.augment is not None:
-                    pixels = self.augment(pixels, _key(seed, epoch, batch, "augment"), lo)
+                if self.augment is None:
+                    x = self.preprocess.rows(train.images, idx, backend)
+                else:
+                    pixels = self.augment(train.images[idx], _key(seed, epoch, batch, "augment"), lo)
+                    x = self.preprocess(pixels, backend)
                 model.set_random_key(seed, epoch, batch, row_offset=lo)
-                z = model.logits(self.preprocess(pixels, backend), training=True)
+                z = model.logits(x, training=True)
                 loss = loss_fn.forward(z, y)
                 correct += (z.argmax(axis=1) == y).sum()
                 dz = loss_fn.backward()

@@ -98,6 +98,35 @@ def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks) -> None:
         o.adam_update(pp, g, mm, vv, 0.01, 0.9, 0.999, 1e-8, 3, 0.01, True)
     for a, b in zip(*states, strict=True):
         assert np.array_equal(a, b)
+    images = rng.integers(0, 256, size=(40, 6), dtype=np.uint8)
+    idx = rng.permutation(40)[:23]
+    for shift in (0.0, 0.42):
+        expected = ref.normalize(images[idx], 1 / 77.0, shift, np.float32)
+        assert np.array_equal(ops.normalize_rows(images, idx, 1 / 77.0, shift, np.float32), expected)
+        assert np.array_equal(ops.normalize(images[idx], 1 / 77.0, shift, np.float32), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_loss_on_transposed_logits_is_the_reference(dtype) -> None:
+    """The same loss and gradient (to the rounding of a 10-term sum); labels outside 0..C-1 give
+    the reference's NaN rows, and an empty batch its zero loss."""
+    rng = np.random.default_rng(2)
+    ops, ref = CpuOps(), Ops(np)
+    z = (rng.normal(size=(70, 10)) * 30).astype(dtype)
+    y = rng.integers(0, 10, size=70)
+    loss, dz = ops.softmax_cross_entropy(z, y)
+    expected_loss, expected_dz = ref.softmax_cross_entropy(z, y)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    assert dz.dtype == dtype and dz.flags.c_contiguous
+    np.testing.assert_allclose(loss, expected_loss, rtol=tol)
+    np.testing.assert_allclose(dz, expected_dz, rtol=tol, atol=tol / 70)
+    y[[3, 9]] = [-1, 10]
+    loss, dz = ops.softmax_cross_entropy(z, y)
+    expected_loss, expected_dz = ref.softmax_cross_entropy(z, y)
+    assert np.isnan(loss) and np.array_equal(np.isnan(dz), np.isnan(expected_dz))
+    assert np.isnan(dz[[3, 9]]).all() and not np.isnan(dz[[0, 4]]).any()
+    loss, dz = ops.softmax_cross_entropy(z[:0], y[:0])
+    assert loss == 0 and dz.shape == (0, 10)
 
 
 def test_chunks_cover_every_row_once_and_depend_on_sizes_only() -> None:
@@ -106,6 +135,8 @@ def test_chunks_cover_every_row_once_and_depend_on_sizes_only() -> None:
         assert chunks == CpuOps(threads=8).chunks(n, cost, shared)
         covered = np.concatenate([np.arange(n)[c] for c in chunks])
         assert np.array_equal(covered, np.arange(n))
+        lengths = {c.stop - c.start for c in chunks}  # nearly equal: the threads end together
+        assert max(lengths) - min(lengths) <= 1
     # a weight matrix every chunk reads makes chunks long enough to pay for reading it
     assert len(CpuOps().chunks(1024, 67_000, shared=1 << 20)) <= 9
 
@@ -162,6 +193,22 @@ def test_blas_is_held_at_one_thread_only_while_chunks_run(small_chunks) -> None:
     ops = CpuOps(threads=2)
     ops.parallel_for(8, lambda rows: seen.append(blas_threads()), 64)
     assert seen and all(set(s) == {1} for s in seen)
+    assert blas_threads() == before
+
+
+def test_work_too_small_to_cut_runs_with_one_blas_thread_only_soon_after_a_section(monkeypatch) -> None:
+    """BLAS's idle threads spin for a while after a threaded call and would take the cores from
+    the next section: so soon after a section, uncut work leaves BLAS at one thread; a network
+    whose steps are never cut keeps BLAS's threads."""
+    ops = CpuOps(threads=2)
+    before = blas_threads()
+    seen: list[list[int]] = []
+    monkeypatch.setattr(cpu_ops._POOL, "last_section", -float("inf"))
+    ops.parallel_for(1, lambda rows: seen.append(blas_threads()), cpu_ops.SERIAL_ELEMENTS + 1)
+    ops.parallel_for(2, lambda rows: None, cpu_ops.CHUNK_ELEMENTS)  # a section
+    ops.parallel_for(1, lambda rows: seen.append(blas_threads()), cpu_ops.SERIAL_ELEMENTS + 1)
+    ops.parallel_for(1, lambda rows: seen.append(blas_threads()), cpu_ops.SERIAL_ELEMENTS)  # tiny: as it is
+    assert seen == [before, [1] * len(before), before]
     assert blas_threads() == before
 
 
