@@ -87,9 +87,12 @@ class _Pool:
             for lib, threads in zip(libraries, before, strict=True):
                 lib.set_num_threads(threads)
 
+    def sections_recent(self) -> bool:
+        return time.monotonic() - self.last_section <= SECTION_SECONDS
+
     def run_alone(self, rows: slice, work: Callable[[slice], None]) -> None:
         """work(rows) in this thread; with BLAS on one thread if a section ran recently."""
-        if time.monotonic() - self.last_section > SECTION_SECONDS or not self.lock.acquire(blocking=False):
+        if not self.sections_recent() or not self.lock.acquire(blocking=False):
             work(rows)
             return
         try:
@@ -144,6 +147,7 @@ class CpuOps(Ops):
     def __init__(self, threads: int | None = None) -> None:
         super().__init__(np)
         self._threads = threads
+        self._local = threading.local()
 
     @property
     def threads(self) -> int:
@@ -163,13 +167,18 @@ class CpuOps(Ops):
         count = -(-n // rows)  # then all of nearly equal length, so that the threads end together
         return [slice(n * k // count, n * (k + 1) // count) for k in range(count)]
 
-    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
-        """work(rows) for each of `chunks(n, cost, shared)`, on all threads."""
+    def parallel_for(
+        self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0, optional: bool = False
+    ) -> None:
+        """work(rows) for each of `chunks(n, cost, shared)`, on all threads. Optional work is cut
+        only while sections run anyway (a CNN's): otherwise it runs in one piece, on BLAS's threads
+        if it is a product, since handing chunks to Python threads costs ~50 us a section here."""
+        if n * cost <= SERIAL_ELEMENTS:  # small: no more Python than needed
+            work(slice(0, n))
+            return
         chunks = self.chunks(n, cost, shared)
-        if len(chunks) == 1 and n * cost <= SERIAL_ELEMENTS:  # small: no more Python than needed
-            work(chunks[0])
-        elif len(chunks) == 1:
-            _POOL.run_alone(chunks[0], work)
+        if len(chunks) == 1 or (optional and not _POOL.sections_recent()):
+            _POOL.run_alone(slice(0, n), work)
         elif self.threads == 1 or getattr(_POOL.local, "inside", False):
             for chunk in chunks:
                 work(chunk)
@@ -198,9 +207,11 @@ class CpuOps(Ops):
         n, p = a.shape
         q = b.shape[1]
         row_cost = p + q + p * q // 16  # a row of a and b, and its p * q multiply-adds
-        if len(self.chunks(n, row_cost, p * q)) == 1:  # small: one product, no copies
+        if n * row_cost <= SERIAL_ELEMENTS:
+            return np.matmul(a.T, b, out=out)
+        if len(self.chunks(n, row_cost, p * q)) == 1 or not _POOL.sections_recent():  # one product, no copies
             result: list[Any] = []
-            self.parallel_for(n, lambda rows: result.append(np.matmul(a.T, b, out=out)), row_cost, p * q)
+            self.parallel_for(1, lambda _: result.append(np.matmul(a.T, b, out=out)), n * row_cost, optional=True)
             return result[0]
         if p >= 2 * MIN_OUTPUT_ROWS:
             out = np.empty((p, q), dtype=np.result_type(a, b)) if out is None else out
@@ -216,6 +227,8 @@ class CpuOps(Ops):
         return _into(out, self.parallel_sum(n, lambda i: a[i].T @ b[i], row_cost, shared=p * q))
 
     def sum_rows(self, x: Any, out: Any = None) -> Any:
+        if x.size <= SERIAL_ELEMENTS:
+            return x.sum(axis=0, out=out)
         row = x[:1].size
         return _into(out, self.parallel_sum(len(x), lambda i: x[i].sum(axis=0), row, shared=row))
 
@@ -225,8 +238,10 @@ class CpuOps(Ops):
         return self.normalize_rows(pixels, slice(None), scale, shift, dtype)
 
     def normalize_rows(self, images: Any, idx: Any, scale: float, shift: float, dtype: Any) -> Any:
-        # Each chunk gathers its rows and converts them while they are in cache; a batch of
-        # random rows from a large split waits on memory, which two threads wait on in parallel.
+        # Worth cutting only while sections run anyway (~0.2 ms at 1,024 images); then each chunk
+        # gathers its rows and converts them while they are in cache.
+        if not _POOL.sections_recent():
+            return Ops.normalize(self, images[idx], scale, shift, dtype)
         rows = images[idx] if isinstance(idx, slice) else None
         n = len(rows) if rows is not None else len(idx)
         x = np.empty((n, *images.shape[1:]), dtype=dtype)
@@ -262,6 +277,8 @@ class CpuOps(Ops):
         return row_loss.mean(), np.ascontiguousarray(dz.T)
 
     def relu_backward(self, dy: Any, y: Any) -> Any:
+        if dy.size * 3 <= SERIAL_ELEMENTS:
+            return Ops.relu_backward(self, dy, y)
         dx = np.empty_like(dy)
 
         def rows(i: slice) -> None:
@@ -281,22 +298,95 @@ class CpuOps(Ops):
         return u
 
     def _update_in_chunks(self, update: Callable[..., None], arrays: tuple[Any, ...], args: tuple, passes: int) -> None:
-        """The reference `update` over chunks of the rows of `arrays` (p first; a None stays None)."""
+        """update(*arrays[i], *scratch[i], *args) over chunks of rows i, with the three scratch
+        arrays (p's shape) the update writes its temporaries into: NumPy would otherwise allocate
+        them afresh at every step, and glibc hands arrays of a few hundred KB back to the system
+        and faults them in again (4x the time of the arithmetic at 50,000 parameters)."""
         p = arrays[0]
+        key = (p.shape, p.dtype.str)
+        scratch = getattr(self._local, "scratch", {})  # per calling thread: two trainers may share ops
+        if key not in scratch:
+            scratch[key] = tuple(np.empty_like(p) for _ in range(3))
+            self._local.scratch = scratch
+        t = scratch[key]
 
         def part(i: slice) -> None:
-            update(self, *(None if a is None else a[i] for a in arrays), *args)
+            update(*(None if a is None else a[i] for a in arrays), *(b[i] for b in t), *args)
 
         self.parallel_for(p.shape[0], part, passes * p[:1].size)
 
     def sgd_update(self, p: Any, g: Any, v: Any, *args: Any) -> None:
-        self._update_in_chunks(Ops.sgd_update, (p, g, v), args, passes=6)
+        self._update_in_chunks(_sgd, (p, g, v), args, passes=6)
 
     def adam_update(self, p: Any, g: Any, m: Any, v: Any, *args: Any) -> None:
-        self._update_in_chunks(Ops.adam_update, (p, g, m, v), args, passes=10)
+        self._update_in_chunks(_adam, (p, g, m, v), args, passes=10)
 
     def rmsprop_update(self, p: Any, g: Any, s: Any, *args: Any) -> None:
-        self._update_in_chunks(Ops.rmsprop_update, (p, g, s), args, passes=8)
+        self._update_in_chunks(_rmsprop, (p, g, s), args, passes=8)
+
+
+# The updates of nnx/ops.py, each operation the same (the same operands, in the same order, so
+# the same bits: tests/test_cpu_ops.py checks), with the temporaries written into t1, t2, t3.
+
+
+def _decayed(p: Any, g: Any, wd: float, t: Any) -> Any:
+    """d = g + wd p (in t), or g itself without weight decay."""
+    if not wd:
+        return g
+    np.multiply(p, wd, out=t)
+    t += g
+    return t
+
+
+def _sgd(p: Any, g: Any, v: Any, t1: Any, t2: Any, t3: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
+    d = _decayed(p, g, wd, t2)
+    if v is None:
+        p -= np.multiply(d, lr, out=t1)  # p -= lr d
+        return
+    v *= mu
+    v += d
+    if nesterov:  # p -= lr (d + mu v)
+        np.multiply(v, mu, out=t1)
+        t1 += d
+        t1 *= lr
+    else:  # p -= lr v
+        np.multiply(v, lr, out=t1)
+    p -= t1
+
+
+def _adam(
+    p: Any, g: Any, m: Any, v: Any, t1: Any, t2: Any, t3: Any,
+    lr: float, b1: float, b2: float, eps: float, step: int, wd: float, decoupled: bool,
+) -> None:  # fmt: skip
+    if decoupled and wd:
+        p *= 1 - lr * wd
+    d = _decayed(p, g, 0.0 if decoupled else wd, t3)
+    m *= b1
+    m += np.multiply(d, 1 - b1, out=t1)  # m <- b1 m + (1 - b1) d
+    np.multiply(d, d, out=t1)
+    t1 *= 1 - b2
+    v *= b2
+    v += t1  # v <- b2 v + (1 - b2) d^2
+    np.divide(m, 1 - b1**step, out=t1)  # m_hat
+    np.divide(v, 1 - b2**step, out=t2)  # v_hat
+    np.sqrt(t2, out=t2)
+    t2 += eps
+    t1 *= lr
+    t1 /= t2
+    p -= t1  # p -= lr m_hat / (sqrt(v_hat) + eps)
+
+
+def _rmsprop(p: Any, g: Any, s: Any, t1: Any, t2: Any, t3: Any, lr: float, rho: float, eps: float, wd: float) -> None:
+    d = _decayed(p, g, wd, t3)
+    np.multiply(d, d, out=t1)
+    t1 *= 1 - rho
+    s *= rho
+    s += t1  # s <- rho s + (1 - rho) d^2
+    np.multiply(d, lr, out=t1)
+    np.sqrt(s, out=t2)
+    t2 += eps
+    t1 /= t2
+    p -= t1  # p -= lr d / (sqrt(s) + eps)
 
 
 def _into(out: Any, total: Any) -> Any:

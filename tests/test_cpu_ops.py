@@ -82,7 +82,7 @@ def test_the_thread_count_does_not_change_a_bit(small_chunks) -> None:
         assert np.array_equal(three[key], expected), key
 
 
-def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks) -> None:
+def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypatch) -> None:
     ops, ref = CpuOps(threads=2), Ops(np)
     rng = np.random.default_rng(0)
     dy = rng.normal(size=(9, 5, 4)).astype(np.float32)
@@ -93,14 +93,23 @@ def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks) -> None:
     assert np.array_equal(u, ref.uniform((7, 11), key=123, dtype=np.float32, offset=5))
     p, g, m, v = (rng.normal(size=301).astype(np.float32) for _ in range(4))
     v = np.abs(v)
-    states = [(p.copy(), m.copy(), v.copy()) for _ in range(2)]
-    for o, (pp, mm, vv) in zip((ops, ref), states, strict=True):
-        o.adam_update(pp, g, mm, vv, 0.01, 0.9, 0.999, 1e-8, 3, 0.01, True)
-    for a, b in zip(*states, strict=True):
-        assert np.array_equal(a, b)
+    updates = [("adam_update", "mv", (0.01, 0.9, 0.999, 1e-8, 3, wd, dec)) for wd in (0.0, 0.01) for dec in (0, 1)]
+    updates += [("rmsprop_update", "v", (0.01, 0.9, 1e-8, wd)) for wd in (0.0, 0.01)]
+    updates += [("sgd_update", "m", (0.01, 0.9, nesterov, wd)) for wd in (0.0, 0.01) for nesterov in (0, 1)]
+    updates += [("sgd_update", "-", (0.01, 0.0, False, wd)) for wd in (0.0, 0.01)]  # no velocity buffer
+    for name, buffers, args in updates:
+        states = [{"p": p.copy(), "m": m.copy(), "v": v.copy(), "-": None} for _ in range(2)]
+        for o, state in zip((ops, ref), states, strict=True):
+            for _ in range(2):  # the second time with the scratch arrays of the first
+                getattr(o, name)(state["p"], g, *(state[b] for b in buffers), *args)
+        for key in "pmv":
+            assert not np.isnan(states[1][key]).any()
+            assert np.array_equal(states[0][key], states[1][key]), (name, args, key)
     images = rng.integers(0, 256, size=(40, 6), dtype=np.uint8)
     idx = rng.permutation(40)[:23]
-    for shift in (0.0, 0.42):
+    for shift, last_section in [(0.0, -np.inf), (0.42, -np.inf), (0.0, np.inf), (0.42, np.inf)]:
+        # in one piece, or cut into chunks while sections run
+        monkeypatch.setattr(cpu_ops._POOL, "last_section", last_section)
         expected = ref.normalize(images[idx], 1 / 77.0, shift, np.float32)
         assert np.array_equal(ops.normalize_rows(images, idx, 1 / 77.0, shift, np.float32), expected)
         assert np.array_equal(ops.normalize(images[idx], 1 / 77.0, shift, np.float32), expected)
