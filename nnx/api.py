@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ from nnx.trainer import (
     TrainState,
     evaluate,
 )
+
+# How long a rank that found what rank 0 reports waits for rank 0 to end the job before ending it.
+ABORT_GRACE_SECONDS = 3.0
 
 __all__ = ["Model", "Prediction", "Run", "build_model_for", "build_optimizer", "load", "train"]
 
@@ -177,6 +181,10 @@ def train(
             # One write, so that the launcher, which merges the ranks' output, keeps the line whole.
             sys.stderr.write(f"error: rank {comm.rank}: {exc or type(exc).__name__}\n")
             sys.stderr.flush()
+        elif isinstance(exc, RanksDisagreeError):
+            # Rank 0 says it and ends the job: an abort from here first could end the job before
+            # the launcher had forwarded rank 0's line (seen now and then with MPICH).
+            time.sleep(ABORT_GRACE_SECONDS)
         comm.abort(code)
         raise
 
