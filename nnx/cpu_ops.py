@@ -1,22 +1,26 @@
 """The CPU's ops: the reference chains of nnx/ops.py, spread over the machine's cores.
 
 NumPy runs every elementwise pass and copy on one core, while BLAS spreads its matrix products
-over all of them (and PyTorch spreads both). So layers hand their per-row work to
-`parallel_for`, which cuts the rows into chunks and runs them on a small pool of threads: NumPy
-releases the GIL inside its loops and BLAS calls, and a chunk's copies and product stay in cache
-between one pass and the next. Meanwhile BLAS is limited to one thread, so that the threads do
-not queue for BLAS's own pool, nor compete with its spinning threads.
+over all of them (and PyTorch spreads both). A network of products and little else (an MLP)
+leaves the spreading to BLAS: each product one call, the rest in one piece, as the reference
+does. A network with convolutions, whose per-image copies (im2col) only we can spread, hands its
+per-row work to `parallel_for`, which cuts the rows into chunks and runs them on a small pool of
+threads: NumPy releases the GIL inside its loops and BLAS calls, and a chunk's copies and product
+stay in cache between one pass and the next. Meanwhile BLAS is held at one thread: its own idle
+threads spin for ~0.1 s after each threaded call and would take the cores from the chunks (a
+section ran 1.8x slower). `network_built` chooses, from the layers, once, before any step.
 
-Chunk boundaries depend only on the sizes of the work, never on the number of threads, and every
-chunk writes its own rows: a run gives the same numbers bit for bit on 1 thread or 16, and the
-plain reference in nnx/ops.py (one chunk of everything) stays what the tests compare against.
+Chunk boundaries depend only on the sizes of the work, never on the number of threads or on
+timing, and every chunk writes its own rows: a run gives the same numbers bit for bit on 1
+thread or 16, and again when resumed (OpenBLAS's results themselves change with its thread
+count, which is why BLAS's threads are never given or taken by timing). The plain reference in
+nnx/ops.py (one chunk of everything) stays what the tests compare against.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,11 +37,6 @@ CHUNK_ELEMENTS = 1 << 20
 SERIAL_ELEMENTS = 1 << 16
 # matmul_tn splits a product's output rows into chunks of at least this many.
 MIN_OUTPUT_ROWS = 256
-# OpenBLAS's idle threads spin for about 2^28 cycles (~0.1 s) after each threaded call, taking the
-# cores a parallel section needs. So for this long after a section, work too small to be cut into
-# chunks (but big enough for BLAS to thread) runs with BLAS on one thread; a network whose steps
-# are never cut (784-64-10 at batch 64) keeps BLAS's threads for its products.
-SECTION_SECONDS = 1.0
 
 
 def default_threads() -> int:
@@ -61,7 +60,6 @@ class _Pool:
         self.blas: Any = None
         self.limited = False  # a section holds BLAS at one thread now
         self.threads_outside = 1  # default_threads() before it did
-        self.last_section = -float("inf")  # time.monotonic() when the last section ended
         self.local = threading.local()  # .inside: this thread is running a chunk
 
     def blas_libraries(self) -> list[Any]:
@@ -87,17 +85,16 @@ class _Pool:
             for lib, threads in zip(libraries, before, strict=True):
                 lib.set_num_threads(threads)
 
-    def sections_recent(self) -> bool:
-        return time.monotonic() - self.last_section <= SECTION_SECONDS
-
-    def run_alone(self, rows: slice, work: Callable[[slice], None]) -> None:
-        """work(rows) in this thread; with BLAS on one thread if a section ran recently."""
-        if not self.sections_recent() or not self.lock.acquire(blocking=False):
-            work(rows)
+    def run_alone(self, chunks: list[slice], work: Callable[[slice], None]) -> None:
+        """work(rows) for each chunk in this thread, with BLAS on one thread as in a section."""
+        if not self.lock.acquire(blocking=False):  # inside a section, or beside another thread's
+            for rows in chunks:
+                work(rows)
             return
         try:
             with self.one_blas_thread():
-                work(rows)
+                for rows in chunks:
+                    work(rows)
         finally:
             self.lock.release()
 
@@ -124,14 +121,12 @@ class _Pool:
                     self.local.inside = False
 
             # BLAS on one thread while the chunks run: BLAS's own threads would compete with them.
-            # Outside, BLAS keeps its threads, which small products (a batch of 64) still gain from.
             with self.one_blas_thread():
                 helpers = [self.executor.submit(drain) for _ in range(min(threads, len(chunks)) - 1)]
                 try:
                     drain()
                 finally:  # the helpers write into the caller's arrays: wait for them even on an error
                     errors = [f.exception() for f in helpers]
-                    self.last_section = time.monotonic()
             errors = [e for e in errors if e is not None]
             if errors:
                 raise errors[0]
@@ -141,13 +136,20 @@ _POOL = _Pool()
 
 
 class CpuOps(Ops):
-    """Ops for NumPy arrays, with the per-row work of layers and the elementwise chains of the
-    optimizers spread over `threads` threads (1: the same chunks, one after another)."""
+    """Ops for NumPy arrays. With `own_threads` (set by `network_built` for a network with
+    convolutions), the per-row work of layers and the elementwise chains of the optimizers are
+    spread over `threads` threads (1: the same chunks, one after another) with BLAS on one
+    thread; without, BLAS spreads the products and everything runs in one piece."""
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, own_threads: bool = False) -> None:
         super().__init__(np)
         self._threads = threads
+        self.own_threads = own_threads
         self._local = threading.local()
+
+    def network_built(self, layers: list[Any]) -> None:
+        if any(layer.kind == "conv2d" for layer in layers):
+            self.own_threads = True
 
     @property
     def threads(self) -> int:
@@ -167,21 +169,15 @@ class CpuOps(Ops):
         count = -(-n // rows)  # then all of nearly equal length, so that the threads end together
         return [slice(n * k // count, n * (k + 1) // count) for k in range(count)]
 
-    def parallel_for(
-        self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0, optional: bool = False
-    ) -> None:
-        """work(rows) for each of `chunks(n, cost, shared)`, on all threads. Optional work is cut
-        only while sections run anyway (a CNN's): otherwise it runs in one piece, on BLAS's threads
-        if it is a product, since handing chunks to Python threads costs ~50 us a section here."""
-        if n * cost <= SERIAL_ELEMENTS:  # small: no more Python than needed
+    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
+        """work(rows) for each of `chunks(n, cost, shared)` on all threads, BLAS on one; or, without
+        own threads, work(all rows) as the reference does, BLAS spreading its products."""
+        if not self.own_threads:
             work(slice(0, n))
             return
         chunks = self.chunks(n, cost, shared)
-        if len(chunks) == 1 or (optional and not _POOL.sections_recent()):
-            _POOL.run_alone(slice(0, n), work)
-        elif self.threads == 1 or getattr(_POOL.local, "inside", False):
-            for chunk in chunks:
-                work(chunk)
+        if len(chunks) == 1 or self.threads == 1 or getattr(_POOL.local, "inside", False):
+            _POOL.run_alone(chunks, work)
         else:
             _POOL.run(chunks, work, self.threads)
 
@@ -207,11 +203,9 @@ class CpuOps(Ops):
         n, p = a.shape
         q = b.shape[1]
         row_cost = p + q + p * q // 16  # a row of a and b, and its p * q multiply-adds
-        if n * row_cost <= SERIAL_ELEMENTS:
-            return np.matmul(a.T, b, out=out)
-        if len(self.chunks(n, row_cost, p * q)) == 1 or not _POOL.sections_recent():  # one product, no copies
+        if not self.own_threads or len(self.chunks(n, row_cost, p * q)) == 1:  # one product, no copies
             result: list[Any] = []
-            self.parallel_for(1, lambda _: result.append(np.matmul(a.T, b, out=out)), n * row_cost, optional=True)
+            self.parallel_for(1, lambda _: result.append(np.matmul(a.T, b, out=out)), n * row_cost)
             return result[0]
         if p >= 2 * MIN_OUTPUT_ROWS:
             out = np.empty((p, q), dtype=np.result_type(a, b)) if out is None else out
@@ -227,7 +221,7 @@ class CpuOps(Ops):
         return _into(out, self.parallel_sum(n, lambda i: a[i].T @ b[i], row_cost, shared=p * q))
 
     def sum_rows(self, x: Any, out: Any = None) -> Any:
-        if x.size <= SERIAL_ELEMENTS:
+        if not self.own_threads or x.size <= SERIAL_ELEMENTS:
             return x.sum(axis=0, out=out)
         row = x[:1].size
         return _into(out, self.parallel_sum(len(x), lambda i: x[i].sum(axis=0), row, shared=row))
@@ -238,9 +232,8 @@ class CpuOps(Ops):
         return self.normalize_rows(pixels, slice(None), scale, shift, dtype)
 
     def normalize_rows(self, images: Any, idx: Any, scale: float, shift: float, dtype: Any) -> Any:
-        # Worth cutting only while sections run anyway (~0.2 ms at 1,024 images); then each chunk
-        # gathers its rows and converts them while they are in cache.
-        if not _POOL.sections_recent():
+        # Each chunk gathers its rows and converts them while they are in cache.
+        if not self.own_threads:
             return Ops.normalize(self, images[idx], scale, shift, dtype)
         rows = images[idx] if isinstance(idx, slice) else None
         n = len(rows) if rows is not None else len(idx)
@@ -277,7 +270,7 @@ class CpuOps(Ops):
         return row_loss.mean(), np.ascontiguousarray(dz.T)
 
     def relu_backward(self, dy: Any, y: Any) -> Any:
-        if dy.size * 3 <= SERIAL_ELEMENTS:
+        if not self.own_threads or dy.size * 3 <= SERIAL_ELEMENTS:
             return Ops.relu_backward(self, dy, y)
         dx = np.empty_like(dy)
 

@@ -33,14 +33,15 @@ class Ops:
     def __init__(self, xp: Any) -> None:
         self.xp = xp
 
-    def parallel_for(
-        self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0, optional: bool = False
-    ) -> None:
+    def network_built(self, layers: list[Any]) -> None:
+        """Told the layers of each network built on these ops, before its first step (the CPU's ops
+        choose from them who spreads the work over the cores)."""
+
+    def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
         """Run work(rows) over row slices that cover 0..n; each row's work must touch only its own
-        outputs. The reference does it in one call; the CPU's ops (nnx/cpu_ops.py) cut the rows into
-        chunks run on all cores. `cost`: the elements one row's work reads and writes, plus its
-        multiply-adds / 16; `shared`: the elements every chunk reads (a weight matrix); `optional`:
-        cutting gains little (a matrix product, which BLAS spreads over the cores by itself)."""
+        outputs. The reference does it in one call; the CPU's ops (nnx/cpu_ops.py) may cut the rows
+        into chunks run on all cores. `cost`: the elements one row's work reads and writes, plus its
+        multiply-adds / 16; `shared`: the elements every chunk reads (a weight matrix)."""
         work(slice(0, n))
 
     def parallel_sum(self, n: int, term: Callable[[slice], Any], cost: int, shared: int = 0) -> Any:

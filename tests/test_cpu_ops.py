@@ -70,20 +70,20 @@ def test_chunked_training_matches_the_reference(small_chunks, optimizer) -> None
     """Every layer and optimizer cut into many chunks on 3 threads gives the reference's numbers
     (float64: only the order of the batch sums differs)."""
     reference = train_steps(Ops(np), np.float64, optimizer)
-    chunked = train_steps(CpuOps(threads=3), np.float64, optimizer)
+    chunked = train_steps(CpuOps(threads=3, own_threads=True), np.float64, optimizer)
     for key, expected in reference.items():
         np.testing.assert_allclose(chunked[key], expected, rtol=1e-11, atol=1e-13, err_msg=key)
 
 
 def test_the_thread_count_does_not_change_a_bit(small_chunks) -> None:
-    one = train_steps(CpuOps(threads=1), np.float32, Adam)
-    three = train_steps(CpuOps(threads=3), np.float32, Adam)
+    one = train_steps(CpuOps(threads=1, own_threads=True), np.float32, Adam)
+    three = train_steps(CpuOps(threads=3, own_threads=True), np.float32, Adam)
     for key, expected in one.items():
         assert np.array_equal(three[key], expected), key
 
 
 def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypatch) -> None:
-    ops, ref = CpuOps(threads=2), Ops(np)
+    ops, ref = CpuOps(threads=2, own_threads=True), Ops(np)
     rng = np.random.default_rng(0)
     dy = rng.normal(size=(9, 5, 4)).astype(np.float32)
     y = np.maximum(rng.normal(size=(9, 5, 4)), 0).astype(np.float32)
@@ -107,9 +107,9 @@ def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypa
             assert np.array_equal(states[0][key], states[1][key]), (name, args, key)
     images = rng.integers(0, 256, size=(40, 6), dtype=np.uint8)
     idx = rng.permutation(40)[:23]
-    for shift, last_section in [(0.0, -np.inf), (0.42, -np.inf), (0.0, np.inf), (0.42, np.inf)]:
-        # in one piece, or cut into chunks while sections run
-        monkeypatch.setattr(cpu_ops._POOL, "last_section", last_section)
+    for shift, own_threads in [(0.0, False), (0.42, False), (0.0, True), (0.42, True)]:
+        # in one piece, or cut into chunks
+        monkeypatch.setattr(ops, "own_threads", own_threads)
         expected = ref.normalize(images[idx], 1 / 77.0, shift, np.float32)
         assert np.array_equal(ops.normalize_rows(images, idx, 1 / 77.0, shift, np.float32), expected)
         assert np.array_equal(ops.normalize(images[idx], 1 / 77.0, shift, np.float32), expected)
@@ -140,8 +140,8 @@ def test_the_loss_on_transposed_logits_is_the_reference(dtype) -> None:
 
 def test_chunks_cover_every_row_once_and_depend_on_sizes_only() -> None:
     for n, cost, shared in [(1, 10**9, 0), (5, 1, 0), (1000, 3000, 0), (129, 70000, 10**6), (64, 4000, 50000)]:
-        chunks = CpuOps(threads=1).chunks(n, cost, shared)
-        assert chunks == CpuOps(threads=8).chunks(n, cost, shared)
+        chunks = CpuOps(threads=1, own_threads=True).chunks(n, cost, shared)
+        assert chunks == CpuOps(threads=8, own_threads=True).chunks(n, cost, shared)
         covered = np.concatenate([np.arange(n)[c] for c in chunks])
         assert np.array_equal(covered, np.arange(n))
         lengths = {c.stop - c.start for c in chunks}  # nearly equal: the threads end together
@@ -152,7 +152,7 @@ def test_chunks_cover_every_row_once_and_depend_on_sizes_only() -> None:
 
 def test_parallel_sum_adds_in_chunk_order(small_chunks) -> None:
     x = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32)
-    ops = CpuOps(threads=3)
+    ops = CpuOps(threads=3, own_threads=True)
     expected = np.zeros(3, dtype=np.float32)
     for rows in ops.chunks(50, 3, 0):
         expected += x[rows].sum(axis=0)
@@ -169,7 +169,7 @@ def test_an_error_in_a_chunk_reaches_the_caller_after_every_chunk_ended(small_ch
         with lock:
             done.append(rows.start)
 
-    ops = CpuOps(threads=3)
+    ops = CpuOps(threads=3, own_threads=True)
     starts = [c.start for c in ops.chunks(40, 8, 0)]
     with pytest.raises(ValueError, match="chunk at 8"):
         ops.parallel_for(40, work, 8)
@@ -179,7 +179,7 @@ def test_an_error_in_a_chunk_reaches_the_caller_after_every_chunk_ended(small_ch
 
 
 def test_nested_parallel_sections_run_inline(small_chunks) -> None:
-    ops = CpuOps(threads=2)
+    ops = CpuOps(threads=2, own_threads=True)
     out = np.zeros((12, 12))
 
     def outer(rows: slice) -> None:
@@ -199,25 +199,33 @@ def blas_threads() -> list[int]:
 def test_blas_is_held_at_one_thread_only_while_chunks_run(small_chunks) -> None:
     before = blas_threads()
     seen: list[list[int]] = []
-    ops = CpuOps(threads=2)
+    ops = CpuOps(threads=2, own_threads=True)
     ops.parallel_for(8, lambda rows: seen.append(blas_threads()), 64)
     assert seen and all(set(s) == {1} for s in seen)
     assert blas_threads() == before
 
 
-def test_work_too_small_to_cut_runs_with_one_blas_thread_only_soon_after_a_section(monkeypatch) -> None:
+def test_a_network_with_convolutions_spreads_its_work_on_own_threads_others_leave_it_to_blas() -> None:
     """BLAS's idle threads spin for a while after a threaded call and would take the cores from
-    the next section: so soon after a section, uncut work leaves BLAS at one thread; a network
-    whose steps are never cut keeps BLAS's threads."""
-    ops = CpuOps(threads=2)
+    the chunks: with own threads, all work runs with BLAS on one thread (chunks and pieces too
+    small to cut alike); without (an MLP), nothing is cut and BLAS keeps its threads. Chosen from
+    the layers before the first step, so that a run's numbers never depend on timing."""
     before = blas_threads()
-    seen: list[list[int]] = []
-    monkeypatch.setattr(cpu_ops._POOL, "last_section", -float("inf"))
-    ops.parallel_for(1, lambda rows: seen.append(blas_threads()), cpu_ops.SERIAL_ELEMENTS + 1)
-    ops.parallel_for(2, lambda rows: None, cpu_ops.CHUNK_ELEMENTS)  # a section
-    ops.parallel_for(1, lambda rows: seen.append(blas_threads()), cpu_ops.SERIAL_ELEMENTS + 1)
-    ops.parallel_for(1, lambda rows: seen.append(blas_threads()), cpu_ops.SERIAL_ELEMENTS)  # tiny: as it is
-    assert seen == [before, [1] * len(before), before]
+    mlp = get_backend("cpu", "float32")
+    build_model([{"type": "linear", "in": 784, "out": 10}], mlp, np.random.default_rng(0))
+    cnn = get_backend("cpu", "float32")
+    build_model(CNN, cnn, np.random.default_rng(0))
+    assert not mlp.ops.own_threads and cnn.ops.own_threads
+    seen: dict[str, list[tuple[slice, list[int]]]] = {"mlp": [], "cnn": []}
+    for name, backend in [("mlp", mlp), ("cnn", cnn)]:
+        for n in (1, 2):  # one piece; two chunks for the CNN's ops
+            backend.ops.parallel_for(n, lambda rows, name=name: seen[name].append((rows, blas_threads())), 1 << 20)
+    assert seen["mlp"] == [(slice(0, 1), before), (slice(0, 2), before)]
+    assert sorted((rows.start, rows.stop, threads) for rows, threads in seen["cnn"]) == [
+        (0, 1, [1] * len(before)),
+        (0, 1, [1] * len(before)),
+        (1, 2, [1] * len(before)),
+    ]
     assert blas_threads() == before
 
 
@@ -250,5 +258,5 @@ def test_ops_made_while_chunks_run_still_count_every_thread(small_chunks) -> Non
     another thread) must not take that for the machine's size."""
     outside = CpuOps().threads
     made: list[int] = []
-    CpuOps(threads=2).parallel_for(4, lambda rows: made.append(CpuOps().threads), 64)
+    CpuOps(threads=2, own_threads=True).parallel_for(4, lambda rows: made.append(CpuOps().threads), 64)
     assert made and set(made) == {outside}

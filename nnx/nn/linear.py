@@ -50,7 +50,7 @@ class Linear(Layer):
             else:
                 y[i] += b
 
-        ops.parallel_for(len(y), rows, self.row_cost, shared=W.size, optional=True)
+        ops.parallel_for(len(y), rows, self.row_cost, shared=W.size)
         return y
 
     def backward(self, dy: Any) -> Any:
@@ -65,7 +65,7 @@ class Linear(Layer):
         def rows(i: slice) -> None:
             xp.matmul(dy[i], W.T, out=dx[i])
 
-        ops.parallel_for(len(dx), rows, self.row_cost, shared=W.size, optional=True)
+        ops.parallel_for(len(dx), rows, self.row_cost, shared=W.size)
         return dx
 
     @property

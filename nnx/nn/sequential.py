@@ -47,6 +47,7 @@ class Sequential:
                 # small dy instead of the ReLU making a pass over the large one.
                 layer.mask_applied_by_next = True
                 following.relu_before = True
+        backend.ops.network_built(layers)
         self.flat_params, self.flat_grads = self._flatten()
         # A final Softmax is for inference; training feeds logits to the fused loss instead.
         self.logit_layers = layers[:-1] if layers and isinstance(layers[-1], Softmax) else layers
