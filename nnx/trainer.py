@@ -251,8 +251,9 @@ class Trainer:
             correct = xp.asarray(state.correct if comm.is_root else 0, dtype=np.int64)
             seen = state.seen
             rows = state.seen if comm.is_root else 0  # what this rank's loss_sum and correct cover
-            # The first batch whose loss was nan or inf, tracked on the device: -1 while all is well.
-            first_bad = xp.asarray(-1)
+            # The losses since the last divergence check, left on the device and read at the check.
+            window = xp.zeros(DIVERGENCE_CHECK_EVERY, dtype=backend.dtype)
+            window_start = state.batch
             started = time.perf_counter()
             for batch in range(state.batch, batches):
                 self.optimizer.lr = self.schedule.lr(base_lr, (epoch - 1) * batches + batch, epochs * batches, batches)
@@ -283,9 +284,10 @@ class Trainer:
                 seen += global_rows
                 rows += len(idx)
                 state.batch = batch + 1
-                first_bad = xp.where((first_bad < 0) & ~xp.isfinite(loss), batch + 1, first_bad)
+                window[batch - window_start] = loss
                 if (batch + 1) % DIVERGENCE_CHECK_EVERY == 0:
-                    self._check_divergence(epoch, first_bad)
+                    self._check_divergence(epoch, window[: batch + 1 - window_start], window_start)
+                    window_start = batch + 1
                 self._emit(
                     "on_batch_end",
                     BatchProgress(
@@ -296,7 +298,7 @@ class Trainer:
                     break
             backend.synchronize()
             state.epoch_seconds += time.perf_counter() - started
-            self._check_divergence(epoch, first_bad)
+            self._check_divergence(epoch, window[: state.batch - window_start], window_start)
             epoch_loss, epoch_correct = backend.to_float(loss_sum), backend.to_float(correct)
             if comm.size > 1:
                 epoch_loss, epoch_correct = comm.allreduce_host([epoch_loss, epoch_correct])
@@ -325,8 +327,12 @@ class Trainer:
         self._emit("on_train_end", result)
         return result
 
-    def _check_divergence(self, epoch: int, first_bad: Any) -> None:
-        batch = int(first_bad)
+    def _check_divergence(self, epoch: int, losses: Any, start: int) -> None:
+        """Stop if any of `losses` (of batches start+1, start+2, ...) is nan or inf; one read."""
+        xp = self.backend.xp
+        bad = ~xp.isfinite(losses)
+        first = int(xp.where(bad.any(), xp.argmax(bad), -1)) if len(losses) else -1
+        batch = start + first + 1 if first >= 0 else -1
         if self.comm.size > 1:  # every rank must decide alike, or the others would wait forever
             flagged = self.comm.allreduce_host([batch if batch >= 0 else np.inf], "min")[0]
             batch = int(flagged) if np.isfinite(flagged) else -1

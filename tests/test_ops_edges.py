@@ -80,3 +80,17 @@ def test_a_label_out_of_range_stops_training_naming_the_batch(device: str, dtype
     bad_batch = list(epoch_order(0, 1, 64)).index(37) // 16 + 1
     with pytest.raises(TrainingDivergedError, match=f"at epoch 1, batch {bad_batch}$"):
         trainer.fit(DeviceSplit(Split(images, labels), backend), None, 1, 16, 0)
+
+
+def test_divergence_after_the_first_check_names_its_batch() -> None:
+    """The guard reads the losses every 50 batches: a bad batch in the second window (whose
+    nan then spreads to every later one) is named, and not one of the first window's."""
+    backend = get_backend("cpu", "float64")
+    images = np.random.default_rng(0).integers(0, 256, size=(1000, 784), dtype=np.uint8)
+    labels = (np.arange(1000) % 10).astype(np.uint8)
+    order = list(epoch_order(0, 1, 1000))
+    labels[order[10 * 66 + 3]] = 12  # in batch 67 of 100
+    model = build_model(mlp_spec([784, 8, 10]), backend, np.random.default_rng(1))
+    trainer = Trainer(model, SGD(model.flat_parameters(), 0.01, ops=backend.ops), backend, Preprocess())
+    with pytest.raises(TrainingDivergedError, match="at epoch 1, batch 67$"):
+        trainer.fit(DeviceSplit(Split(images, labels), backend), None, 1, 10, 0)
