@@ -260,3 +260,24 @@ def test_ops_made_while_chunks_run_still_count_every_thread(small_chunks) -> Non
     made: list[int] = []
     CpuOps(threads=2, own_threads=True).parallel_for(4, lambda rows: made.append(CpuOps().threads), 64)
     assert made and set(made) == {outside}
+
+
+def test_a_convolution_keeps_its_columns_only_when_trained_in_one_piece(small_chunks) -> None:
+    """Columns built in chunks are built again in backward, a few images at a time (no batch-sized
+    buffer lives between the two passes); evaluation keeps none. The gradients are the same."""
+    grads = {}
+    for name, ops in [("one piece", Ops(np)), ("chunks", CpuOps(threads=2, own_threads=True))]:
+        backend = backend_with(ops)
+        model = build_model(CNN, backend, np.random.default_rng(3))
+        conv = model.layers[1]
+        x = np.random.default_rng(4).normal(size=(9, 784))
+        model.logits(x, training=False)
+        assert conv.cols is None
+        model.set_random_key(0, 1, 0)
+        loss_fn = SoftmaxCrossEntropy(backend)
+        loss_fn.forward(model.logits(x, training=True), np.arange(9))
+        assert (conv.cols is not None) == (name == "one piece")
+        model.backward(loss_fn.backward())
+        grads[name] = {k: g.copy() for k, _, g in model.parameters()}
+    for key, expected in grads["one piece"].items():
+        np.testing.assert_allclose(grads["chunks"][key], expected, rtol=1e-11, atol=1e-13, err_msg=key)

@@ -96,23 +96,33 @@ class Conv2D(Layer):
         n, c, h, w = self.x_shape = x.shape
         k, o = self.kernel, self.out_channels
         oh, ow = output_size(h, k, self.stride, self.padding), output_size(w, k, self.stride, self.padding)
-        # rows: one per output pixel (n, y, x); columns: the window (i, j, c)
-        cols = xp.empty((n, oh, ow, k, k, c), dtype=x.dtype)
         y = xp.empty((n, oh, ow, o), dtype=x.dtype)
         W, b = self._weight_rows().T, self.params["b"]
+        self.x, self.cols = x, None
 
         def images(i: slice) -> None:  # Y = cols W^T + b for the images i, while their columns are in cache
-            im2col(xp, x[i], k, k, self.stride, self.padding, out=cols[i])
+            cols = self._columns(x[i])
             y_i = y[i].reshape(-1, o)
-            xp.matmul(cols[i].reshape(len(y_i), -1), W, out=y_i)
+            xp.matmul(cols, W, out=y_i)
             if self.fuse_relu:
                 ops.bias_relu(y_i, b)
             else:
                 y_i += b
+            if training and i.start == 0 and i.stop == n:  # the whole batch in one piece: keep them for dW
+                self.cols = cols
 
-        ops.parallel_for(n, images, oh * ow * (k * k * c + o))
-        self.cols = cols.reshape(n * oh * ow, -1)
+        ops.parallel_for(n, images, self._image_cost(oh, ow))
         return y.transpose(0, 3, 1, 2)
+
+    def _columns(self, x: Any) -> Any:
+        """im2col of some images as a matrix: a row per output pixel (n, y, x), a column per
+        window element (i, j, c)."""
+        k = self.kernel
+        return im2col(self.xp, x, k, k, self.stride, self.padding).reshape(-1, k * k * self.in_channels)
+
+    def _image_cost(self, oh: int, ow: int) -> int:
+        """One image's columns and outputs, for ops.parallel_for."""
+        return oh * ow * (self.kernel**2 * self.in_channels + self.out_channels)
 
     def _weight_rows(self) -> Any:
         """W as (O, kh * kw * C), in the column order of im2col."""
@@ -124,7 +134,14 @@ class Conv2D(Layer):
         n, o, oh, ow = dy.shape
         k, c, p = self.kernel, self.in_channels, self.padding
         dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, o)
-        self.grads["W"][...] = ops.matmul_tn(dy2, self.cols).reshape(o, k, k, c).transpose(0, 3, 1, 2)
+        if self.cols is not None:
+            dW = ops.matmul_tn(dy2, self.cols)
+        else:  # the forward ran in chunks: build the columns again, a few images at a time, in cache
+            dy3 = dy2.reshape(n, oh * ow, o)
+            dW = ops.parallel_sum(
+                n, lambda i: dy3[i].reshape(-1, o).T @ self._columns(self.x[i]), self._image_cost(oh, ow), o * k * k * c
+            )
+        self.grads["W"][...] = dW.reshape(o, k, k, c).transpose(0, 3, 1, 2)
         ops.sum_rows(dy2, out=self.grads["b"])
         if not self.compute_dx:
             return None
