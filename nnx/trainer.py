@@ -329,10 +329,9 @@ class Trainer:
 
     def _check_divergence(self, epoch: int, losses: Any, start: int) -> None:
         """Stop if any of `losses` (of batches start+1, start+2, ...) is nan or inf; one read."""
-        xp = self.backend.xp
-        bad = ~xp.isfinite(losses)
-        first = int(xp.where(bad.any(), xp.argmax(bad), -1)) if len(losses) else -1
-        batch = start + first + 1 if first >= 0 else -1
+        xp, count = self.backend.xp, len(losses)
+        first = int(xp.where(xp.isfinite(losses), count, xp.arange(count)).min()) if count else count
+        batch = start + first + 1 if first < count else -1
         if self.comm.size > 1:  # every rank must decide alike, or the others would wait forever
             flagged = self.comm.allreduce_host([batch if batch >= 0 else np.inf], "min")[0]
             batch = int(flagged) if np.isfinite(flagged) else -1
