@@ -281,3 +281,19 @@ def test_a_convolution_keeps_its_columns_only_when_trained_in_one_piece(small_ch
         grads[name] = {k: g.copy() for k, _, g in model.parameters()}
     for key, expected in grads["one piece"].items():
         np.testing.assert_allclose(grads["chunks"][key], expected, rtol=1e-11, atol=1e-13, err_msg=key)
+
+
+def test_malloc_keeps_freed_memory_for_a_cnn_unless_the_user_chose(monkeypatch) -> None:
+    """A CNN on the CPU asks glibc's malloc to reuse freed memory (once per process), unless the
+    user set its thresholds through the environment."""
+    import platform
+
+    monkeypatch.setattr(cpu_ops, "_malloc_tuned", None)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert cpu_ops.keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert cpu_ops.keep_freed_memory() is False  # decided once
+    monkeypatch.setattr(cpu_ops, "_malloc_tuned", None)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    build_model(CNN, get_backend("cpu", "float32"), np.random.default_rng(0))
+    assert cpu_ops._malloc_tuned is (platform.libc_ver()[0] == "glibc")
