@@ -262,13 +262,16 @@ def test_ops_made_while_chunks_run_still_count_every_thread(small_chunks) -> Non
     assert made and set(made) == {outside}
 
 
-def test_a_convolution_keeps_its_columns_only_when_trained_in_one_piece(small_chunks) -> None:
-    """Columns built in chunks are built again in backward, a few images at a time (no batch-sized
-    buffer lives between the two passes); evaluation keeps none. The gradients are the same."""
+@pytest.mark.parametrize("out", [4, 16])
+def test_a_convolution_keeps_narrow_columns_and_builds_wide_ones_again(small_chunks, out: int) -> None:
+    """Columns wider than the output (9 > 4 here), built in chunks, are built again in backward a
+    few images at a time; narrower ones (9 <= 16) are kept, as are all columns of a batch done in
+    one piece; evaluation keeps none. The gradients are the reference's."""
+    spec = [dict(CNN[1], out=out), *CNN[2:]]
     grads = {}
     for name, ops in [("one piece", Ops(np)), ("chunks", CpuOps(threads=2, own_threads=True))]:
         backend = backend_with(ops)
-        model = build_model(CNN, backend, np.random.default_rng(3))
+        model = build_model(spec, backend, np.random.default_rng(3))
         conv = model.layers[1]
         x = np.random.default_rng(4).normal(size=(9, 784))
         model.logits(x, training=False)
@@ -276,7 +279,7 @@ def test_a_convolution_keeps_its_columns_only_when_trained_in_one_piece(small_ch
         model.set_random_key(0, 1, 0)
         loss_fn = SoftmaxCrossEntropy(backend)
         loss_fn.forward(model.logits(x, training=True), np.arange(9))
-        assert (conv.cols is not None) == (name == "one piece")
+        assert (conv.cols is not None) == (name == "one piece" or out >= 9)
         model.backward(loss_fn.backward())
         grads[name] = {k: g.copy() for k, _, g in model.parameters()}
     for key, expected in grads["one piece"].items():
