@@ -11,10 +11,11 @@ threads spin for ~0.1 s after each threaded call and would take the cores from t
 section ran 1.8x slower). `network_built` chooses, from the layers, once, before any step.
 
 Chunk boundaries depend only on the sizes of the work, never on the number of threads or on
-timing, and every chunk writes its own rows: a run gives the same numbers bit for bit on 1
-thread or 16, and again when resumed (OpenBLAS's results themselves change with its thread
-count, which is why BLAS's threads are never given or taken by timing). The plain reference in
-nnx/ops.py (one chunk of everything) stays what the tests compare against.
+timing, and every chunk writes its own rows: a network with convolutions gives the same numbers
+bit for bit on 1 thread or 16, and every run gives them again when resumed (OpenBLAS's results
+themselves change with its thread count, which is why BLAS's threads are never given or taken
+by timing). The plain reference in nnx/ops.py (one chunk of everything) stays what the tests
+compare against.
 """
 
 from __future__ import annotations
