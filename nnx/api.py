@@ -50,7 +50,9 @@ from nnx.trainer import (
     evaluate,
 )
 
-# How long a rank that found what rank 0 reports waits for rank 0 to end the job before ending it.
+# How long a failing rank waits after its error line before ending the job, and how long a rank
+# that found what rank 0 reports waits for rank 0 to end the job before ending it itself.
+PRINT_GRACE_SECONDS = 0.5
 ABORT_GRACE_SECONDS = 3.0
 
 __all__ = ["Model", "Prediction", "Run", "build_model_for", "build_optimizer", "load", "train"]
@@ -181,6 +183,8 @@ def train(
             # One write, so that the launcher, which merges the ranks' output, keeps the line whole.
             sys.stderr.write(f"error: rank {comm.rank}: {exc or type(exc).__name__}\n")
             sys.stderr.flush()
+            # The launcher reads the line from a pipe; an abort at once could end the job first.
+            time.sleep(PRINT_GRACE_SECONDS)
         elif isinstance(exc, RanksDisagreeError):
             # Rank 0 says it and ends the job: an abort from here first could end the job before
             # the launcher had forwarded rank 0's line (seen now and then with MPICH).
