@@ -238,12 +238,11 @@ class CpuOps(Ops):
         n, p = a.shape
         q = b.shape[1]
         row_cost = p + q + p * q // 16  # a row of a and b, and its p * q multiply-adds
+        out = np.empty((p, q), dtype=np.result_type(a, b)) if out is None else out
         if not self.own_threads or len(self.chunks(n, row_cost, p * q)) == 1:  # one product, no copies
-            result: list[Any] = []
-            self.parallel_for(1, lambda _: result.append(np.matmul(a.T, b, out=out)), n * row_cost)
-            return result[0]
+            self.parallel_for(1, lambda _: np.matmul(a.T, b, out=out), n * row_cost)
+            return out
         if p >= 2 * MIN_OUTPUT_ROWS:
-            out = np.empty((p, q), dtype=np.result_type(a, b)) if out is None else out
 
             def outputs(j: slice) -> None:
                 np.matmul(a[:, j].T, b, out=out[j])
@@ -275,10 +274,7 @@ class CpuOps(Ops):
         x = np.empty((n, *images.shape[1:]), dtype=dtype)
 
         def part(i: slice) -> None:
-            x[i] = rows[i] if rows is not None else images[idx[i]]
-            x[i] *= scale
-            if shift:
-                x[i] -= shift
+            x[i] = Ops.normalize(self, rows[i] if rows is not None else images[idx[i]], scale, shift, dtype)
 
         self.parallel_for(n, part, 4 * x[:1].size)
         return x

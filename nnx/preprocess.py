@@ -24,11 +24,14 @@ class Preprocess:
 
     def __call__(self, pixels: Any, backend: Backend) -> Any:
         """pixels: uint8 (N, 784) on the backend -> backend.dtype (N, 784)."""
-        return backend.ops.normalize(pixels, 1.0 / (255.0 * self.std), self.mean / self.std, backend.dtype)
+        return backend.ops.normalize(pixels, *self._scale_shift(), backend.dtype)
 
     def rows(self, images: Any, idx: Any, backend: Backend) -> Any:
         """The same for the batch images[idx], gathered and converted in one go."""
-        return backend.ops.normalize_rows(images, idx, 1.0 / (255.0 * self.std), self.mean / self.std, backend.dtype)
+        return backend.ops.normalize_rows(images, idx, *self._scale_shift(), backend.dtype)
+
+    def _scale_shift(self) -> tuple[float, float]:
+        return 1.0 / (255.0 * self.std), self.mean / self.std
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": "1/255", **asdict(self)}

@@ -101,12 +101,11 @@ class Conv2D(Layer):
         # dW needs the columns again. Ones no wider than the output (a first layer's 9 a pixel) are
         # kept; wider ones are built again in backward, a few images at a time, which costs less
         # than writing a batch of them out and reading it back (unless the whole batch is one piece).
-        kept = xp.empty((n * oh * ow, k * k * c), dtype=x.dtype) if training and k * k * c <= o else None
-        self.x, self.cols = x, kept
+        kept = xp.empty((n, oh, ow, k, k, c), dtype=x.dtype) if training and k * k * c <= o else None
+        self.x, self.cols = x, None if kept is None else kept.reshape(n * oh * ow, -1)
 
         def images(i: slice) -> None:  # Y = cols W^T + b for the images i, while their columns are in cache
-            rows = slice(i.start * oh * ow, i.stop * oh * ow)
-            cols = self._columns(x[i], None if kept is None else kept[rows])
+            cols = self._columns(x[i], None if kept is None else kept[i])
             y_i = y[i].reshape(-1, o)
             xp.matmul(cols, W, out=y_i)
             if self.fuse_relu:
@@ -120,14 +119,10 @@ class Conv2D(Layer):
         return y.transpose(0, 3, 1, 2)
 
     def _columns(self, x: Any, out: Any = None) -> Any:
-        """im2col of some images as a matrix (into `out` when given): a row per output pixel
-        (n, y, x), a column per window element (i, j, c)."""
-        k, c = self.kernel, self.in_channels
-        n, _, h, w = x.shape
-        if out is not None:
-            oh, ow = output_size(h, k, self.stride, self.padding), output_size(w, k, self.stride, self.padding)
-            out = out.reshape(n, oh, ow, k, k, c)
-        return im2col(self.xp, x, k, k, self.stride, self.padding, out=out).reshape(-1, k * k * c)
+        """im2col of some images as a matrix (filling `out`, im2col's shape, when given): a row per
+        output pixel (n, y, x), a column per window element (i, j, c)."""
+        k = self.kernel
+        return im2col(self.xp, x, k, k, self.stride, self.padding, out=out).reshape(-1, k * k * self.in_channels)
 
     def _image_cost(self, oh: int, ow: int) -> int:
         """One image's columns and outputs, for ops.parallel_for."""
