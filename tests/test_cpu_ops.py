@@ -159,6 +159,23 @@ def test_parallel_sum_adds_in_chunk_order(small_chunks) -> None:
     assert np.array_equal(ops.parallel_sum(50, lambda r: x[r].sum(axis=0), 3), expected)
 
 
+@pytest.mark.parametrize("own_threads", [False, True])
+def test_sums_over_rows_are_the_reference_to_rounding(small_chunks, own_threads: bool) -> None:
+    """db as the product 1^T dy: the reference's sums to float32 rounding, into `out` or a new
+    array, NaN and infinities carried as a sum carries them, and an empty batch's zeros."""
+    ops, ref = CpuOps(threads=2, own_threads=own_threads), Ops(np)
+    x = np.random.default_rng(5).normal(size=(301, 7)).astype(np.float32)
+    out = np.full(7, 99.0, dtype=np.float32)
+    assert ops.sum_rows(x, out=out) is out
+    np.testing.assert_allclose(out, ref.sum_rows(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ops.sum_rows(x.astype(np.float64)), ref.sum_rows(x.astype(np.float64)), rtol=1e-12)
+    x[3, 1], x[5, 2], x[6, 3], x[7, 3] = np.nan, np.inf, np.inf, -np.inf
+    with np.errstate(invalid="ignore"):  # inf - inf, as in the reference
+        assert np.array_equal(np.isnan(ops.sum_rows(x)), np.isnan(ref.sum_rows(x)))
+        assert ops.sum_rows(x)[2] == np.inf
+    assert np.array_equal(ops.sum_rows(x[:0]), np.zeros(7, dtype=np.float32))
+
+
 def test_an_error_in_a_chunk_reaches_the_caller_after_every_chunk_ended(small_chunks) -> None:
     done: list[int] = []
     lock = threading.Lock()
