@@ -124,6 +124,25 @@ def test_maxpool_ties_pass_the_gradient_once(cpu64) -> None:
     assert dx.tolist() == [[[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]]]
 
 
+@pytest.mark.parametrize(("size", "stride"), [(2, 2), (3, 3), (3, 2), (2, 1)])
+def test_maxpool_gives_each_window_gradient_to_its_first_maximum(cpu64, size: int, stride: int) -> None:
+    """Windows with ties in every position (small integers), against a loop over the windows
+    that hands dy to the first maximum in row-major order."""
+    rng = np.random.default_rng(size * 10 + stride)
+    x = rng.integers(0, 3, size=(3, 2, 7, 8)).astype(np.float64)
+    layer = MaxPool2D(cpu64, size, stride)
+    y = layer.forward(x, training=True)
+    dy = rng.normal(size=y.shape)
+    dx = layer.backward(dy)
+    expected = np.zeros_like(x)
+    for n, c, i, j in np.ndindex(*y.shape):
+        window = x[n, c, i * stride : i * stride + size, j * stride : j * stride + size]
+        assert y[n, c, i, j] == window.max()
+        a, b = np.unravel_index(np.argmax(window), window.shape)
+        expected[n, c, i * stride + a, j * stride + b] += dy[n, c, i, j]
+    np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-15)  # overlaps: sums in another order
+
+
 def test_maxpool_overlapping_windows_accumulate(cpu64) -> None:
     """Stride 1, size 2: the centre maximum wins all four windows and receives all four
     gradients (the case where `dx[idx] += dy` with repeated indices would lose three)."""

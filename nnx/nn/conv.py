@@ -208,24 +208,35 @@ class MaxPool2D(_Pool2D):
         xp = self.xp
         views = self.offsets(x)
         # Work channels-last (the memory order a Conv2D's output has) and pack the window
-        # offsets into one array, slot p holding every window's p-th element: the passes below
-        # then run over contiguous memory instead of strided views.
+        # offsets of a few images into one array, slot p holding every window's p-th element:
+        # the passes below then run over contiguous memory in cache instead of strided views.
         xn = x.transpose(0, 2, 3, 1)
         n, _, _, c = xn.shape
-        self.packed = xp.empty((len(views), n, *self.out_hw, c), dtype=x.dtype)
+        slots = len(views)
         self.y = xp.empty((n, *self.out_hw, c), dtype=x.dtype)
+        # For backward, the slot of each window's first maximum (ties are common after a ReLU:
+        # windows of zeros), one byte a window instead of keeping the packed windows (4x y).
+        self.first = xp.empty(self.y.shape, dtype=xp.uint8 if slots <= 256 else xp.uint16)
 
         def images(i: slice) -> None:
+            packed = xp.empty((slots, len(self.y[i]), *self.out_hw, c), dtype=x.dtype)
             for p, (rows, cols) in enumerate(views):
-                self.packed[p, i] = xn[i, rows, cols, :]
-            xp.max(self.packed[:, i], axis=0, out=self.y[i])
+                packed[p] = xn[i, rows, cols, :]
+            y = self.y[i]
+            xp.max(packed, axis=0, out=y)
+            # first = [x_0 != y] (1 + [x_1 != y] (1 + ... (1 + [x_{S-2} != y]))): the smallest p with
+            # x_p = y, or S - 1 when none of the others is (the last slot, or a NaN window).
+            first = self.first[i]
+            first[...] = 0
+            for p in reversed(range(slots - 1)):
+                first += 1
+                first *= packed[p] != y
 
-        self.backend.ops.parallel_for(n, images, self.y[:1].size * (2 * len(views) + 1))
+        self.backend.ops.parallel_for(n, images, self.y[:1].size * (2 * slots + 2))
         return self.y.transpose(0, 3, 1, 2)
 
     def backward(self, dy: Any) -> Any:
-        # The gradient goes to each window's maximum, and to its first one when there are ties
-        # (common after a ReLU: windows of zeros), so every window passes dy exactly once.
+        # The gradient goes to each window's first maximum, so every window passes dy exactly once.
         # Overlapping windows (stride < size) accumulate through the slice additions.
         xp = self.xp
         n, h, w, c = shape = self.x.transpose(0, 2, 3, 1).shape
@@ -234,24 +245,20 @@ class MaxPool2D(_Pool2D):
         tiles = self.stride == self.size and h == self.out_hw[0] * self.size and w == self.out_hw[1] * self.size
         dx = xp.empty(shape, dtype=dy.dtype)
         dyn = dy.transpose(0, 2, 3, 1)
-        last = len(self.views) - 1
 
         def images(i: slice) -> None:
             if not tiles:
                 dx[i] = 0
-            y = self.y[i]
-            # the gradient not yet given to a maximum (a preceding ReLU's mask applied: 1[max > 0])
-            remaining = dyn[i] * (y > 0) if self.relu_before else dyn[i].copy()
+            # a preceding ReLU's mask applied here: 1[max > 0]
+            dy_i = dyn[i] * (self.y[i] > 0) if self.relu_before else dyn[i]
+            first = self.first[i]
             for p, (rows, cols) in enumerate(self.views):
-                share = remaining * (self.packed[p, i] == y)
                 if tiles:
-                    dx[i, rows, cols, :] = share
+                    dx[i, rows, cols, :] = dy_i * (first == p)
                 else:
-                    dx[i, rows, cols, :] += share
-                if p < last:
-                    remaining -= share
+                    dx[i, rows, cols, :] += dy_i * (first == p)
 
-        self.backend.ops.parallel_for(n, images, dx[:1].size * 4)
+        self.backend.ops.parallel_for(n, images, dx[:1].size * 3)
         return dx.transpose(0, 3, 1, 2)
 
 
