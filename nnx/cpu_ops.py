@@ -183,7 +183,7 @@ class CpuOps(Ops):
         self._threads = threads
         self.own_threads = own_threads
         self._local = threading.local()
-        self._ones_kept: dict[Any, Any] = {}
+        self._constants: dict[tuple[int, Any], Any] = {}
 
     def network_built(self, layers: list[Any]) -> None:
         if any(layer.kind == "conv2d" for layer in layers):
@@ -264,7 +264,7 @@ class CpuOps(Ops):
         (100352, 32): 0.17 vs 1.33 ms on one core)."""
         if x.ndim != 2 or len(x) == 0:
             return Ops.sum_rows(self, x, out)
-        ones = self._ones(len(x), x.dtype)
+        ones = self._constant(1, len(x), x.dtype)
         if not self.own_threads or x.size <= SERIAL_ELEMENTS:
             out = np.empty(x.shape[1:], dtype=x.dtype) if out is None else out
             self.parallel_for(1, lambda _: np.matmul(ones, x, out=out), x.size)
@@ -272,12 +272,22 @@ class CpuOps(Ops):
         row = x[:1].size
         return _into(out, self.parallel_sum(len(x), lambda i: np.dot(ones[i], x[i]), row, shared=row))
 
-    def _ones(self, n: int, dtype: Any) -> Any:
-        """n ones of dtype, from one array kept and grown as needed."""
-        ones = self._ones_kept.get(np.dtype(dtype))
-        if ones is None or len(ones) < n:
-            ones = self._ones_kept[np.dtype(dtype)] = np.ones(n, dtype=dtype)
-        return ones[:n]
+    def _constant(self, value: int, n: int, dtype: Any) -> Any:
+        """n elements equal to value, a view of one array kept (read-only) and grown as needed."""
+        key = (value, np.dtype(dtype))
+        kept = self._constants.get(key)
+        if kept is None or len(kept) < n:
+            kept = np.full(n, value, dtype=dtype)
+            kept.flags.writeable = False
+            self._constants[key] = kept
+        return kept[:n]
+
+    def bias_relu(self, a: Any, b: Any) -> Any:
+        """The reference's max(a + b, 0), against an array of zeros: NumPy (2.4) has no vector loop
+        for maximum with a scalar, and that pass took 2-4x as long as with an array (a first
+        convolution's 16-image chunk: bias and ReLU 0.20 -> 0.11 ms)."""
+        a += b
+        return np.maximum(a, self._constant(0, a.size, a.dtype).reshape(a.shape), out=a)
 
     # The elementwise chains: each element's arithmetic is the reference's, only spread out.
 

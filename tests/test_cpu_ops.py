@@ -89,6 +89,13 @@ def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypa
     y = np.maximum(rng.normal(size=(9, 5, 4)), 0).astype(np.float32)
     dy[0, 0, 0], y[1, 0, 0] = np.nan, np.nan
     assert np.array_equal(ops.relu_backward(dy, y), ref.relu_backward(dy, y), equal_nan=True)
+    a = rng.normal(size=(9, 20)).astype(np.float32)
+    a[0, :4] = [np.nan, np.inf, -np.inf, -0.0]
+    b = rng.normal(size=20).astype(np.float32)
+    for shape in [(9, 20), (3, 3, 20)]:
+        out = ops.bias_relu(a.reshape(shape).copy(), b)
+        assert np.array_equal(out, ref.bias_relu(a.reshape(shape).copy(), b), equal_nan=True)
+        assert out.shape == shape and np.isnan(out.flat[0]) and out.flat[1] == np.inf and out.flat[2] == 0
     u = ops.uniform((7, 11), key=123, dtype=np.float32, offset=5)
     assert np.array_equal(u, ref.uniform((7, 11), key=123, dtype=np.float32, offset=5))
     p, g, m, v = (rng.normal(size=301).astype(np.float32) for _ in range(4))
