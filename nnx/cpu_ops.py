@@ -200,12 +200,15 @@ class CpuOps(Ops):
         """Row slices covering 0..n: as many as it takes for each to be at most `rows` long, of
         nearly equal lengths. rows: about CHUNK_ELEMENTS / cost, or more where `shared` (elements
         every chunk reads whatever its length: a weight matrix) would be over an eighth of a chunk's
-        work. One slice when the work is small. A function of the sizes alone."""
+        work; an even number of them. One slice when the work is small. A function of the sizes alone."""
         cost = max(int(cost), 1)
         rows = max(-(-CHUNK_ELEMENTS // cost), -(-8 * shared // cost), 1)
         if rows >= n or n * cost <= SERIAL_ELEMENTS:
             return [slice(0, n)]
-        count = -(-n // rows)  # then all of nearly equal length, so that the threads end together
+        # An even number of nearly equal length, so that two threads end together (5 chunks on 2
+        # threads left one idle for a fifth of the section); the count cannot follow the thread count.
+        count = -(-n // rows)
+        count = min(n, count + count % 2)
         return [slice(n * k // count, n * (k + 1) // count) for k in range(count)]
 
     def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
