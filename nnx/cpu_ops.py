@@ -311,6 +311,15 @@ class CpuOps(Ops):
         self.parallel_for(n, part, 4 * x[:1].size)
         return x
 
+    def first_max_slot(self, packed: Any, y: Any, out: Any) -> Any:
+        """The reference's slot as first = b_0 (1 + b_1 (1 + ... (1 + b_{S-2}))), b_p = [packed[p] < y]:
+        one-byte passes, where NumPy's argmin along the first axis took ~7x as long."""
+        out[...] = 0
+        for p in reversed(range(len(packed) - 1)):
+            out += 1
+            out *= packed[p] < y
+        return out
+
     def softmax_cross_entropy(self, z: Any, y: Any) -> tuple[Any, Any]:
         """The reference's arithmetic on the transposed logits (C, N): NumPy reduces a (N, 10)
         array along its short rows ten times slower than along the long axis of its transpose.

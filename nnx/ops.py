@@ -92,6 +92,13 @@ class Ops:
         a += b
         return self.xp.maximum(a, 0, out=a)
 
+    def first_max_slot(self, packed: Any, y: Any, out: Any) -> Any:
+        """out = the first slot p with packed[p] not below y = max_p packed[p]: the element of each
+        pooling window that takes its gradient (ties go to the first). A window with a NaN (y NaN)
+        gives slot 0."""
+        out[...] = self.xp.argmin(packed < y, axis=0)
+        return out
+
     def relu_backward(self, dy: Any, y: Any) -> Any:
         """dx = dy * 1[y > 0]   (y = relu(x), so y > 0 exactly where x > 0)."""
         return dy * (y > 0)

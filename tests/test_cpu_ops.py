@@ -122,6 +122,24 @@ def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypa
         assert np.array_equal(ops.normalize(images[idx], 1 / 77.0, shift, np.float32), expected)
 
 
+@pytest.mark.parametrize("slots", [1, 2, 4, 9])
+def test_the_first_maximum_of_each_window_is_the_references(slots: int) -> None:
+    """The slot each pooling window hands its gradient to: the first maximum among ties (small
+    integers tie often), slot 0 for a window with a NaN, as the reference's argmin says."""
+    rng = np.random.default_rng(slots)
+    packed = rng.integers(0, 3, size=(slots, 5, 3, 3, 4)).astype(np.float32)
+    packed[rng.integers(0, slots), 1, 2] = np.nan
+    y = packed.max(axis=0)
+    got = CpuOps().first_max_slot(packed, y, out=np.full(y.shape, 77, dtype=np.uint8))
+    expected = Ops(np).first_max_slot(packed, y, out=np.empty(y.shape, dtype=np.uint8))
+    assert np.array_equal(got, expected)
+    assert (got[1, 2] == 0).all() and got.max() == (slots - 1 if slots > 1 else 0)
+    valid = ~np.isnan(y)
+    first = np.take_along_axis(packed, got[None].astype(np.int64), axis=0)[0]
+    assert np.array_equal(first[valid], y[valid])  # a maximum, and no earlier one
+    assert all(((packed[p] < y) | (got <= p))[valid].all() for p in range(slots))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_loss_on_transposed_logits_is_the_reference(dtype) -> None:
     """The same loss and gradient (to the rounding of a 10-term sum); labels outside 0..C-1 give

@@ -224,13 +224,7 @@ class MaxPool2D(_Pool2D):
                 packed[p] = xn[i, rows, cols, :]
             y = self.y[i]
             xp.max(packed, axis=0, out=y)
-            # first = [x_0 != y] (1 + [x_1 != y] (1 + ... (1 + [x_{S-2} != y]))): the smallest p with
-            # x_p = y, or S - 1 when none of the others is (the last slot, or a NaN window).
-            first = self.first[i]
-            first[...] = 0
-            for p in reversed(range(slots - 1)):
-                first += 1
-                first *= packed[p] != y
+            self.backend.ops.first_max_slot(packed, y, out=self.first[i])
 
         self.backend.ops.parallel_for(n, images, self.y[:1].size * (2 * slots + 2))
         return self.y.transpose(0, 3, 1, 2)
