@@ -43,8 +43,8 @@ def test_cnn_learns_on_a_subset(mnist_dir: Path, tmp_path: Path) -> None:
 
 
 def test_the_fast_config_reaches_99_percent(mnist_dir: Path, tmp_path: Path) -> None:
-    """configs/mnist_fast.yaml as shipped (three epochs on all 60,000 images, ~25 s here): seed 0
-    measured 99.08%; 99.0% is the bar it was made for."""
+    """configs/mnist_fast.yaml as shipped (three epochs on all 60,000 images, ~20 s here): seed 0
+    measured 99.27% (seeds 0-4: 99.05-99.31%); 99.0% is the bar it was made for."""
     summary = train("mnist_fast", mnist_dir, tmp_path / "fast")
     assert summary["test_accuracy"] >= 0.990, summary
     assert summary["epochs"] == 3
