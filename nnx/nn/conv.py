@@ -142,9 +142,11 @@ class Conv2D(Layer):
             dW = ops.matmul_tn(dy2, self.cols)
         else:  # the forward ran in chunks: build the columns again, a few images at a time, in cache
             dy3 = dy2.reshape(n, oh * ow, o)
-            dW = ops.parallel_sum(
-                n, lambda i: dy3[i].reshape(-1, o).T @ self._columns(self.x[i]), self._image_cost(oh, ow), o * k * k * c
-            )
+
+            def term(i: slice) -> Any:  # xp.dot, not @: NumPy's matmul keeps the GIL for a result of <= 500 elements
+                return xp.dot(dy3[i].reshape(-1, o).T, self._columns(self.x[i]))
+
+            dW = ops.parallel_sum(n, term, self._image_cost(oh, ow), o * k * k * c)
         self.grads["W"][...] = dW.reshape(o, k, k, c).transpose(0, 3, 1, 2)
         ops.sum_rows(dy2, out=self.grads["b"])
         if not self.compute_dx:
