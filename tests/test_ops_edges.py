@@ -3,12 +3,14 @@ reference (nnx/ops.py), a GPU the fused kernels (nnx/gpu_kernels.py)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from nnx.backend import get_backend
 from nnx.data.mnist import Split
-from nnx.nn import build_model, mlp_spec
+from nnx.nn import SoftmaxCrossEntropy, build_model, mlp_spec
 from nnx.optim import SGD
 from nnx.preprocess import Preprocess
 from nnx.trainer import DeviceSplit, Trainer, TrainingDivergedError, epoch_order
@@ -43,6 +45,58 @@ def test_an_empty_batch_has_loss_zero_and_an_empty_gradient(device: str, dtype: 
     z = backend.xp.zeros((0, 10), dtype=backend.dtype)
     loss, dz = backend.ops.softmax_cross_entropy(z, backend.xp.zeros(0, dtype=np.int64))
     assert backend.to_float(loss) == 0.0 and dz.shape == (0, 10) and dz.dtype == backend.dtype
+
+
+EVERY_LAYER = [
+    {"type": "reshape", "shape": [1, 28, 28]},
+    {"type": "conv2d", "out": 4, "kernel": 3, "padding": 1},  # 9 columns a pixel > 4 outputs: rebuilt for dW
+    {"type": "batchnorm"},
+    {"type": "relu"},
+    {"type": "maxpool2d", "size": 2},
+    {"type": "conv2d", "out": 40, "kernel": 3, "stride": 2, "padding": 1},  # 36 <= 40: kept
+    {"type": "elu"},
+    {"type": "avgpool2d", "size": 2, "stride": 1},
+    {"type": "flatten"},
+    {"type": "dropout", "p": 0.3},
+    {"type": "linear", "out": 20},
+    {"type": "batchnorm"},
+    {"type": "gelu"},
+    {"type": "linear", "out": 16},
+    {"type": "sigmoid"},
+    {"type": "linear", "out": 12},
+    {"type": "tanh"},
+    {"type": "linear", "out": 11},
+    {"type": "leaky_relu"},
+    {"type": "linear", "out": 10},
+]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICES)
+def test_an_empty_batch_goes_through_every_layer(device: str, dtype: str) -> None:
+    """No rows, after a real batch: forward in training and evaluation, loss 0, backward with zero
+    gradients, no warning, and the batch norms' running averages untouched (a mean over no rows
+    is NaN, which would have spoiled them for good)."""
+    backend = get_backend(device, dtype)
+    model = build_model(EVERY_LAYER, backend, np.random.default_rng(0))
+    loss_fn = SoftmaxCrossEntropy(backend)
+    x = backend.asarray(np.random.default_rng(1).normal(size=(6, 784)))
+    y = backend.asarray(np.arange(6) % 10, dtype=np.int64)
+    model.set_random_key(0, 1, 0)
+    loss_fn.forward(model.logits(x, training=True), y)
+    model.backward(loss_fn.backward())
+    buffers = {name: backend.to_numpy(b).copy() for name, b in model.buffers()}
+    assert buffers and all(np.isfinite(b).all() for b in buffers.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.set_random_key(0, 1, 1)
+        loss = loss_fn.forward(model.logits(x[:0], training=True), y[:0])
+        model.backward(loss_fn.backward())
+        assert model.logits(x[:0]).shape == (0, 10)
+    assert backend.to_float(loss) == 0.0
+    for name, _, g in model.parameters():
+        assert not backend.to_numpy(g).any(), name
+    for name, b in model.buffers():
+        assert np.array_equal(backend.to_numpy(b), buffers[name]), name
 
 
 @pytest.mark.parametrize("device,dtype", DEVICES)

@@ -9,6 +9,7 @@ is lost (unlike `x[idx] += v` with repeated indices).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,7 @@ class Conv2D(Layer):
         # kept; wider ones are built again in backward, a few images at a time, which costs less
         # than writing a batch of them out and reading it back (unless the whole batch is one piece).
         kept = xp.empty((n, oh, ow, k, k, c), dtype=x.dtype) if training and k * k * c <= o else None
-        self.x, self.cols = x, None if kept is None else kept.reshape(n * oh * ow, -1)
+        self.x, self.cols = x, None if kept is None else kept.reshape(n * oh * ow, k * k * c)
 
         def images(i: slice) -> None:  # Y = cols W^T + b for the images i, while their columns are in cache
             cols = self._columns(x[i], None if kept is None else kept[i])
@@ -161,7 +162,7 @@ class Conv2D(Layer):
             dx[i] = 0
             col2im_product(xp, dy3[i].reshape(-1, o), weights, (len(dx[i]), c, h, w), self.stride, p, out=dx[i])
 
-        ops.parallel_for(n, images, oh * ow * (o + k * k * c) + dx[0].size * 2)
+        ops.parallel_for(n, images, oh * ow * (o + k * k * c) + dx[:1].size * 2)
         return dx[:, p : p + h, p : p + w, :].transpose(0, 3, 1, 2)
 
     def spec(self) -> dict[str, Any]:
@@ -287,7 +288,7 @@ class Flatten(Layer):
 
     def forward(self, x: Any, training: bool = False) -> Any:
         self.x = x
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: that fails for an empty batch
 
     def backward(self, dy: Any) -> Any:
         # Hand the gradient back in x's memory layout (channels-last after a convolution), so the

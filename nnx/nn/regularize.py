@@ -77,6 +77,10 @@ class BatchNorm(Layer):
     def forward(self, x: Any, training: bool = False) -> Any:
         xp = self.xp
         axes, shape = self._axes(x)
+        # A batch without rows has no statistics: it is normalised as in evaluation and the running
+        # averages stay as they were (a mean over nothing would make them NaN). With synchronised
+        # statistics every rank still takes part in the sums, which cover the others' rows.
+        training = training and (self.sum_across is not None or x.shape[0] > 0)
         self.training = training
         if training:
             if self.sum_across is None:
