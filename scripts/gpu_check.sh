@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check, as one device command on a GPU machine that has no network:
-#   bash scripts/gpu_check.sh [tests] [mlp] [cnn]      (no argument: all three)
+#   bash scripts/gpu_check.sh [tests] [mlp] [cnn] [profile]      (no argument: all four)
 # tests: every GPU test (pytest -m "gpu or multigpu"), where a skipped GPU test is a failure
 # (NNX_REQUIRE_GPU=1; a multigpu test may skip on a machine with one GPU);
 # mlp: benchmarks/gpu_mlp.py (MLP epochs on CPU and GPU beside PyTorch, time to 97.5%);
-# cnn: benchmarks/cnn.py gpu (CNN epoch beside PyTorch, time to 99%).
+# cnn: benchmarks/cnn.py gpu (CNN epoch beside PyTorch, time to 99%);
+# profile: benchmarks/profile_layers.py --device gpu (each layer's GPU time beside the host's time
+# to issue it: what holds a missed target back), run only with 30 s or more of the budget left.
 # Needs the working tree plus .whl/ and .mnist/ from scripts/prepare_gpu_check.sh (carried).
 # The whole script ends within NNX_CHECK_BUDGET seconds (default 480), first-time CuPy kernel
 # compilation included: each step gets what is left of the budget at most. The summary table comes
-# last, and in $OUT/summary.txt, even when a step fails or times out. At most 7 files in $OUT.
+# last, and in $OUT/summary.txt, even when a step fails or times out. At most 8 files in $OUT.
 # Exit 0 only when every step ran and passed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -16,7 +18,7 @@ budget=${NNX_CHECK_BUDGET:-480}
 reserve=10 # seconds kept for the summary
 out=${OUT:-/tmp/nnx-gpu-check}
 mkdir -p "$out"
-steps=${*:-tests mlp cnn}
+steps=${*:-tests mlp cnn profile}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 NNX_REQUIRE_GPU=1
 export NNX_DATA_DIR=${NNX_DATA_DIR:-$PWD/.mnist}
 export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-/tmp/nnx-cupy-cache}
@@ -34,6 +36,7 @@ finish() {
     printf '%s\n' "${rows[@]}"
     [ -s "$out/mlp.log" ] && sed -n '/^GPU:/,$p' "$out/mlp.log"
     [ -s "$out/cnn.log" ] && grep '^|' "$out/cnn.log"
+    [ -s "$out/profile.log" ] && grep -E '^\||bound by' "$out/profile.log"
     if ((failed)); then
       echo "RESULT: FAILED: $failed step(s) failed, timed out, did not run, or skipped GPU tests"
     else
@@ -134,8 +137,19 @@ for name in $steps; do
         step "benchmark cnn" 130 "$out/cnn.log" python3 benchmarks/cnn.py gpu --json "$out/cnn.json"
       fi
       ;;
+    profile)
+      if ((!gpu_ok)); then
+        rows+=("| profile | NOT RUN: no usable GPU | 0 |")
+        failed=$((failed + 1))
+      elif ((budget - reserve - SECONDS < 30)); then # a diagnosis, not a result: no failure
+        rows+=("| profile | not run, under 30 s left: run \`bash scripts/gpu_check.sh profile\` | 0 |")
+      else
+        step "profile" 60 "$out/profile.log" python3 benchmarks/profile_layers.py --device gpu --batches 20 \
+          --config mnist_cnn mnist_mlp
+      fi
+      ;;
     *)
-      rows+=("| $name | unknown step (use tests, mlp, cnn) | 0 |")
+      rows+=("| $name | unknown step (use tests, mlp, cnn, profile) | 0 |")
       failed=$((failed + 1))
       ;;
   esac

@@ -1,0 +1,64 @@
+"""benchmarks/profile_layers.py, whose GPU branch first runs on a lent GPU: its bookkeeping is
+checked here with stand-in CUDA events, and its CPU table on real MNIST."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from profile_layers import PartTimer  # noqa: E402
+
+
+class FakeEvent:
+    """A CUDA event that records a made-up device clock; counts synchronisations."""
+
+    clock = 0.0
+    synchronized = 0
+
+    def record(self) -> None:
+        self.at = FakeEvent.clock
+
+    def synchronize(self) -> None:
+        FakeEvent.synchronized += 1
+
+
+def elapsed_ms(start: FakeEvent, end: FakeEvent) -> float:
+    return (end.at - start.at) * 1e3
+
+
+def test_gpu_parts_are_timed_by_events_read_once_a_step() -> None:
+    cuda = SimpleNamespace(Event=FakeEvent, get_elapsed_time=elapsed_ms)
+    timer = PartTimer(SimpleNamespace(is_gpu=True, xp=SimpleNamespace(cuda=cuda)))
+
+    def kernel(seconds: float) -> str:
+        FakeEvent.clock += seconds  # the device works this long
+        return "result"
+
+    FakeEvent.synchronized = 0
+    for step in range(3):
+        assert timer.time("conv forward", step > 0, kernel, 0.002) == "result"
+        timer.time("conv backward", step > 0, kernel, seconds=0.005)
+        timer.end_step()
+    assert FakeEvent.synchronized == 2  # one read per timed step, none for the warm-up
+    assert timer.device["conv forward"] == pytest.approx(0.004)
+    assert timer.device["conv backward"] == pytest.approx(0.010)
+    assert set(timer.host) == {"conv forward", "conv backward"} and all(v >= 0 for v in timer.host.values())
+
+
+@pytest.mark.mnist
+def test_the_cpu_profile_lists_every_layer(mnist_dir: Path) -> None:
+    args = [sys.executable, "benchmarks/profile_layers.py", "--config", "mnist_mlp", "--batches", "2"]
+    env = {**os.environ, "NNX_DATA_DIR": str(mnist_dir)}
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[0].strip("| ") for line in result.stdout.splitlines() if line.startswith("| ")]
+    for part in ["0 linear forward", "2 linear backward", "0 linear backward", "loss forward+backward",
+                 "optimizer step", "preprocess", "total"]:  # fmt: skip
+        assert part in rows, (part, result.stdout)
