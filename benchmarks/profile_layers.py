@@ -130,11 +130,11 @@ def gpu_table(config: str, batches: int, device: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="mnist_cnn", nargs="+")
+    parser.add_argument("--config", default=["mnist_cnn"], nargs="+")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--device", default="cpu", help="cpu, or gpu / gpu:N")
     args = parser.parse_args()
-    for config in [args.config] if isinstance(args.config, str) else args.config:
+    for config in args.config:
         if args.device == "cpu":
             cpu_table(config, args.batches)
         else:

@@ -14,11 +14,11 @@ from nnx.backend import Backend
 
 # A network holding every layer kind nnx has, for tests that must cover them all (parity, export).
 EVERY_LAYER = [
-    {"type": "conv2d", "out": 6, "kernel": 3, "padding": 1},
+    {"type": "conv2d", "out": 10, "kernel": 3, "padding": 1},  # 9 columns a pixel <= 10 outputs: kept for dW
     {"type": "batchnorm"},
     {"type": "leaky_relu", "alpha": 0.1},
     {"type": "maxpool2d", "size": 2},
-    {"type": "conv2d", "out": 8, "kernel": 3, "stride": 2},
+    {"type": "conv2d", "out": 8, "kernel": 3, "stride": 2},  # 90 > 8: built again for dW
     {"type": "elu", "alpha": 1.0},
     {"type": "avgpool2d", "size": 2, "stride": 1},
     {"type": "flatten"},

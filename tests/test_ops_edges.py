@@ -13,6 +13,7 @@ from nnx.data.mnist import Split
 from nnx.nn import SoftmaxCrossEntropy, build_model, mlp_spec
 from nnx.optim import SGD
 from nnx.preprocess import Preprocess
+from nnx.testing import EVERY_LAYER
 from nnx.trainer import DeviceSplit, Trainer, TrainingDivergedError, epoch_order
 
 DEVICES = [
@@ -45,30 +46,6 @@ def test_an_empty_batch_has_loss_zero_and_an_empty_gradient(device: str, dtype: 
     z = backend.xp.zeros((0, 10), dtype=backend.dtype)
     loss, dz = backend.ops.softmax_cross_entropy(z, backend.xp.zeros(0, dtype=np.int64))
     assert backend.to_float(loss) == 0.0 and dz.shape == (0, 10) and dz.dtype == backend.dtype
-
-
-EVERY_LAYER = [
-    {"type": "reshape", "shape": [1, 28, 28]},
-    {"type": "conv2d", "out": 4, "kernel": 3, "padding": 1},  # 9 columns a pixel > 4 outputs: rebuilt for dW
-    {"type": "batchnorm"},
-    {"type": "relu"},
-    {"type": "maxpool2d", "size": 2},
-    {"type": "conv2d", "out": 40, "kernel": 3, "stride": 2, "padding": 1},  # 36 <= 40: kept
-    {"type": "elu"},
-    {"type": "avgpool2d", "size": 2, "stride": 1},
-    {"type": "flatten"},
-    {"type": "dropout", "p": 0.3},
-    {"type": "linear", "out": 20},
-    {"type": "batchnorm"},
-    {"type": "gelu"},
-    {"type": "linear", "out": 16},
-    {"type": "sigmoid"},
-    {"type": "linear", "out": 12},
-    {"type": "tanh"},
-    {"type": "linear", "out": 11},
-    {"type": "leaky_relu"},
-    {"type": "linear", "out": 10},
-]
 
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
