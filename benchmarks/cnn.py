@@ -36,6 +36,9 @@ from nnx.optim import Adam, Schedule
 from nnx.preprocess import Preprocess
 from nnx.trainer import Callback, DeviceSplit, Trainer, epoch_order, evaluate
 
+sys.path.insert(0, str(Path(__file__).parent))
+from kernels import cpu_kernels  # noqa: E402
+
 PRE = Preprocess.named("standard")
 LR = 1e-3
 BATCH = 128
@@ -162,6 +165,8 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     scale = len(mnist.train) / len(train)
     devices = ([] if args.no_cpu else ["cpu"]) + (["gpu"] if gpu_unavailable_reason() is None else [])
     results: dict[str, Any] = {}
+    if "cpu" in devices:
+        print(cpu_kernels())
     print(f"| device | nnx s/epoch | PyTorch eager s/epoch | nnx / PyTorch |  (55,000 images, batch {BATCH})")
     print("| --- | --- | --- | --- |")
     for device in devices:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cnn import TorchCNN  # noqa: E402
+from kernels import cpu_kernels  # noqa: E402
 
 from nnx.config import load_config  # noqa: E402
 from nnx.data.mnist import load_mnist, resolve_data_dir  # noqa: E402
@@ -67,6 +68,7 @@ def main() -> None:
             if theirs:
                 rows["PyTorch eager"].append(theirs)
             print(f"seed {seed}: nnx {rows['nnx'][-1]}, PyTorch {theirs}", flush=True)
+    print(cpu_kernels())
     print(f"| mnist_fast, seeds {args.seeds} | test accuracy per seed | median | training seconds (median) |")
     print("| --- | --- | --- | --- |")
     for name, results in rows.items():

@@ -16,7 +16,9 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,9 @@ from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD, Schedule
 from nnx.preprocess import Preprocess
 from nnx.trainer import Callback, DeviceSplit, Trainer, epoch_order, evaluate
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kernels import cpu_kernels  # noqa: E402
 
 LR, MOMENTUM = 0.02, 0.9
 CASES = [([784, 64, 10], 64), ([784, 64, 10], 1024), ([784, 1024, 1024, 10], 1024)]
@@ -214,6 +219,8 @@ def main() -> None:
         f"\nGPU: {result['gpu']}; CuPy {result.get('cupy', '-')}; CUDA runtime {result.get('cuda_runtime', '-')}; "
         f"PyTorch {result['torch']}; epoch = {n:,} images; median of {args.epochs} epochs after a warm-up"
     )
+    if not args.no_cpu:
+        print(cpu_kernels())
     columns = [c for c in ("nnx_cpu", "torch_cpu", "nnx_gpu", "torch_gpu") if any(c in r for r in rows)]
     print(
         "| model | batch | " + " | ".join(f"{c} s/epoch (samples/s)" for c in columns) + " | GPU speed-up vs nnx CPU |"

@@ -87,6 +87,29 @@ def default_threads() -> int:
     return max(1, min(blas)) if blas else len(os.sched_getaffinity(0))
 
 
+def blas_kernels() -> str:
+    """What does NumPy's matrix products on this machine: e.g. "OpenBLAS 0.3.31, 2 threads,
+    Haswell kernels (OPENBLAS_CORETYPE=Haswell)". The kernel family sets the vector width (Haswell:
+    AVX2, SkylakeX: AVX-512), and with it most of a CNN's speed; an environment that forces one is
+    named, since it is the first thing to check when training runs slower than expected."""
+    import numpy  # noqa: F401 (threadpoolctl finds only the BLAS libraries already loaded)
+    from threadpoolctl import threadpool_info
+
+    blas = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    if not blas:
+        return "none found"
+    described = []
+    for pool in blas:
+        text = f"{pool.get('internal_api', 'BLAS')} {pool.get('version') or ''}".strip()
+        text = text.replace("openblas", "OpenBLAS").replace("mkl", "MKL")
+        text += f", {pool.get('num_threads')} threads"
+        if pool.get("architecture"):
+            text += f", {pool['architecture']} kernels"
+        described.append(text)
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return "; ".join(described) + (f" (OPENBLAS_CORETYPE={forced})" if forced else "")
+
+
 class _Pool:
     """Worker threads shared by every CpuOps of the process, and the BLAS limit they need."""
 

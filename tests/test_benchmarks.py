@@ -62,3 +62,19 @@ def test_the_cpu_profile_lists_every_layer(mnist_dir: Path) -> None:
     for part in ["0 linear forward", "2 linear backward", "0 linear backward", "loss forward+backward",
                  "optimizer step", "preprocess", "total"]:  # fmt: skip
         assert part in rows, (part, result.stdout)
+
+
+def test_the_kernel_line_names_both_contenders_vector_widths(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels import cpu_kernels
+
+    fake_torch = SimpleNamespace(__version__="9.9", backends=SimpleNamespace(cpu=SimpleNamespace(
+        get_cpu_capability=lambda: "AVX512")))  # fmt: skip
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    line = cpu_kernels()
+    assert line.startswith("CPU kernels: nnx (NumPy's BLAS) ") and "(OPENBLAS_CORETYPE=Haswell)" in line
+    assert line.endswith("; PyTorch 9.9: AVX512 (ONEDNN_MAX_CPU_ISA=AVX2)")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    assert cpu_kernels().endswith("; PyTorch not installed")

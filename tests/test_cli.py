@@ -170,6 +170,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_run(tiny_mnist: Path, tmp_path: Path
 def test_info_and_data_info(tiny_mnist: Path) -> None:
     result = invoke("info")
     assert result.exit_code == 0 and "backend cpu" in result.output and "numpy" in result.output
+    assert "cpu blas" in result.output and "threads" in result.output
     bad = invoke("data", "info", "--data-dir", tiny_mnist)  # tiny files are not the official ones
     assert bad.exit_code == 2 and "checksum mismatch" in bad.stderr
 

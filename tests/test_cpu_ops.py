@@ -352,3 +352,16 @@ def test_malloc_keeps_freed_memory_for_a_cnn_unless_the_user_chose(monkeypatch) 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     build_model(CNN, get_backend("cpu", "float32"), np.random.default_rng(0))
     assert cpu_ops._malloc_tuned is (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_blas_description_names_its_kernels_and_a_forced_core_type(monkeypatch) -> None:
+    pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    text = cpu_ops.blas_kernels()
+    assert f"{pools[0]['num_threads']} threads" in text and text.endswith("(OPENBLAS_CORETYPE=Haswell)")
+    if pools[0].get("architecture"):
+        assert f"{pools[0]['architecture']} kernels" in text
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert "OPENBLAS_CORETYPE" not in cpu_ops.blas_kernels()
+    monkeypatch.setattr("threadpoolctl.threadpool_info", lambda: [])
+    assert cpu_ops.blas_kernels() == "none found"

@@ -12,6 +12,7 @@ from rich.table import Table
 from nnx import __version__
 from nnx.backend import gpu_unavailable_reason
 from nnx.cli.common import stdout_console
+from nnx.cpu_ops import blas_kernels
 
 
 def _version(package: str) -> str:
@@ -35,6 +36,7 @@ def run_info() -> None:
     ]
     versions.add_row("cupy", ", ".join(cupy_versions) or "not installed")
     versions.add_row("backend cpu", "usable")
+    versions.add_row("cpu blas", escape(blas_kernels()))
     reason = gpu_unavailable_reason()
     versions.add_row("backend gpu", "usable" if reason is None else escape(f"not usable: {reason}"))
     if reason is None:
