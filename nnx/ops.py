@@ -37,6 +37,11 @@ class Ops:
         """Told the layers of each network built on these ops, before its first step (the CPU's ops
         choose from them who spreads the work over the cores)."""
 
+    def conv_by_winograd(self, layer: Any) -> bool:
+        """Whether a Conv2D computes by Winograd's F(2x2, 3x3) (nnx/nn/winograd.py) instead of an
+        im2col product. The reference: never (im2col is what the tests compare the other with)."""
+        return False
+
     def parallel_for(self, n: int, work: Callable[[slice], None], cost: int, shared: int = 0) -> None:
         """Run work(rows) over row slices that cover 0..n; each row's work must touch only its own
         outputs. The reference does it in one call; the CPU's ops (nnx/cpu_ops.py) may cut the rows

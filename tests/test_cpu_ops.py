@@ -65,17 +65,24 @@ def train_steps(ops: Ops, dtype: type, optimizer: type, steps: int = 3) -> dict[
     return out
 
 
+@pytest.fixture(params=["im2col", "winograd"])
+def conv_algorithm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CNN's 3x3 stride-1 convolutions by im2col, or all of them by Winograd's F(2x2, 3x3)."""
+    if request.param == "winograd":
+        monkeypatch.setattr(cpu_ops, "WINOGRAD_MIN_CHANNEL_RATIO", 0)
+
+
 @pytest.mark.parametrize("optimizer", [SGD, Adam, RMSprop])
-def test_chunked_training_matches_the_reference(small_chunks, optimizer) -> None:
+def test_chunked_training_matches_the_reference(small_chunks, conv_algorithm, optimizer) -> None:
     """Every layer and optimizer cut into many chunks on 3 threads gives the reference's numbers
-    (float64: only the order of the batch sums differs)."""
+    (float64: only the order of the batch sums differs, and Winograd's rounding)."""
     reference = train_steps(Ops(np), np.float64, optimizer)
     chunked = train_steps(CpuOps(threads=3, own_threads=True), np.float64, optimizer)
     for key, expected in reference.items():
         np.testing.assert_allclose(chunked[key], expected, rtol=1e-11, atol=1e-13, err_msg=key)
 
 
-def test_the_thread_count_does_not_change_a_bit(small_chunks) -> None:
+def test_the_thread_count_does_not_change_a_bit(small_chunks, conv_algorithm) -> None:
     one = train_steps(CpuOps(threads=1, own_threads=True), np.float32, Adam)
     three = train_steps(CpuOps(threads=3, own_threads=True), np.float32, Adam)
     for key, expected in one.items():

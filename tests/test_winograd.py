@@ -1,0 +1,110 @@
+"""Winograd's F(2x2, 3x3) (nnx/nn/winograd.py), which the CPU's ops choose for wide 3x3 stride-1
+convolutions: the same forward, gradients and input gradients as the im2col reference, for every
+size and padding it takes, and chosen only where it pays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx.cpu_ops as cpu_ops
+from nnx.backend import Backend
+from nnx.config import load_config
+from nnx.cpu_ops import CpuOps
+from nnx.nn import Conv2D, build_model
+from nnx.ops import Ops
+from nnx.testing import numerical_gradient, relative_error
+
+
+@pytest.fixture
+def every_3x3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every 3x3 stride-1 convolution by Winograd, however narrow."""
+    monkeypatch.setattr(cpu_ops, "WINOGRAD_MIN_CHANNEL_RATIO", 0)
+
+
+def backends(dtype: type) -> tuple[Backend, Backend]:
+    """(Winograd on the CPU's ops, the im2col reference), in `dtype`."""
+    return Backend("cpu", np, np.dtype(dtype), ops=CpuOps(threads=2, own_threads=True)), Backend(
+        "cpu", np, np.dtype(dtype), ops=Ops(np)
+    )
+
+
+def forward_backward(backend: Backend, n: int, c: int, h: int, w: int, k: int, padding: int, relu: bool) -> dict:
+    rng = np.random.default_rng([n, c, h, w, k, padding])
+    layer = Conv2D(backend, c, k, kernel=3, padding=padding, rng=rng)
+    layer.params["b"][...] = rng.normal(size=k)
+    layer.fuse_relu = relu
+    x = rng.normal(size=(n, c, h, w)).astype(backend.dtype)
+    y = layer.forward(x, training=True)
+    dx = layer.backward(rng.normal(size=y.shape).astype(backend.dtype))
+    return {"y": y.copy(), "dx": dx.copy(), "dW": layer.grads["W"].copy(), "db": layer.grads["b"].copy(),
+            "winograd": layer.by_winograd}  # fmt: skip
+
+
+SHAPES = [  # n, c, h, w, k, padding, relu
+    (3, 4, 14, 14, 5, 1, True),
+    (2, 3, 7, 9, 4, 0, False),  # odd sizes: a last tile half outside
+    (2, 2, 5, 6, 3, 2, True),
+    (2, 2, 1, 1, 3, 1, False),  # one pixel: one tile, three of its outputs dropped
+    (1, 1, 3, 3, 2, 0, False),  # one output
+    (0, 3, 6, 6, 4, 1, True),  # an empty batch
+]
+
+
+@pytest.mark.parametrize(("n", "c", "h", "w", "k", "padding", "relu"), SHAPES)
+def test_winograd_gives_the_im2col_references_numbers(every_3x3, n, c, h, w, k, padding, relu) -> None:
+    winograd, reference = backends(np.float64)
+    ours = forward_backward(winograd, n, c, h, w, k, padding, relu)
+    theirs = forward_backward(reference, n, c, h, w, k, padding, relu)
+    assert ours.pop("winograd") and not theirs.pop("winograd")
+    for key, expected in theirs.items():
+        assert ours[key].shape == expected.shape, key
+        np.testing.assert_allclose(ours[key], expected, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_winograd_float32_is_as_close_to_exact_as_im2col(every_3x3) -> None:
+    """F(2x2, 3x3)'s transforms add little rounding: against float64, its float32 results are
+    within a few times im2col's float32 error (the GPU parity tolerances are 8x the CPU's own)."""
+    exact = forward_backward(backends(np.float64)[1], 8, 32, 14, 14, 64, 1, True)
+    wino32 = forward_backward(backends(np.float32)[0], 8, 32, 14, 14, 64, 1, True)
+    im2col32 = forward_backward(backends(np.float32)[1], 8, 32, 14, 14, 64, 1, True)
+    for key in ("y", "dx", "dW", "db"):
+        ours, theirs = relative_error(wino32[key], exact[key]), relative_error(im2col32[key], exact[key])
+        assert ours < 1e-5 and ours < 4 * max(theirs, 1e-7), (key, ours, theirs)
+
+
+def test_winograd_gradients_against_central_differences(every_3x3) -> None:
+    backend = backends(np.float64)[0]
+    rng = np.random.default_rng(0)
+    layer = Conv2D(backend, 3, 4, kernel=3, padding=1, rng=rng)
+    layer.params["b"][...] = rng.normal(size=4)
+    x = rng.normal(size=(2, 3, 5, 7))
+    weights = rng.normal(size=(2, 4, 5, 7))
+
+    def loss() -> float:
+        return float((layer.forward(x, training=True) * weights).sum())
+
+    layer.forward(x, training=True)
+    dx = layer.backward(weights)
+    assert layer.by_winograd
+    assert relative_error(dx, numerical_gradient(loss, x)) < 1e-6
+    for name, param in layer.params.items():
+        assert relative_error(layer.grads[name].copy(), numerical_gradient(loss, param)) < 1e-6, name
+
+
+def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_only() -> None:
+    ops = CpuOps()
+
+    def chosen(config: str) -> list[bool]:
+        model = build_model(
+            load_config(config)[0].model.layer_specs(), backends(np.float32)[0], np.random.default_rng(0), 10
+        )
+        return [ops.conv_by_winograd(layer) for layer in model.layers if layer.kind == "conv2d"]
+
+    assert chosen("mnist_cnn") == [False, True]  # 1 -> 32 im2col; 32 -> 64 by tiles
+    assert chosen("mnist_fast") == [False, False]  # 12 -> 32: the transforms cost more than they save
+    backend = backends(np.float32)[0]
+    assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, stride=2, padding=1))
+    assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=5, padding=2))
+    assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=3))
+    assert not Ops(np).conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=1))  # the reference: never
