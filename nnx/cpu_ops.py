@@ -50,8 +50,14 @@ MIN_OUTPUT_ROWS = 256
 # A 3x3 stride-1 convolution goes by Winograd's F(2x2, 3x3) (nnx/nn/winograd.py) when C K / (C + K)
 # is at least this (C, K: input and output channels): it saves 20 C K multiply-adds per 2x2 outputs
 # and pays passes over the tiles in proportion to C + K. Measured on mnist_cnn's 32 -> 64 (21.3): a
-# step 28.4 -> 25.3-26.3 ms; on mnist_fast's 12 -> 32 (8.7) it lost: 7.8 -> 9.2 ms.
+# step 31.6 -> 29.7 ms (medians of 8 alternations, in a slow hour; 28.4 -> 25.3-26.3 in a fast one);
+# on mnist_fast's 12 -> 32 (8.7) it lost: 7.8 -> 9.2 ms.
 WINOGRAD_MIN_CHANNEL_RATIO = 16
+# ... and only where BLAS runs one of these OpenBLAS kernel families (AVX2; Zen's are Haswell's),
+# the only ones it was measured to pay on. With AVX-512 kernels (SkylakeX) the products are about
+# twice as fast and the transforms' passes cost more than they save: mnist_cnn's step 24.1-24.8 ms
+# by im2col against 26.0-27.5 ms by Winograd, in one run. Elsewhere (MKL, other families) im2col.
+WINOGRAD_BLAS_KERNELS = ("haswell", "zen")
 
 # glibc malloc: arrays up to this size come from the heap, which keeps this much freed memory.
 MALLOC_HEAP_ARRAYS = 32 << 20
@@ -92,6 +98,22 @@ def default_threads() -> int:
 
     blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
     return max(1, min(blas)) if blas else len(os.sched_getaffinity(0))
+
+
+_architectures: tuple[str, ...] | None = None
+
+
+def blas_architectures() -> tuple[str, ...]:
+    """The kernel family of each of NumPy's BLAS libraries as threadpoolctl reports it ('Haswell',
+    'SkylakeX'; '' where it reports none, as for MKL). Read once: it takes milliseconds."""
+    global _architectures
+    if _architectures is None:
+        import numpy  # noqa: F401 (threadpoolctl finds only the BLAS libraries already loaded)
+        from threadpoolctl import threadpool_info
+
+        pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+        _architectures = tuple(pool.get("architecture") or "" for pool in pools)
+    return _architectures
 
 
 def blas_kernels() -> str:
@@ -224,7 +246,10 @@ class CpuOps(Ops):
         """3x3, stride-1 convolutions wide enough for the products saved to pay for the transforms."""
         c, k = layer.in_channels, layer.out_channels
         wide = c * k >= WINOGRAD_MIN_CHANNEL_RATIO * (c + k)
-        return wide and winograd.applies(layer.kernel, layer.stride, layer.padding)
+        if not (wide and winograd.applies(layer.kernel, layer.stride, layer.padding)):
+            return False
+        kernels = blas_architectures()
+        return bool(kernels) and all(name.lower() in WINOGRAD_BLAS_KERNELS for name in kernels)
 
     @property
     def threads(self) -> int:

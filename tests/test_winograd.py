@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 import nnx.cpu_ops as cpu_ops
 from nnx.backend import Backend
@@ -18,8 +19,9 @@ from nnx.testing import numerical_gradient, relative_error
 
 @pytest.fixture
 def every_3x3(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every 3x3 stride-1 convolution by Winograd, however narrow."""
+    """Every 3x3 stride-1 convolution by Winograd, however narrow, whatever the BLAS."""
     monkeypatch.setattr(cpu_ops, "WINOGRAD_MIN_CHANNEL_RATIO", 0)
+    monkeypatch.setattr(cpu_ops, "blas_architectures", lambda: ("Haswell",))
 
 
 def backends(dtype: type) -> tuple[Backend, Backend]:
@@ -92,8 +94,9 @@ def test_winograd_gradients_against_central_differences(every_3x3) -> None:
         assert relative_error(layer.grads[name].copy(), numerical_gradient(loss, param)) < 1e-6, name
 
 
-def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_only() -> None:
+def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_on_avx2_blas_only(monkeypatch) -> None:
     ops = CpuOps()
+    monkeypatch.setattr(cpu_ops, "blas_architectures", lambda: ("Haswell",))
 
     def chosen(config: str) -> list[bool]:
         model = build_model(
@@ -108,3 +111,15 @@ def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_only() -> None:
     assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=5, padding=2))
     assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=3))
     assert not Ops(np).conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=1))  # the reference: never
+    wide = Conv2D(backend, 32, 64, kernel=3, padding=1)
+    assert ops.conv_by_winograd(wide)
+    for kernels in [("SkylakeX",), ("",), ("Haswell", "SkylakeX"), ()]:  # AVX-512, MKL, a mix, no BLAS seen
+        monkeypatch.setattr(cpu_ops, "blas_architectures", lambda kernels=kernels: kernels)
+        assert not ops.conv_by_winograd(wide), kernels
+    monkeypatch.setattr(cpu_ops, "blas_architectures", lambda: ("Zen",))
+    assert ops.conv_by_winograd(wide)
+
+
+def test_the_blas_architectures_are_threadpoolctls() -> None:
+    pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    assert cpu_ops.blas_architectures() == tuple(pool.get("architecture") or "" for pool in pools)
