@@ -9,11 +9,13 @@ near the device time the GPU is waiting on kernel launches and Python, not compu
 totals say the same of the whole step.
 
 Run: NNX_DATA_DIR=... python benchmarks/profile_layers.py [--config mnist_cnn] [--batches 30] [--device gpu]
+     [--compare-conv ROUNDS]  (CPU: the step with convolutions as chosen vs im2col for all, alternating)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -115,6 +117,32 @@ def cpu_table(config: str, batches: int) -> None:
     print(f"| total | {total_many * 1e3:.2f} | {total_one * 1e3:.2f} | 100% | {total_one / total_many:.2f}x |")
 
 
+def compare_conv(config: str, batches: int, rounds: int) -> None:
+    """The CPU step with convolutions as the CPU's ops choose them (Winograd where it pays) against
+    im2col for all, alternating `rounds` times in this process (this machine's speed drifts)."""
+    import nnx.cpu_ops as cpu_ops
+
+    chosen = cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO
+    steps: dict[str, list[float]] = {"as chosen": [], "im2col": []}
+    convs: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in steps}
+    for _ in range(rounds):
+        for name, ratio in (("as chosen", chosen), ("im2col", float("inf"))):
+            cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO = ratio
+            try:
+                host = profile(config, batches).host
+            finally:
+                cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO = chosen
+            steps[name].append(sum(host.values()))
+            for key, seconds in host.items():
+                if "conv2d" in key:
+                    convs[name][key].append(seconds)
+    print(f"| {config}, median of {rounds} alternations | ms a step | " + " | ".join(sorted(convs["im2col"])) + " |")
+    print("| --- | --- |" + " --- |" * len(convs["im2col"]))
+    for name, totals in steps.items():
+        parts = [f"{statistics.median(convs[name][key]) * 1e3:.2f}" for key in sorted(convs[name])]
+        print(f"| {name} | {statistics.median(totals) * 1e3:.2f} | " + " | ".join(parts) + " |")
+
+
 def gpu_table(config: str, batches: int, device: str) -> None:
     timer = profile(config, batches, device)
     host, gpu = timer.host, timer.device
@@ -133,9 +161,13 @@ def main() -> None:
     parser.add_argument("--config", default=["mnist_cnn"], nargs="+")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--device", default="cpu", help="cpu, or gpu / gpu:N")
+    parser.add_argument("--compare-conv", type=int, metavar="ROUNDS", default=0,
+                        help="CPU: the step as chosen against im2col for every convolution, alternating")  # fmt: skip
     args = parser.parse_args()
     for config in args.config:
-        if args.device == "cpu":
+        if args.compare_conv:
+            compare_conv(config, args.batches, args.compare_conv)
+        elif args.device == "cpu":
             cpu_table(config, args.batches)
         else:
             gpu_table(config, args.batches, args.device)
