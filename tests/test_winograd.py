@@ -123,3 +123,21 @@ def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_on_avx2_blas_only
 def test_the_blas_architectures_are_threadpoolctls() -> None:
     pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
     assert cpu_ops.blas_architectures() == tuple(pool.get("architecture") or "" for pool in pools)
+
+
+def test_dw_is_the_same_from_kept_tiles_or_tiles_built_again(every_3x3) -> None:
+    """A training forward keeps the transformed input for dW; after an evaluation forward, backward
+    transforms it again, with the same numbers."""
+    backend = backends(np.float32)[0]
+    rng = np.random.default_rng(3)
+    layer = Conv2D(backend, 8, 16, kernel=3, padding=1, rng=rng)
+    x = rng.normal(size=(5, 8, 9, 9)).astype(np.float32)
+    dy = rng.normal(size=(5, 16, 9, 9)).astype(np.float32)
+    grads = []
+    for training in (True, False):
+        layer.forward(x, training=training)
+        assert (layer.tiles is not None) == training
+        dx = layer.backward(dy)
+        grads.append((dx.copy(), layer.grads["W"].copy(), layer.grads["b"].copy()))
+    for kept, rebuilt in zip(*grads, strict=True):
+        assert np.array_equal(kept, rebuilt)

@@ -49,7 +49,7 @@ def kernel_transform(xp: Any, W: Any) -> Any:
     return xp.ascontiguousarray(U.transpose(2, 1, 0))
 
 
-def input_transform(xp: Any, x: Any, padding: int, th: int, tw: int) -> Any:
+def input_transform(xp: Any, x: Any, padding: int, th: int, tw: int, out: Any = None) -> Any:
     """V[ξν, (n, i, j), c] = (B^T d B)[ξ, ν] for the 4x4 tile d at rows 2i.., columns 2j.. of x
     padded by `padding` (and by zeros below and right as far as the last tile reaches).
     x: (N, H, W, C); V: (16, N * th * tw, C). B^T combines the rows of a tile as (d0 - d2,
@@ -59,7 +59,7 @@ def input_transform(xp: Any, x: Any, padding: int, th: int, tw: int) -> Any:
     d[:, padding : padding + h, padding : padding + w, :] = x
     rows = [d[:, r : r + 2 * th : 2] for r in range(4)]  # row r of every tile: (N, th, 2 tw + 2, C)
     t = (rows[0] - rows[2], rows[1] + rows[2], rows[2] - rows[1], rows[1] - rows[3])
-    V = xp.empty((4, 4, n, th, tw, c), dtype=x.dtype)
+    V = xp.empty((4, 4, n, th, tw, c), dtype=x.dtype) if out is None else out
     for a in range(4):
         cols = [t[a][:, :, r : r + 2 * tw : 2] for r in range(4)]
         xp.subtract(cols[0], cols[2], out=V[a, 0])
@@ -83,20 +83,22 @@ def output_transform(xp: Any, M: Any, out: Any) -> Any:
     return out
 
 
-def conv3x3(xp: Any, x: Any, U: Any, padding: int, out: Any) -> Any:
+def conv3x3(xp: Any, x: Any, U: Any, padding: int, out: Any, tiles_out: Any = None) -> Any:
     """out = the stride-1 correlation of x (N, H, W, C) with the kernel U transforms (16, C, K),
-    padded by `padding`: out (N, H + 2 padding - 2, W + 2 padding - 2, K)."""
+    padded by `padding`: out (N, H + 2 padding - 2, W + 2 padding - 2, K). `tiles_out`: a
+    (4, 4, N, th, tw, C) array to keep the transformed input in (for kernel_grad_term)."""
     th, tw = tiles(*out.shape[1:3])
-    V = input_transform(xp, x, padding, th, tw)
+    V = input_transform(xp, x, padding, th, tw, tiles_out)
     return output_transform(xp, xp.matmul(V, U), out)
 
 
-def kernel_grad_term(xp: Any, x: Any, dy: Any, padding: int) -> Any:
+def kernel_grad_term(xp: Any, x: Any, dy: Any, padding: int, V: Any = None) -> Any:
     """dU = sum over tiles of V[ξν]^T Z[ξν] for these images (x: (N, H, W, C), dy: (N, OH, OW, K)):
     (16, C, K), to be added over the batch and then taken back by `kernel_grad`."""
     n, oh, ow, k = dy.shape
     th, tw = tiles(oh, ow)
-    V = input_transform(xp, x, padding, th, tw)
+    c = x.shape[3]
+    V = input_transform(xp, x, padding, th, tw) if V is None else V.reshape(16, n * th * tw, c)
     dy4 = xp.zeros((2, 2, n, th, tw, k), dtype=dy.dtype)  # zeros for outputs past an odd edge
     for a in range(2):
         for b in range(2):
