@@ -198,28 +198,24 @@ class Conv2D(Layer):
         return dx[:, p : p + h, p : p + w, :].transpose(0, 3, 1, 2)
 
     def _backward_by_tiles(self, dy: Any, dy2: Any) -> Any:
-        """backward for a forward by F(2x2, 3x3): dU over the batch's tiles, then dW = G^T dU G;
-        dx as the same convolution of dy with the flipped kernel (nnx/nn/winograd.py)."""
+        """backward for a forward by F(2x2, 3x3) (nnx/nn/winograd.py): dU over the batch's tiles,
+        then dW = G^T dU G; dx from the same transformed dy in the same pass over each chunk."""
         xp, ops = self.xp, self.backend.ops
         n, o, oh, ow = dy.shape
         c, p = self.in_channels, self.padding
+        _, _, h, w = self.x_shape
         xn, dyn = self.x.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1)
-        cost = self._image_cost(oh, ow)
+        U = winograd.kernel_transform(xp, self.params["W"])
+        dx = xp.empty((n, h, w, c), dtype=dy.dtype) if self.compute_dx else None
 
         def term(i: slice) -> Any:
             kept = None if self.tiles is None else self.tiles[:, :, i]
-            return winograd.kernel_grad_term(xp, xn[i], dyn[i], p, kept)
+            return winograd.backward_term(xp, xn[i], dyn[i], U, p, kept, None if dx is None else dx[i])
 
-        dU = ops.parallel_sum(n, term, cost, shared=16 * c * o)
+        dU = ops.parallel_sum(n, term, self._image_cost(oh, ow), shared=16 * c * o)
         self.grads["W"][...] = winograd.kernel_grad(xp, dU)
         ops.sum_rows(dy2, out=self.grads["b"])
-        if not self.compute_dx:
-            return None
-        _, _, h, w = self.x_shape
-        U = winograd.kernel_transform(xp, winograd.flipped_kernel(self.params["W"]))
-        dx = xp.empty((n, h, w, c), dtype=dy.dtype)
-        ops.parallel_for(n, lambda i: winograd.conv3x3(xp, dyn[i], U, 2 - p, out=dx[i]), cost)
-        return dx.transpose(0, 3, 1, 2)
+        return None if dx is None else dx.transpose(0, 3, 1, 2)
 
     def spec(self) -> dict[str, Any]:
         return {

@@ -12,10 +12,11 @@ pair for 4 outputs where im2col's product does 36: 2.25x fewer, for a few additi
 Everything is NHWC, as inside Conv2D, and written with xp; the CPU's ops choose it (Ops.conv_by_winograd)
 and the plain im2col product stays the reference the tests compare it with.
 
-Backward, with Z = A dy A^T for each 2x2 block of dy (the output transform's adjoint):
+Backward, with Z = A dy A^T for each 2x2 block of dy (the output transform's adjoint), which
+both gradients share:
     dU[ξν] = V[ξν]^T Z[ξν]  summed over tiles,   dg = G^T dU G;
-    dx = the same convolution of dy, padded by 2 - padding, with the kernel flipped and its
-    input and output channels swapped (the adjoint of a stride-1 correlation).
+    dV[ξν] = Z[ξν] U[ξν]^T,   dd = B dV B^T for each tile,   dx = the tiles' dd added where they
+    overlap (the input transform's adjoint).
 """
 
 from __future__ import annotations
@@ -92,9 +93,11 @@ def conv3x3(xp: Any, x: Any, U: Any, padding: int, out: Any, tiles_out: Any = No
     return output_transform(xp, xp.matmul(V, U), out)
 
 
-def kernel_grad_term(xp: Any, x: Any, dy: Any, padding: int, V: Any = None) -> Any:
-    """dU = sum over tiles of V[ξν]^T Z[ξν] for these images (x: (N, H, W, C), dy: (N, OH, OW, K)):
-    (16, C, K), to be added over the batch and then taken back by `kernel_grad`."""
+def backward_term(xp: Any, x: Any, dy: Any, U: Any, padding: int, V: Any = None, dx: Any = None) -> Any:
+    """For some images (x: (N, H, W, C), dy: (N, OH, OW, K)): dU = sum over their tiles of
+    V[ξν]^T Z[ξν] (16, C, K), to be added over the batch and taken back by `kernel_grad`; and, when
+    `dx` (N, H, W, C) is given, their input gradient written into it. V: the forward's transformed
+    input (4, 4, N, th, tw, C) if kept, else transformed again. U: the forward's kernel transform."""
     n, oh, ow, k = dy.shape
     th, tw = tiles(oh, ow)
     c = x.shape[3]
@@ -105,7 +108,46 @@ def kernel_grad_term(xp: Any, x: Any, dy: Any, padding: int, V: Any = None) -> A
             part = dy[:, a::2, b::2, :]
             dy4[a, b, :, : part.shape[1], : part.shape[2], :] = part
     Z = (xp.asarray(AA.T, dtype=dy.dtype) @ dy4.reshape(4, -1)).reshape(16, -1, k)  # A dy A^T per tile
+    if dx is not None:
+        input_transform_adjoint(xp, xp.matmul(Z, U.transpose(0, 2, 1)), padding, dx)
     return xp.matmul(V.transpose(0, 2, 1), Z)
+
+
+def input_transform_adjoint(xp: Any, dV: Any, padding: int, out: Any) -> Any:
+    """out = dL/dx from dV (16, N * th * tw, C): each tile's B dV B^T, whose row r lands on row
+    2i + r of the padded input, so even rows take rows 0 and 2 of two neighbouring tiles and odd
+    rows rows 1 and 3 (B^T's columns: row 0 = v0, 1 = v1 - v2 + v3, 2 = v1 + v2 - v0, 3 = -v3);
+    columns the same way, first. out: (N, H, W, C), the part of the padded input that is x."""
+    n, h, w, c = out.shape
+    th, tw = tiles(h + 2 * padding - 2, w + 2 * padding - 2)
+    v = dV.reshape(4, 4, n, th, tw, c)
+    cols = xp.empty((4, n, th, 2 * tw + 2, c), dtype=dV.dtype)
+    for a in range(4):
+        _overlap_add(xp, *v[a], cols[a, :, :, 0::2], cols[a, :, :, 1::2], axis=2)
+    d = xp.empty((n, 2 * th + 2, 2 * tw + 2, c), dtype=dV.dtype)
+    _overlap_add(xp, *cols, d[:, 0::2], d[:, 1::2], axis=1)
+    out[...] = d[:, padding : padding + out.shape[1], padding : padding + out.shape[2]]
+    return out
+
+
+def _overlap_add(xp: Any, v0: Any, v1: Any, v2: Any, v3: Any, even: Any, odd: Any, axis: int) -> None:
+    """Rows (along `axis`) 0..3 of each tile, B^T's columns applied to v0..v3, added into the even
+    and odd rows of the padded array (one more of each than there are tiles along the axis)."""
+    t = v0.shape[axis]
+
+    def rows(a: Any, part: slice) -> Any:
+        return a[(slice(None),) * axis + (part,)]
+
+    rows(even, slice(0, t))[...] = v0
+    rows(even, slice(t, None))[...] = 0
+    row2 = v1 + v2
+    row2 -= v0
+    rows(even, slice(1, None))[...] += row2
+    row1 = v1 - v2
+    row1 += v3
+    rows(odd, slice(0, t))[...] = row1
+    rows(odd, slice(t, None))[...] = 0
+    rows(odd, slice(1, None))[...] -= v3
 
 
 def kernel_grad(xp: Any, dU: Any) -> Any:
@@ -113,8 +155,3 @@ def kernel_grad(xp: Any, dU: Any) -> Any:
     _, c, k = dU.shape
     dW = dU.reshape(16, c * k).T @ xp.asarray(GG, dtype=dU.dtype)  # (C * K, 9)
     return dW.reshape(c, k, 3, 3).transpose(1, 0, 2, 3)
-
-
-def flipped_kernel(W: Any) -> Any:
-    """The kernel of dx's convolution: W'[c, k, i, j] = W[k, c, 2 - i, 2 - j]."""
-    return W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
