@@ -1,6 +1,6 @@
 """Winograd's F(2x2, 3x3) (nnx/nn/winograd.py), which the CPU's ops choose for wide 3x3 stride-1
 convolutions: the same forward, gradients and input gradients as the im2col reference, for every
-size and padding it takes, and chosen only where it pays."""
+size and padding, and chosen only where it pays."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ SHAPES = [  # n, c, h, w, k, padding, relu
     (3, 4, 14, 14, 5, 1, True),
     (2, 3, 7, 9, 4, 0, False),  # odd sizes: a last tile half outside
     (2, 2, 5, 6, 3, 2, True),
+    (2, 2, 2, 3, 3, 3, False),  # padding wider than the kernel's reach: outputs of zeros plus b
     (2, 2, 1, 1, 3, 1, False),  # one pixel: one tile, three of its outputs dropped
     (1, 1, 3, 3, 2, 0, False),  # one output
     (0, 3, 6, 6, 4, 1, True),  # an empty batch
@@ -109,7 +110,7 @@ def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_on_avx2_blas_only
     backend = backends(np.float32)[0]
     assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, stride=2, padding=1))
     assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=5, padding=2))
-    assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=3))
+    assert ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=3))
     assert not Ops(np).conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=1))  # the reference: never
     wide = Conv2D(backend, 32, 64, kernel=3, padding=1)
     assert ops.conv_by_winograd(wide)
