@@ -50,8 +50,8 @@ MIN_OUTPUT_ROWS = 256
 # A 3x3 stride-1 convolution goes by Winograd's F(2x2, 3x3) (nnx/nn/winograd.py) when C K / (C + K)
 # is at least this (C, K: input and output channels): it saves 20 C K multiply-adds per 2x2 outputs
 # and pays passes over the tiles in proportion to C + K. Measured on mnist_cnn's 32 -> 64 (21.3): a
-# step 31.6 -> 29.7 ms (medians of 8 alternations, in a slow hour; 28.4 -> 25.3-26.3 in a fast one);
-# on mnist_fast's 12 -> 32 (8.7) it lost: 7.8 -> 9.2 ms.
+# step 28.0 -> 23.6 ms (medians of 6 alternations, `profile_layers.py --compare-conv`); on
+# mnist_fast's 12 -> 32 (8.7) it gains nothing (its conv2 2.69 vs 2.64 ms; the first version lost).
 WINOGRAD_MIN_CHANNEL_RATIO = 16
 # ... and only where BLAS runs one of these OpenBLAS kernel families (AVX2; Zen's are Haswell's),
 # the only ones it was measured to pay on. With AVX-512 kernels (SkylakeX) the products are about

@@ -106,7 +106,7 @@ def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_on_avx2_blas_only
         return [ops.conv_by_winograd(layer) for layer in model.layers if layer.kind == "conv2d"]
 
     assert chosen("mnist_cnn") == [False, True]  # 1 -> 32 im2col; 32 -> 64 by tiles
-    assert chosen("mnist_fast") == [False, False]  # 12 -> 32: the transforms cost more than they save
+    assert chosen("mnist_fast") == [False, False]  # 12 -> 32: the transforms cost what the products save
     backend = backends(np.float32)[0]
     assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, stride=2, padding=1))
     assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=5, padding=2))
