@@ -89,14 +89,20 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
+def blas_pools() -> list[dict[str, Any]]:
+    """threadpoolctl's description of each of NumPy's BLAS libraries (version, threads, kernels)."""
+    import numpy  # noqa: F401 (threadpoolctl finds only the BLAS libraries already loaded)
+    from threadpoolctl import threadpool_info
+
+    return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+
+
 def default_threads() -> int:
     """The threads BLAS was given (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, threadpoolctl limits)
     or else the cores this process may run on."""
     if _POOL.limited:  # a parallel section holds BLAS at one thread: what it had before
         return _POOL.threads_outside
-    from threadpoolctl import threadpool_info
-
-    blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    blas = [pool["num_threads"] for pool in blas_pools()]
     return max(1, min(blas)) if blas else len(os.sched_getaffinity(0))
 
 
@@ -108,11 +114,7 @@ def blas_architectures() -> tuple[str, ...]:
     'SkylakeX'; '' where it reports none, as for MKL). Read once: it takes milliseconds."""
     global _architectures
     if _architectures is None:
-        import numpy  # noqa: F401 (threadpoolctl finds only the BLAS libraries already loaded)
-        from threadpoolctl import threadpool_info
-
-        pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
-        _architectures = tuple(pool.get("architecture") or "" for pool in pools)
+        _architectures = tuple(pool.get("architecture") or "" for pool in blas_pools())
     return _architectures
 
 
@@ -121,10 +123,7 @@ def blas_kernels() -> str:
     Haswell kernels (OPENBLAS_CORETYPE=Haswell)". The kernel family sets the vector width (Haswell:
     AVX2, SkylakeX: AVX-512), and with it most of a CNN's speed; an environment that forces one is
     named, since it is the first thing to check when training runs slower than expected."""
-    import numpy  # noqa: F401 (threadpoolctl finds only the BLAS libraries already loaded)
-    from threadpoolctl import threadpool_info
-
-    blas = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    blas = blas_pools()
     if not blas:
         return "none found"
     described = []

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
 
 import nnx.cpu_ops as cpu_ops
 from nnx.backend import Backend
@@ -121,9 +120,17 @@ def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_on_avx2_blas_only
     assert ops.conv_by_winograd(wide)
 
 
-def test_the_blas_architectures_are_threadpoolctls() -> None:
-    pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
-    assert cpu_ops.blas_architectures() == tuple(pool.get("architecture") or "" for pool in pools)
+def test_the_blas_architectures_are_read_once_in_library_order(monkeypatch) -> None:
+    calls = []
+
+    def pools() -> list[dict]:
+        calls.append(1)
+        return [{"architecture": "Haswell"}, {"internal_api": "mkl"}]  # MKL reports no family
+
+    monkeypatch.setattr(cpu_ops, "blas_pools", pools)
+    monkeypatch.setattr(cpu_ops, "_architectures", None)
+    assert cpu_ops.blas_architectures() == ("Haswell", "")
+    assert cpu_ops.blas_architectures() == ("Haswell", "") and len(calls) == 1
 
 
 def test_dw_is_the_same_from_kept_tiles_or_tiles_built_again(every_3x3) -> None:

@@ -87,7 +87,7 @@ def output_transform(xp: Any, M: Any, out: Any) -> Any:
 def conv3x3(xp: Any, x: Any, U: Any, padding: int, out: Any, tiles_out: Any = None) -> Any:
     """out = the stride-1 correlation of x (N, H, W, C) with the kernel U transforms (16, C, K),
     padded by `padding`: out (N, H + 2 padding - 2, W + 2 padding - 2, K). `tiles_out`: a
-    (4, 4, N, th, tw, C) array to keep the transformed input in (for kernel_grad_term)."""
+    (4, 4, N, th, tw, C) array to keep the transformed input in (for backward_term)."""
     th, tw = tiles(*out.shape[1:3])
     V = input_transform(xp, x, padding, th, tw, tiles_out)
     return output_transform(xp, xp.matmul(V, U), out)
