@@ -189,6 +189,13 @@ def test_chunks_cover_every_row_once_and_depend_on_sizes_only() -> None:
         assert len(chunks) in (1, n) or len(chunks) % 2 == 0  # and two threads get as many
     # a weight matrix every chunk reads makes chunks long enough to pay for reading it
     assert len(CpuOps().chunks(1024, 67_000, shared=1 << 20)) <= 10
+    # work one chunk would hold goes in two halves, one per core, when each half is big enough
+    # (mnist_fast's first convolution at batch 64) and a weight read by both does not outweigh it
+    ops = CpuOps(own_threads=True)
+    assert ops.chunks(64, 16464) == [slice(0, 32), slice(32, 64)]
+    assert ops.chunks(64, 3136) == [slice(0, 64)]  # halves of 100K elements: one piece
+    assert ops.chunks(64, 14240, shared=200704) == [slice(0, 64)]
+    assert ops.chunks(1, 10**7) == [slice(0, 1)]
 
 
 def test_parallel_sum_adds_in_chunk_order(small_chunks) -> None:
