@@ -7,7 +7,11 @@ with the same hyperparameters (SGD, Nesterov momentum 0.9, lr 0.02) and the same
 warm-up epoch. Then the default config is trained on the GPU and the training time until the test
 accuracy first reaches 97.5% is reported.
 
-Run: NNX_DATA_DIR=... python benchmarks/gpu_mlp.py [--epochs 2] [--no-cpu] [--json out.json]
+With --floor, each CPU row also times an epoch of only the matrix products nnx's step calls (the
+same shapes and calls, on random numbers): no step on this BLAS can take less, so PyTorch's time
+over it is the most nnx could be faster by here, whatever else it saved.
+
+Run: NNX_DATA_DIR=... python benchmarks/gpu_mlp.py [--epochs 2] [--no-cpu] [--floor] [--json out.json]
 """
 
 from __future__ import annotations
@@ -46,6 +50,33 @@ def nnx_epochs(backend: Backend, sizes: list[int], batch: int, train, epochs: in
     for epoch in range(epochs + 1):  # epoch 0 warms up (kernel compilation, allocator)
         backend.synchronize()
         times.append(trainer.fit(data, None, 1, batch, seed=epoch).train_seconds)
+    return times[1:]
+
+
+def products_epochs(sizes: list[int], batch: int, n: int, epochs: int) -> list[float]:
+    """Seconds per epoch of only the products an nnx MLP step calls on the CPU, as Linear calls
+    them: y = x W, dW = x^T dy and, above the first layer, dx = dy W^T, for every batch of an
+    epoch of n images (the last one shorter). The first epoch warms up and is dropped."""
+    rng = np.random.default_rng(0)
+    counts = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    layers = []
+    for a, b in zip(sizes, sizes[1:], strict=False):
+        W, dW = rng.standard_normal((a, b), dtype=np.float32), np.empty((a, b), dtype=np.float32)
+        by_rows = {}  # x, dy, and the outputs dx, y for a batch of m rows
+        for m in set(counts):
+            by_rows[m] = tuple(rng.standard_normal(shape, dtype=np.float32) for shape in [(m, a), (m, b)] * 2)
+        layers.append((W, dW, by_rows))
+    times = []
+    for _ in range(epochs + 1):
+        started = time.perf_counter()
+        for m in counts:
+            for i, (W, dW, by_rows) in enumerate(layers):
+                x, dy, dx, y = by_rows[m]
+                np.matmul(x, W, out=y)
+                np.matmul(x.T, dy, out=dW)
+                if i:  # the first layer's dx is never computed
+                    np.matmul(dy, W.T, out=dx)
+        times.append(time.perf_counter() - started)
     return times[1:]
 
 
@@ -170,6 +201,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--floor", action="store_true", help="CPU rows: also an epoch of the products alone")
     args = parser.parse_args()
 
     mnist = load_mnist(resolve_data_dir(), 5000)
@@ -185,6 +217,8 @@ def main() -> None:
             torch_times = torch_epochs("cuda" if device == "gpu" else "cpu", sizes, batch, mnist.train, args.epochs)
             if torch_times:
                 row[f"torch_{device}"] = statistics.median(torch_times)
+            if device == "cpu" and args.floor:
+                row["products_cpu"] = statistics.median(products_epochs(sizes, batch, n, args.epochs))
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -230,12 +264,35 @@ def main() -> None:
         cells = [f"{row[c]:.3f} ({n / row[c]:,.0f})" if c in row else "-" for c in columns]
         speedup = f"{row['nnx_cpu'] / row['nnx_gpu']:.1f}x" if "nnx_cpu" in row and "nnx_gpu" in row else "-"
         print(f"| {row['model']} | {row['batch']} | " + " | ".join(cells) + f" | {speedup} |")
+    if any("products_cpu" in row for row in rows):
+        print(floor_table(rows))
     if "time_to_97_5" in result:
         reached = result["time_to_97_5"]
         shown = f"{reached:.2f} s" if reached is not None else "not reached in 10 epochs"
         theirs = result.get("torch_time_to_97_5")
         theirs = f"{theirs:.2f} s" if theirs is not None else "not reached (or no PyTorch)"
         print(f"GPU training time to 97.5% test accuracy (default config): nnx {shown}, PyTorch eager {theirs}")
+
+
+def floor_table(rows: list[dict[str, Any]]) -> str:
+    """nnx's CPU epoch beside its products alone, and what that bounds: PyTorch / products is the
+    most nnx could be faster than PyTorch by on this BLAS, were everything but the products free."""
+    lines = [
+        "| model | batch | nnx CPU s/epoch | its products alone | products' share | PyTorch CPU s/epoch "
+        "| nnx faster by | at most (products alone) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        if "products_cpu" not in row:
+            continue
+        nnx, products, torch = row["nnx_cpu"], row["products_cpu"], row.get("torch_cpu")
+        ratio = f"{torch / nnx:.2f}x" if torch else "-"
+        bound = f"{torch / products:.2f}x" if torch else "-"
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {nnx:.3f} | {products:.3f} | {products / nnx:.0%} | "
+            f"{f'{torch:.3f}' if torch else '-'} | {ratio} | {bound} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -100,3 +100,37 @@ def test_compare_conv_alternates_and_restores_the_choice(monkeypatch, capsys) ->
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[0].endswith("| ms a step | 4 conv2d backward |")
     assert rows[2] == "| as chosen | 11.00 | 10.00 |" and rows[3] == "| im2col | 13.00 | 12.00 |"
+
+
+def test_the_products_floor_calls_the_products_an_mlp_step_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpu_mlp.py --floor times the very matrix products of nnx's CPU MLP step (the same shapes,
+    the first layer's dx left out as nnx leaves it out), and bounds the speed-up over PyTorch by
+    PyTorch's time over theirs."""
+    import gpu_mlp
+    import numpy as np
+
+    from nnx.backend import get_backend
+    from nnx.nn import SoftmaxCrossEntropy, build_model, mlp_spec
+
+    calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    matmul = np.matmul
+
+    def recording(a, b, *args, **kwargs):
+        calls.append((a.shape, b.shape))
+        return matmul(a, b, *args, **kwargs)
+
+    sizes, batch = [12, 6, 5, 4], 7
+    backend = get_backend("cpu", "float32")
+    model = build_model(mlp_spec(sizes), backend, np.random.default_rng(0))
+    x = np.random.default_rng(1).normal(size=(batch, 12)).astype(np.float32)
+    loss = SoftmaxCrossEntropy(backend)
+    monkeypatch.setattr(np, "matmul", recording)
+    loss.forward(model.logits(x, training=True), np.arange(batch) % 4)
+    model.backward(loss.backward())
+    step_calls = sorted(calls)
+    calls.clear()
+    assert gpu_mlp.products_epochs(sizes, batch, batch, epochs=0) == []  # one warm-up epoch of one batch
+    assert sorted(calls) == step_calls and len(step_calls) == 3 * 3 - 1
+
+    table = gpu_mlp.floor_table([{"model": "m", "batch": 64, "nnx_cpu": 0.2, "products_cpu": 0.05, "torch_cpu": 0.3}])
+    assert table.splitlines()[-1] == "| m | 64 | 0.200 | 0.050 | 25% | 0.300 | 1.50x | 6.00x |"
