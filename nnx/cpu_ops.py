@@ -42,8 +42,10 @@ CHUNK_ELEMENTS = 1 << 20
 SERIAL_ELEMENTS = 1 << 16
 # Work that one chunk would hold is cut in two halves, for both cores, when each half touches at
 # least this many elements: mnist_fast's first convolution (1.05M elements for 64 images) went
-# from 0.83 ms in one piece to 0.47 ms in halves, its step from about 6.3 to 5.8 ms.
-MIN_HALF_ELEMENTS = 1 << 17
+# from 0.83 ms in one piece to 0.47 ms in halves, its step from about 6.3 to 5.8 ms. Not much
+# less: mnist_cnn's batch conversion (128 images, halves of 200K elements) took 0.11 ms in halves
+# against 0.07 ms in one piece, the hand-over to a thread costing more than the half saved.
+MIN_HALF_ELEMENTS = 1 << 18
 # matmul_tn splits a product's output rows into chunks of at least this many.
 MIN_OUTPUT_ROWS = 256
 # Products in chunks go through np.dot, not np.matmul (@): matmul lets go of the GIL only when its

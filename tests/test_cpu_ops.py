@@ -193,7 +193,7 @@ def test_chunks_cover_every_row_once_and_depend_on_sizes_only() -> None:
     # (mnist_fast's first convolution at batch 64) and a weight read by both does not outweigh it
     ops = CpuOps(own_threads=True)
     assert ops.chunks(64, 16464) == [slice(0, 32), slice(32, 64)]
-    assert ops.chunks(64, 3136) == [slice(0, 64)]  # halves of 100K elements: one piece
+    assert ops.chunks(128, 3136) == [slice(0, 128)]  # halves of 200K elements: one piece
     assert ops.chunks(64, 14240, shared=200704) == [slice(0, 64)]
     assert ops.chunks(1, 10**7) == [slice(0, 1)]
 
