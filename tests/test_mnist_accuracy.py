@@ -44,7 +44,15 @@ def test_cnn_learns_on_a_subset(mnist_dir: Path, tmp_path: Path) -> None:
 
 def test_the_fast_config_reaches_99_percent(mnist_dir: Path, tmp_path: Path) -> None:
     """configs/mnist_fast.yaml as shipped (three epochs on all 60,000 images, ~20 s here): seed 0
-    measured 99.27% (seeds 0-4: 99.05-99.31%); 99.0% is the bar it was made for."""
+    measured 99.20% (seeds 0-4: 99.07-99.26%); 99.0% is the bar it was made for."""
     summary = train("mnist_fast", mnist_dir, tmp_path / "fast")
     assert summary["test_accuracy"] >= 0.990, summary
     assert summary["epochs"] == 3
+
+
+def test_the_fast_gpu_config_reaches_99_percent(mnist_dir: Path, tmp_path: Path) -> None:
+    """configs/mnist_fast_gpu.yaml as shipped (four epochs of 512-image steps, ~50 s on a CPU here):
+    seed 0 measured 99.23% (seeds 0-2: 99.23-99.33%)."""
+    summary = train("mnist_fast_gpu", mnist_dir, tmp_path / "fast_gpu")
+    assert summary["test_accuracy"] >= 0.990, summary
+    assert summary["epochs"] == 4 and summary["model_description"] == "784-conv32-conv64-128-10"

@@ -53,7 +53,11 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the resul
 def train(
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help="YAML file or built-in: mnist_mlp (default), mnist_cnn, mnist_fast, seed."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML file or built-in: mnist_mlp (default), mnist_cnn, mnist_fast, mnist_fast_gpu, seed.",
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="training.epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="training.batch_size")] = None,
