@@ -237,7 +237,10 @@ def nnx_time_to(device: str, mnist, target: float, augment: bool, config_name: s
     config, _ = load_config(config_name, [f"device={device}", f"training.augment.enabled={str(augment).lower()}"])
     backend = get_backend(config.device, config.dtype)
     t = config.training
-    train = mnist.train if t.validation == len(mnist.validation) else load_mnist(resolve_data_dir(), t.validation).train
+    # the training images are the first len - validation of all 60,000, as load_mnist cuts them
+    images = np.concatenate([mnist.train.images, mnist.validation.images])
+    labels = np.concatenate([mnist.train.labels, mnist.validation.labels])
+    train = Split(images[: len(images) - t.validation], labels[: len(labels) - t.validation])
 
     def trainer_for(model) -> Trainer:
         augmenter = ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if augment else None

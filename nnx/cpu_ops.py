@@ -275,7 +275,7 @@ class CpuOps(Ops):
             return [slice(0, n)]
         if rows >= n:  # one chunk would hold it all: two halves, one per core, where they pay
             half = -(-n // 2)
-            if n < 2 or half * cost < MIN_HALF_ELEMENTS or half * cost < 8 * shared:
+            if half * cost < MIN_HALF_ELEMENTS or half * cost < 8 * shared:  # (n = 1: half is all)
                 return [slice(0, n)]
             rows = half
         # An even number of nearly equal length, so that two threads end together (5 chunks on 2
