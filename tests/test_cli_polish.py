@@ -62,3 +62,32 @@ def test_data_info_on_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
 def test_config_help_lists_the_built_in_configs() -> None:
     result = invoke("train", "--help")
     assert "mnist_cnn" in result.output
+
+
+def test_help_keeps_the_extras_in_install_commands(monkeypatch) -> None:
+    """Rich reads [web] in a help text as a style tag and drops it, leaving `pip install 'nnx'`,
+    which installs nothing the command needs; the brackets must reach the user."""
+    monkeypatch.setenv("COLUMNS", "200")  # one line per sentence, not wrapped inside the box
+    assert "pip install 'nnx[web]'" in invoke("--help").output  # the command list shows the first line
+    for command, extra in [("serve", "web"), ("export", "export"), ("sweep", "sweep")]:
+        assert f"pip install 'nnx[{extra}]'" in invoke(command, "--help").output, command
+
+
+def test_brackets_in_paths_and_names_are_printed_as_typed(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    """Rich markup would drop "[bold]" from a path and raise on "[/x]": every console prints text."""
+    monkeypatch.setenv("COLUMNS", "250")
+    runs = tmp_path / "runs[/x]"
+    out = runs / "lr[bold]0.1"
+    result = invoke("train", "--data-dir", tiny_mnist, *TINY, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert str(out / "model.npz") in result.output
+    listed = invoke("runs", "--dir", runs)
+    assert listed.exit_code == 0 and "lr[bold]0.1" in listed.output, listed.output
+    other = runs / "[red]other"
+    assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--lr", "0.05", "--out", other).exit_code == 0
+    compared = invoke("runs", "compare", out, other)
+    assert compared.exit_code == 0 and "lr[bold]0.1" in compared.output and "[red]other" in compared.output
+    evaluated = invoke("evaluate", out / "model.npz", "--data-dir", tiny_mnist)
+    assert evaluated.exit_code == 0 and str(out / "model.npz") in evaluated.output, evaluated.output
+    missing = invoke("data", "info", "--data-dir", tmp_path / "mnist[/x]")
+    assert missing.exit_code == 2 and str(tmp_path / "mnist[/x]") in missing.output, missing.output

@@ -186,7 +186,7 @@ def serve(
         int | None, typer.Option(help="Largest image (width x height) decoded; default 4,000,000.", min=1)
     ] = None,
 ) -> None:
-    """A web page to draw digits on, classified live, and a JSON API (pip install 'nnx[web]')."""
+    """A web page to draw digits on, classified live, and a JSON API (pip install 'nnx\\[web]')."""
     from nnx.cli.serve_cmd import run_serve
 
     run_serve(model, host, port, device or "cpu", max_pixels)
@@ -201,7 +201,7 @@ def export(
     force: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Write a model as ONNX (preprocessing included: it takes uint8 pixels) or safetensors
-    (weights, with the architecture in its metadata; nnx.load reads it back). pip install 'nnx[export]'."""
+    (weights, with the architecture in its metadata; nnx.load reads it back). pip install 'nnx\\[export]'."""
     from nnx.cli.export_cmd import run_export
 
     run_export(model, format, output, force)
@@ -229,7 +229,7 @@ def sweep(
 ) -> None:
     """Search hyperparameters with Optuna: `nnx sweep FILE` runs (or continues) a sweep's trials,
     each a normal run directory under runs/<sweep>/; `nnx sweep show NAME` ranks them, prints the
-    best config and writes report.html. Needs pip install 'nnx[sweep]'."""
+    best config and writes report.html. Needs pip install 'nnx\\[sweep]'."""
     if target == "show":
         from nnx.cli.sweep_cmd import run_show
 

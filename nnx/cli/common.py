@@ -11,14 +11,18 @@ from rich.console import Console
 
 from nnx.errors import NnxError
 
+# markup=False: what nnx prints holds the user's paths, run and class names, and rich would read
+# "[bold]" in them as a style (dropping it from the path shown) and "[/x]" as a broken tag (a
+# traceback). Styled cells are rich Text objects instead.
+
 
 def stdout_console() -> Console:
     # soft_wrap: a message stays one line in logs instead of being cut at 80 columns.
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, markup=False)
 
 
 def print_error(message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import ensure_data
@@ -49,7 +50,7 @@ def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bo
         matrix.add_column(str(digit), justify="right")
     for true in range(10):
         cells = [
-            f"[bold green]{n}[/]" if true == pred else (f"[red]{n}[/]" if n else "[dim]0[/]")
+            Text(str(n), style="bold green" if true == pred else ("red" if n else "dim"))
             for pred, n in enumerate(confusion[true].tolist())
         ]
         matrix.add_row(str(true), *cells)

@@ -6,7 +6,6 @@ import importlib.metadata
 import platform
 import sys
 
-from rich.markup import escape
 from rich.table import Table
 
 from nnx import __version__
@@ -36,9 +35,9 @@ def run_info() -> None:
     ]
     versions.add_row("cupy", ", ".join(cupy_versions) or "not installed")
     versions.add_row("backend cpu", "usable")
-    versions.add_row("cpu blas", escape(blas_kernels()))
+    versions.add_row("cpu blas", blas_kernels())
     reason = gpu_unavailable_reason()
-    versions.add_row("backend gpu", "usable" if reason is None else escape(f"not usable: {reason}"))
+    versions.add_row("backend gpu", "usable" if reason is None else f"not usable: {reason}")
     if reason is None:
         import cupy
 

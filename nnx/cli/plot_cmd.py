@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-from rich.markup import escape
 from rich.table import Table
 
 from nnx.cli.common import stderr_console, stdout_console
@@ -63,10 +62,10 @@ def run_list(directory: Path, as_json: bool = False) -> None:
     for run in runs:
         s = run["summary"]
         table.add_row(
-            escape(run["path"].name),
+            run["path"].name,
             time.strftime("%Y-%m-%d %H:%M", time.localtime(run["modified"])),
-            escape(str(s.get("model_description", "-"))),
-            escape(str(s.get("device", "-"))),
+            str(s.get("model_description", "-")),
+            str(s.get("device", "-")),
             str(s.get("epochs", "-")),
             _percent(s.get("best_val_accuracy")),
             _percent(s.get("test_accuracy")),
@@ -80,14 +79,14 @@ def run_compare(paths: list[Path], plot: Path | None) -> None:
         raise NnxError("runs compare needs two or more run directories")
     console = stdout_console()
     runs = [read_run(path) for path in paths]
-    names = [escape(run["path"].name) for run in runs]
+    names = [run["path"].name for run in runs]
     differences = config_differences([run["config"] for run in runs])
     table = Table(title="config keys that differ" if differences else "the configs are identical")
     table.add_column("key")
     for name in names:
         table.add_column(name)
     for key, values in differences.items():
-        table.add_row(escape(key), *(escape(str(v)) for v in values))
+        table.add_row(key, *(str(v) for v in values))
     console.print(table)
     metrics = Table(title="metrics")
     metrics.add_column("metric")
@@ -99,7 +98,7 @@ def run_compare(paths: list[Path], plot: Path | None) -> None:
         ("epochs", lambda s: str(s.get("epochs", "-"))),
         ("training time", lambda s: f"{s.get('train_seconds', 0):.1f} s"),
         ("samples/s", lambda s: f"{s.get('samples_per_second', 0):,.0f}"),
-        ("device", lambda s: escape(str(s.get("device", "-")))),
+        ("device", lambda s: str(s.get("device", "-"))),
     ]
     for label, show in rows:
         metrics.add_row(label, *(show(run["summary"]) for run in runs))
