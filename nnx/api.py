@@ -37,7 +37,7 @@ from nnx.nn import Sequential, build_model
 from nnx.optim import OPTIMIZERS, Optimizer, Schedule
 from nnx.parallel import Communicator, MPIComm, NCCLComm, RanksDisagreeError, Single, check_same_config
 from nnx.preprocess import Preprocess
-from nnx.runs import RunLock, RunWriter, new_run_dir
+from nnx.runs import RunLock, RunWriter, new_run_dir, read_json
 from nnx.trainer import (
     Callback,
     DeviceSplit,
@@ -466,15 +466,16 @@ def refuse_finished_run(run_dir: Path, epochs: int | None) -> None:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         return
+    aside = "move it aside to resume from the checkpoint"
     try:
-        summary = json.loads(summary_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise NnxError(f"{summary_path}: corrupt (not JSON); move it aside to resume from the checkpoint") from None
-    if not isinstance(summary, dict):
-        raise NnxError(f"{summary_path}: corrupt (not a JSON object)")
+        summary = read_json(summary_path)
+    except NnxError as exc:
+        raise NnxError(f"{exc}; {aside}") from None
     if summary.get("interrupted"):
         return
     done = summary.get("epochs", 0)
+    if not isinstance(done, int) or isinstance(done, bool):
+        raise NnxError(f"{summary_path}: corrupt (epochs is {done!r}, not a count); {aside}")
     if summary.get("stopped_early"):
         raise NnxError(f"{run_dir}: stopped early at its best epoch ({summary.get('best_epoch')}); nothing to resume")
     if epochs is None or epochs <= done:

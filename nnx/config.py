@@ -273,17 +273,31 @@ def resolve_config_path(name_or_path: str | None) -> Path:
     raise ConfigError(f"{name_or_path}: no such config file (built-in configs: {known})")
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def parse_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load(text), with every way it fails a ConfigError naming `where`."""
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}: invalid YAML{at} ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to read") from None
+    except ValueError as exc:  # an integer of over 4,300 digits; a date such as 2026-13-45
+        raise ConfigError(f"{where}: a value YAML cannot convert ({str(exc).split(';')[0]})") from None
+
+
+def read_file_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    raw = parse_yaml(read_file_text(path), str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -297,10 +311,9 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
-    try:
-        return key, (yaml.safe_load(text) if text.strip() else None)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML") from None
+    if not text.strip():
+        return key, None
+    return key, parse_yaml(text, f"--set {key}")
 
 
 def set_key(raw: dict[str, Any], key: str, value: Any) -> None:

@@ -139,27 +139,62 @@ def read_run(path: Path) -> dict[str, Any]:
     summary_path = path / "summary.json"
     if not summary_path.is_file():
         raise NnxError(f"{path}: not a finished run (no summary.json)")
-    summary = _read(summary_path, json.loads, dict)
+    summary = read_json(summary_path)
     config_path = path / "config.yaml"
     config = _read(config_path, yaml.safe_load, dict) if config_path.is_file() else {}
     metrics_path = path / "metrics.jsonl"
-    history = []
-    if metrics_path.is_file():
-        text = _read(metrics_path, lambda t: t, str)
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    history.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise NnxError(f"{metrics_path}: line {number} is not JSON (a corrupt file)") from None
+    history = read_metrics(metrics_path) if metrics_path.is_file() else []
     return {"path": path, "summary": summary, "config": config, "history": history,
             "modified": summary_path.stat().st_mtime}  # fmt: skip
+
+
+def read_json(path: Path, kind: type = dict) -> Any:
+    """A JSON file of a run (summary.json) holding a `kind`; anything else is an NnxError naming it."""
+    return _read(path, json.loads, kind)
+
+
+# Numbers in every line of metrics.jsonl (what the tables and plots read); the validation ones may be null.
+METRICS = ("epoch", "train_loss", "train_accuracy")
+VALIDATION_METRICS = ("val_loss", "val_accuracy")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl, one JSON object per epoch. A line that is not one, or lacks the numbers of
+    METRICS, is an NnxError naming the file and line: the plots would otherwise fail on it."""
+    history = []
+    for number, line in enumerate(_read(path, lambda t: t, str).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):  # not JSON; an integer of thousands of digits; nested too deep
+            raise NnxError(f"{path}: line {number} is not JSON (a corrupt file)") from None
+        if not (
+            isinstance(entry, dict)
+            and all(_number(entry.get(key)) for key in METRICS)
+            and all(entry.get(key) is None or _number(entry[key]) for key in VALIDATION_METRICS)
+            and isinstance(entry["epoch"], int)
+            and entry["epoch"] >= 1
+        ):
+            raise NnxError(
+                f"{path}: line {number} is not an epoch's metrics (epoch: a whole number >= 1; "
+                f"{', '.join(METRICS[1:])}: numbers; {', '.join(VALIDATION_METRICS)}: numbers or null)"
+            )
+        history.append(entry)
+    return history
+
+
+def _number(value: Any) -> bool:
+    """A JSON number a float can hold (NaN and infinity included: a diverged epoch's loss)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, float) or abs(value) < 2**63
 
 
 def _read(path: Path, parse: Any, kind: type) -> Any:
     try:
         value = parse(path.read_bytes().decode("utf-8"))
-    except Exception as exc:  # OSError, UnicodeDecodeError, JSONDecodeError, YAMLError
+    except Exception as exc:  # OSError, UnicodeDecodeError, JSONDecodeError, YAMLError, RecursionError...
         raise NnxError(f"{path}: unreadable or corrupt ({type(exc).__name__})") from None
     if not isinstance(value, kind):
         raise NnxError(f"{path}: corrupt (expected a {kind.__name__}, found {type(value).__name__})")

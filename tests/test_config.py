@@ -86,7 +86,9 @@ def test_flags_win_over_set(tmp_path: Path) -> None:
         ("optimizer.lr", "expected key.path=value"),
         ("training.bogus=1", r"training\.bogus: unknown key"),
         ("optimizer.lr.x=1", "optimizer.lr is not a section"),
-        ("optimizer.lr=[", "not valid YAML"),
+        ("optimizer.lr=[", "--set optimizer.lr: invalid YAML at line 1"),
+        ("training.epochs=" + "[" * 3000, "--set training.epochs: nested too deeply to read"),
+        ("training.epochs=" + "1" * 5000, r"--set training.epochs: a value YAML cannot convert \(Exceeds the limit"),
     ],
 )
 def test_bad_set(assignment: str, message: str) -> None:
@@ -97,6 +99,13 @@ def test_bad_set(assignment: str, message: str) -> None:
 def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="invalid YAML at line 3"):
         load_config(write(tmp_path, "training:\n  epochs: [1\n"))
+    # What yaml.safe_load raises besides YAMLError: RecursionError, and ValueError from int() and dates.
+    with pytest.raises(ConfigError, match="run.yaml: nested too deeply to read"):
+        load_config(write(tmp_path, "model: " + "[" * 3000))
+    with pytest.raises(ConfigError, match=r"run.yaml: a value YAML cannot convert \(Exceeds the limit \(4300 digits\)"):
+        load_config(write(tmp_path, "training:\n  epochs: " + "9" * 5000))
+    with pytest.raises(ConfigError, match=r"run.yaml: a value YAML cannot convert \(month must be in 1..12\)"):
+        load_config(write(tmp_path, "name: 2026-13-45\n"))
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="expected a mapping"):

@@ -118,6 +118,10 @@ def test_safetensors_files_are_checked_before_use(every_layer_model: Path, tmp_p
     safetensors.numpy.save_file(tensors, str(tampered), metadata={"nnx": json.dumps(meta)})
     with pytest.raises(ModelFileError, match="do not fit the architecture"):
         nnx.load(tampered)
+    for text in ["{not json", "[" * 3000, "9" * 5000]:  # json.loads: ValueError, RecursionError, ValueError
+        safetensors.numpy.save_file(tensors, str(tampered), metadata={"nnx": text})
+        with pytest.raises(ModelFileError, match="its nnx metadata is not JSON nnx wrote"):
+            nnx.load(tampered)
     (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(ModelFileError, match="not a readable safetensors file"):
         nnx.load(tmp_path / "junk.safetensors")

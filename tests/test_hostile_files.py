@@ -25,6 +25,7 @@ from nnx.io import load_model, save_model
 from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD
 from nnx.preprocess import Preprocess
+from nnx.runs import read_metrics
 from nnx.trainer import TrainState
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -115,6 +116,38 @@ def test_config_reader_on_arbitrary_structures(tmp_path: Path, tree: dict) -> No
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(tree))  # JSON is YAML
     only_nnx_errors(load_config, str(path))
+
+
+METRIC_KEYS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+# Mostly numbers (as nnx writes them, so that whole lines pass and reach the plot), now and then anything.
+metric_values = st.integers(-2, 3) | st.floats() | st.none() | st.integers() | json_values
+
+
+@SETTINGS
+@given(
+    lines=st.lists(
+        st.fixed_dictionaries({key: metric_values for key in METRIC_KEYS}) | json_values, min_size=1, max_size=3
+    )
+)
+@example(lines=[{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "val_loss": None, "val_accuracy": None}])
+@example(
+    lines=[dict.fromkeys(METRIC_KEYS, 1), {**dict.fromkeys(METRIC_KEYS, 2), "val_loss": None, "val_accuracy": None}]
+)
+@example(lines=[{**dict.fromkeys(METRIC_KEYS, 1), "train_loss": 10**400}])
+@example(lines=[{**dict.fromkeys(METRIC_KEYS, 1), "epoch": float("inf")}])
+def test_metrics_lines_of_any_structure_are_read_or_named_never_plotted_wrong(tmp_path: Path, lines: list) -> None:
+    """A run's metrics.jsonl, as `nnx plot` and `nnx runs compare --plot` read it: what
+    read_metrics accepts, the curves plot."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    try:
+        history = read_metrics(path)
+    except NnxError:
+        return
+    pytest.importorskip("matplotlib")
+    from nnx.viz.plots import plot_curves
+
+    plot_curves({"run": history}, tmp_path / "curves.png")
 
 
 def model_file(path: Path) -> Path:

@@ -3,6 +3,7 @@ without --force, a stopped run is not overwritten, and temporary files of a kill
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -113,7 +114,16 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tiny_mnist: Pa
 
 @pytest.mark.parametrize(
     "broken,content",
-    [("summary.json", b"{not json"), ("metrics.jsonl", b'{"epoch": 1}\n{trunc'), ("config.yaml", b"\xff\xfe")],
+    [
+        ("summary.json", b"{not json"),
+        ("summary.json", b"[" * 3000),  # json.loads raises RecursionError
+        ("metrics.jsonl", b'{"epoch": 1}\n{trunc'),
+        ("metrics.jsonl", b'{"epoch": 1, "train_loss": 0.1, "train_accuracy": ' + b"9" * 5000 + b"}\n"),  # ValueError
+        ("metrics.jsonl", b'{"epoch": 1, "train_loss": "low", "train_accuracy": 0.9}\n'),  # the plots need numbers
+        ("metrics.jsonl", b"[1, 2]\n"),
+        ("config.yaml", b"\xff\xfe"),
+        ("config.yaml", b"a: " + b"[" * 3000),
+    ],
 )
 def test_corrupt_run_files_are_named_not_crashed_on(
     tiny_mnist: Path, tmp_path: Path, broken: str, content: bytes
@@ -133,6 +143,21 @@ def test_corrupt_run_files_are_named_not_crashed_on(
         assert len((runs / "bad" / "metrics.jsonl").read_text().splitlines()) == 3
     else:
         assert resumed.exit_code == 2 and str(runs / "bad" / broken) in resumed.output.replace("\n", "")
+
+
+def test_summary_values_of_the_wrong_type_show_as_missing(tiny_mnist: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for name in ("good", "bad"):
+        assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", runs / name).exit_code == 0
+    summary = json.loads((runs / "bad" / "summary.json").read_text())
+    summary.update(train_seconds="slow", samples_per_second=None, test_accuracy=[1], epochs="3")
+    (runs / "bad" / "summary.json").write_text(json.dumps(summary))
+    listed = invoke("runs", "--dir", runs)
+    assert listed.exit_code == 0 and "bad" in listed.output, listed.output
+    compared = invoke("runs", "compare", runs / "good", runs / "bad")
+    assert compared.exit_code == 0, compared.output
+    resumed = invoke("train", "-q", "--resume", runs / "bad", "--epochs", "3", "--data-dir", tiny_mnist)
+    assert resumed.exit_code == 2 and "epochs is '3', not a count" in resumed.output.replace("\n", ""), resumed.output
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

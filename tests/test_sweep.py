@@ -86,6 +86,19 @@ def test_a_bad_sweep_file_is_one_line_and_writes_nothing(tiny_mnist: Path, tmp_p
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "text,message",
+    [("[" * 3000, "nested too deeply to read"), ("trials: " + "9" * 5000, "a value YAML cannot convert")],
+)
+def test_a_sweep_file_yaml_cannot_load_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    from nnx.errors import ConfigError
+    from nnx.sweep.spec import read_sweep
+
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=f"s.yaml: {message}"):
+        read_sweep(tmp_path / "s.yaml")
+
+
 def test_bad_storage_metric_and_data_are_refused_before_anything_is_written(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "s", 2, {"optimizer.lr": {"uniform": [0.01, 0.1]}})
     cases = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -34,8 +35,13 @@ def _run_dataset(run: Path) -> str:
     return read_model_file(model)[0].get("dataset", "mnist") if model.is_file() else "mnist"
 
 
-def _percent(value: float | None) -> str:
-    return f"{value:.2%}" if isinstance(value, (int, float)) else "-"
+def _shown(value: Any, spec: str, unit: str = "") -> str:
+    """A summary number as `spec` formats it, or "-" when it is missing (or not a number)."""
+    return format(value, spec) + unit if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _percent(value: Any) -> str:
+    return _shown(value, ".2%")
 
 
 def run_list(directory: Path, as_json: bool = False) -> None:
@@ -69,7 +75,7 @@ def run_list(directory: Path, as_json: bool = False) -> None:
             str(s.get("epochs", "-")),
             _percent(s.get("best_val_accuracy")),
             _percent(s.get("test_accuracy")),
-            f"{s.get('train_seconds', 0):.1f} s",
+            _shown(s.get("train_seconds"), ".1f", " s"),
         )
     console.print(table)
 
@@ -96,8 +102,8 @@ def run_compare(paths: list[Path], plot: Path | None) -> None:
         ("test accuracy", lambda s: _percent(s.get("test_accuracy"))),
         ("best val accuracy", lambda s: _percent(s.get("best_val_accuracy"))),
         ("epochs", lambda s: str(s.get("epochs", "-"))),
-        ("training time", lambda s: f"{s.get('train_seconds', 0):.1f} s"),
-        ("samples/s", lambda s: f"{s.get('samples_per_second', 0):,.0f}"),
+        ("training time", lambda s: _shown(s.get("train_seconds"), ".1f", " s")),
+        ("samples/s", lambda s: _shown(s.get("samples_per_second"), ",.0f")),
         ("device", lambda s: str(s.get("device", "-"))),
     ]
     for label, show in rows:

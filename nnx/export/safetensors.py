@@ -57,10 +57,12 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]
             arrays = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as exc:  # OSError, and the library's own SafetensorError for a malformed file
         raise ModelFileError(f"{path}: not a readable safetensors file ({exc})") from None
+    if "nnx" not in metadata:
+        raise ModelFileError(f"{path}: a safetensors file without nnx's metadata (not exported by nnx)")
     try:
         header = json.loads(metadata["nnx"])
-    except (KeyError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: a safetensors file without nnx's metadata (not exported by nnx)") from None
+    except (ValueError, RecursionError):  # not JSON, a number of thousands of digits, or nested too deep
+        raise ModelFileError(f"{path}: its nnx metadata is not JSON nnx wrote") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: safetensors metadata is not nnx's (format {header.get('format')!r})")
     for name, array in arrays.items():

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nnx.config import BUILTIN_CONFIGS, Config, _describe
+from nnx.config import BUILTIN_CONFIGS, Config, _describe, parse_yaml, read_file_text
 from nnx.errors import ConfigError
 
 KINDS = ("uniform", "log_uniform", "int", "log_int", "choice")
@@ -146,16 +146,7 @@ def resolve_sweep_path(name_or_path: str | Path) -> Path:
 
 def read_sweep(path: Path) -> SweepSpec:
     """Read and validate a sweep file: every problem on one line naming the file and key."""
-    try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    raw = parse_yaml(read_file_text(path), str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (name, base, metric, trials, search...)")
     try:

@@ -46,9 +46,11 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
         val = {"color": colour, "marker": "s", "markersize": 4, "linestyle": "--"}
         loss_ax.plot(epochs, [m["train_loss"] for m in history], **train, label=f"{name} train")
         acc_ax.plot(epochs, [100 * m["train_accuracy"] for m in history], **train, label=f"{name} train")
-        if any(m.get("val_loss") is not None for m in history):
-            loss_ax.plot(epochs, [m["val_loss"] for m in history], **val, label=f"{name} validation")
-            acc_ax.plot(epochs, [100 * m["val_accuracy"] for m in history], **val, label=f"{name} validation")
+        if any(m.get("val_loss") is not None for m in history):  # an epoch without validation is a gap
+            loss_ax.plot(epochs, [_or_nan(m.get("val_loss")) for m in history], **val, label=f"{name} validation")
+            acc_ax.plot(
+                epochs, [100 * _or_nan(m.get("val_accuracy")) for m in history], **val, label=f"{name} validation"
+            )
     loss_ax.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="accuracy", xlabel="epoch", ylabel="%")
     from matplotlib.ticker import MaxNLocator
@@ -61,6 +63,10 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def plot_confusion(confusion: np.ndarray, path: Path, classes: list[str] | None = None) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from nnx.data.mnist import load_test
 from nnx.errors import NnxError
 from nnx.io import open_model
 from nnx.metrics import confusion_matrix, predict_probabilities
+from nnx.runs import read_json, read_metrics
 from nnx.viz.plots import plot_confusion, plot_curves, plot_first_layer, plot_misclassified
 
 PLOTS = ("curves.png", "confusion.png", "misclassified.png", "weights.png")
@@ -24,14 +24,7 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise NnxError(f"{run_dir}: no metrics.jsonl (not a run directory?)")
-    history = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if line.strip():
-            try:
-                history.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise NnxError(f"{path}: line {number} is not JSON (a corrupt file)") from None
-    return history
+    return read_metrics(path)
 
 
 def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu") -> list[Path]:
@@ -63,10 +56,7 @@ def _image(path: Path, alt: str) -> str:
 def write_report(run_dir: Path, pngs: list[Path], confusion: Any) -> Path:
     """report.html with every image embedded: it opens in a browser with no server or network."""
     summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise NnxError(f"{summary_path}: corrupt (not JSON)") from None
+    summary = read_json(summary_path) if summary_path.is_file() else {}
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     rows = "".join(
         f"<tr><th>{html.escape(str(key).replace('_', ' '))}</th><td>{html.escape(_show(key, value))}</td></tr>"
