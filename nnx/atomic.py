@@ -45,9 +45,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _write_error(path: Path, exc: OSError) -> Exception:
+def _write_error(path: Path, exc: OSError) -> NnxError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return WriteError(f"no space left on device writing {path}")
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return WriteError(f"cannot write {path} ({exc.strerror})")
-    return exc
+    # The path given is wrong (exit 2). mkdir of a folder that is a file fails with EEXIST.
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return NnxError(f"cannot write {path}: part of its folder path is a file, not a folder")
+    if exc.errno in (errno.EISDIR, errno.ENAMETOOLONG):
+        return NnxError(f"cannot write {path} ({exc.strerror})")
+    return WriteError(f"cannot write {path} ({exc.strerror})")  # read-only, no permission, I/O error...

@@ -91,3 +91,21 @@ def test_brackets_in_paths_and_names_are_printed_as_typed(tiny_mnist: Path, tmp_
     assert evaluated.exit_code == 0 and str(out / "model.npz") in evaluated.output, evaluated.output
     missing = invoke("data", "info", "--data-dir", tmp_path / "mnist[/x]")
     assert missing.exit_code == 2 and str(tmp_path / "mnist[/x]") in missing.output, missing.output
+
+
+def test_values_in_messages_are_not_read_as_emoji(monkeypatch) -> None:
+    """rich turns ":-1:" into a thumbs-down: "--device gpu:-1: ..." must reach the user as typed."""
+    monkeypatch.setenv("COLUMNS", "250")
+    result = invoke("train", "--device", "gpu:-1")
+    assert result.exit_code == 2 and "error: --device gpu:-1: device: expected cpu, gpu" in result.output, result.output
+
+
+def test_a_path_the_os_refuses_is_one_line_naming_it(tmp_path: Path, monkeypatch) -> None:
+    """Path.is_file() and friends raise OSError for a name over 255 bytes; no check foresees every
+    such path, so the commands' error handler turns any OSError into one line."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    long = tmp_path / ("a" * 300)
+    for args in (["evaluate", f"{long}.npz"], ["train", "-c", f"{long}.yaml"], ["runs", "--dir", long]):
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.strip().splitlines() == [f"error: {args[-1]}: File name too long"], args

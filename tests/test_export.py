@@ -134,3 +134,9 @@ def test_export_cli_refuses_to_overwrite_and_unknown_formats(every_layer_model: 
     assert result.exit_code == 2 and "exists" in result.output and out.read_text() == "mine"
     result = CliRunner().invoke(app, ["export", str(every_layer_model), "-f", "tflite", "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--format tflite: unknown" in result.output
+    folder = tmp_path / "folder"
+    (folder / "keep").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["export", str(every_layer_model), "-o", str(folder), "--force"])
+    assert result.exit_code == 2 and "is a directory" in result.output and (folder / "keep").is_dir()
+    result = CliRunner().invoke(app, ["export", str(every_layer_model), "-o", str(out / "m.onnx")])  # under a file
+    assert result.exit_code == 2 and f"cannot write {out / 'm.onnx'}" in result.output.replace("\n", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -11,18 +12,19 @@ from rich.console import Console
 
 from nnx.errors import NnxError
 
-# markup=False: what nnx prints holds the user's paths, run and class names, and rich would read
-# "[bold]" in them as a style (dropping it from the path shown) and "[/x]" as a broken tag (a
-# traceback). Styled cells are rich Text objects instead.
+# markup=False, emoji=False: what nnx prints holds the user's paths, run and class names and
+# values, and rich would read "[bold]" in them as a style (dropping it from the path shown), "[/x]"
+# as a broken tag (a traceback) and the ":-1:" of "gpu:-1: ..." as an emoji. Styled cells are rich
+# Text objects instead.
 
 
 def stdout_console() -> Console:
     # soft_wrap: a message stays one line in logs instead of being cut at 80 columns.
-    return Console(highlight=False, soft_wrap=True, markup=False)
+    return Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, markup=False)
+    return Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
 def print_error(message: str) -> None:
@@ -42,5 +44,18 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             print_error("interrupted")
             raise typer.Exit(130) from None
+        except OSError as exc:  # a path no check foresaw (a name too long, a loop of links...): still one line
+            print_error(os_error_message(exc))
+            raise typer.Exit(2 if exc.errno in PATH_ERRNOS else 1) from None
 
     return wrapper
+
+
+# The path given is wrong (exit 2); any other OSError is the machine's (exit 1: a disk, a permission).
+PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EEXIST}
+
+
+def os_error_message(exc: OSError) -> str:
+    names = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+    reason = exc.strerror or type(exc).__name__
+    return f"{' -> '.join(names)}: {reason}" if names else reason

@@ -14,6 +14,8 @@ def run_export(model_path: Path, fmt: str, output: Path | None, force: bool) -> 
     if fmt not in FORMATS:
         raise NnxError(f"--format {fmt}: unknown (use {', '.join(FORMATS)})")
     output = output or model_path.with_suffix(f".{fmt}")
+    if output.is_dir():  # --force replaces a file, never a folder
+        raise NnxError(f"{output}: is a directory; give --output a file name")
     if output.exists() and not force:
         raise NnxError(f"{output}: exists; choose another --output or add --force")
     loaded = open_model(model_path, "cpu")
