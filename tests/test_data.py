@@ -151,6 +151,9 @@ def test_csv_not_numbers(tmp_path: Path) -> None:
     path.write_text("label,a\n1,2-3\n")  # only number characters, still no number
     with pytest.raises(DataError, match="not a table of integers"):
         read_csv(path)
+    path.write_text(",".join(["0.0"] * 785) + "\n")  # np.savetxt's floats: the one row looks like a header
+    with pytest.raises(DataError, match="no data rows \\(row 1 is read as a header: its first field '0.0' is not"):
+        read_csv(path)
 
 
 @pytest.mark.mnist
