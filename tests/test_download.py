@@ -169,3 +169,62 @@ def test_fashion_mnist_downloads_by_its_published_md5(serve, tmp_path: Path, mon
     (site / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x00"))
     with pytest.raises(DataError, match="checksum mismatch"):
         download_mnist(tmp_path / "again", None, None, False, "fashion-mnist")
+
+
+class CutShortHandler(QuietHandler):
+    """Promises 1,000 bytes and hangs up after 10."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"\x1f\x8b" + b"\x00" * 8)
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_a_body_cut_short_is_a_failed_mirror_and_the_next_is_tried(tmp_path: Path, serve) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CutShortHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cut = f"http://127.0.0.1:{server.server_address[1]}/"
+        good = serve(mirror_with(tmp_path, "m1", gzip.compress(CONTENT, mtime=0)))
+        assert download_file(FILE, tmp_path / "data", [cut, good], timeout=5).exists()
+        with pytest.raises(DataError, match="the transfer was cut short at 10 of 1,000 bytes"):
+            download_file(FILE, tmp_path / "other", [cut], timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("mirror", ["not a url", "http:///no-host", "javascript:alert(1)", "127.0.0.1:8000"])
+def test_a_mirror_that_is_not_a_url_is_refused_before_any_download(tmp_path: Path, mirror: str) -> None:
+    with pytest.raises(DataError, match="not a URL nnx can fetch from"):
+        download_mnist(tmp_path / "data", [mirror])
+    assert leftovers(tmp_path / "data") == []
+
+
+class EndlessHandler(QuietHandler):
+    """Sends zeros without a Content-Length, as if without end: 4 MB (60 times the file's limit),
+    or until the client hangs up."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(64):
+                self.wfile.write(b"\x00" * 65536)
+        except OSError:
+            pass
+
+
+def test_a_mirror_sending_more_than_the_file_can_be_is_cut_off(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EndlessHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DataError, match="sent over 65,547 bytes, more than the file can be"):
+            download_file(FILE, tmp_path / "data", [f"http://127.0.0.1:{server.server_address[1]}/"], timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert leftovers(tmp_path / "data") == []

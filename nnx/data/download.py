@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterable
@@ -20,17 +22,34 @@ Progress = Callable[[str, int, "int | None"], None]
 CHUNK = 1 << 16
 
 
-def _fetch(url: str, name: str, progress: Progress | None, timeout: float) -> bytes:
+class MirrorError(Exception):
+    """A mirror's answer that nnx will not use; the message says why."""
+
+
+def _fetch(url: str, name: str, progress: Progress | None, timeout: float, limit: int) -> bytes:
+    """The body at `url`, at most `limit` bytes, and all of what its Content-Length announced."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
         total = response.headers.get("Content-Length")
         total = int(total) if total and total.isdigit() else None
+        if total is not None and total > limit:
+            raise MirrorError(f"announces {total:,} bytes, more than the file can be ({limit:,})")
         chunks, done = [], 0
         while chunk := response.read(CHUNK):
             chunks.append(chunk)
             done += len(chunk)
+            if done > limit:  # a mirror that never stops sending does not fill the memory
+                raise MirrorError(f"sent over {limit:,} bytes, more than the file can be")
             if progress:
                 progress(name, done, total)
+    if total is not None and done < total:
+        raise MirrorError(f"the transfer was cut short at {done:,} of {total:,} bytes")
     return b"".join(chunks)
+
+
+def _archive_limit(file: MnistFile) -> int:
+    """The most bytes an archive of `file` can take: gzip adds little even to incompressible data
+    (a mirror may also serve the file uncompressed); 64 MB where the size is not known."""
+    return file.size + file.size // 64 + (1 << 16) if file.size else 1 << 26
 
 
 def _content_ok(archive: bytes, file: MnistFile) -> bool:
@@ -48,6 +67,9 @@ def _content_ok(archive: bytes, file: MnistFile) -> bool:
         return False
 
 
+MIRROR_SCHEMES = ("https", "http", "ftp", "file")  # file:// serves a local copy of the archives
+
+
 def download_file(
     file: MnistFile,
     data_dir: Path,
@@ -61,13 +83,19 @@ def download_file(
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + file.name + ".gz"
         try:
-            archive = _fetch(url, file.name + ".gz", progress, timeout)
+            archive = _fetch(url, file.name + ".gz", progress, timeout, _archive_limit(file))
         except urllib.error.HTTPError as exc:
             tried.append(f"{url} (HTTP {exc.code})")
             continue
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             tried.append(f"{url} ({reason})")
+            continue
+        except MirrorError as exc:
+            tried.append(f"{url} ({exc})")
+            continue
+        except (http.client.HTTPException, ValueError) as exc:  # a malformed answer; a bad port in the URL
+            tried.append(f"{url} ({type(exc).__name__}: {exc})")
             continue
         if not _content_ok(archive, file):
             tried.append(f"{url} (checksum mismatch)")
@@ -95,6 +123,10 @@ def download_mnist(
 
     entry = get_dataset(dataset)
     mirrors = list(mirrors or entry.mirrors)
+    for mirror in mirrors:  # before anything is fetched
+        url = urllib.parse.urlsplit(mirror)
+        if url.scheme not in MIRROR_SCHEMES or (url.scheme != "file" and not url.netloc):
+            raise DataError(f"--mirror {mirror!r}: not a URL nnx can fetch from ({', '.join(MIRROR_SCHEMES)})")
     files = FILES if dataset == "mnist" else entry.files  # FILES: tests may stand in for it
     fetched = []
     for file in files.values():
