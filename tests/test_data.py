@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnx.data.csvfile import read_csv
+from nnx.data.csvfile import MAX_CSV_BYTES, read_csv
 from nnx.data.idx import read_idx_images, read_idx_labels, write_idx
 from nnx.data.mnist import FILES, label_counts, load_mnist, resolve_data_dir, verify_file
 from nnx.errors import DataError
@@ -154,6 +154,16 @@ def test_csv_not_numbers(tmp_path: Path) -> None:
     path.write_text(",".join(["0.0"] * 785) + "\n")  # np.savetxt's floats: the one row looks like a header
     with pytest.raises(DataError, match="no data rows \\(row 1 is read as a header: its first field '0.0' is not"):
         read_csv(path)
+
+
+def test_csv_that_could_take_the_memory_is_refused_before_reading(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="/dev/zero: not a regular file"):
+        read_csv(Path("/dev/zero"))  # endless: read_text would never return
+    huge = tmp_path / "huge.csv"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_CSV_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(DataError, match=f"huge.csv: {MAX_CSV_BYTES + 1:,} bytes, over the {MAX_CSV_BYTES:,}"):
+        read_csv(huge)
 
 
 @pytest.mark.mnist
