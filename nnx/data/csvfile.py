@@ -36,8 +36,9 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     start = 1 if lines and not lines[0].split(",")[0].strip().lstrip("-").isdigit() else 0
     rows = [line for line in lines[start:] if line.strip()]
     if not rows:
-        header = f" (row 1 is read as a header: its first field {lines[0].split(',')[0][:20]!r} is not an integer)"
-        raise DataError(f"{path}: no data rows{header if start else ''}")
+        first = lines[0].split(",")[0][:20] if start else ""
+        header = f" (row 1 is read as a header: its first field {first!r} is not an integer)" if start else ""
+        raise DataError(f"{path}: no data rows{header}")
     # Only digits, signs, commas and blanks reach NumPy's parser: fed arbitrary Unicode, its C
     # tokenizer has crashed the process now and then (found by tests/test_hostile_files.py).
     body = "\n".join(rows)
