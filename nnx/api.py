@@ -234,6 +234,13 @@ def _train(
     mnist = load_mnist(data_dir, config.training.validation, csv)
     if config.data.limit is not None:
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
+    rows = -(-min(config.training.batch_size, len(mnist.train)) // comm.size)  # this process's rows of a batch
+    try:
+        model.check_batch_fits(rows)
+    except ValueError as exc:
+        raise NnxError(
+            f"training.batch_size {config.training.batch_size}: {exc}; use smaller batches or layers"
+        ) from None
 
     lock = None
     if root:

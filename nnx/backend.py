@@ -88,6 +88,15 @@ class Backend:
         else:
             np.add.at(target, indices, values)
 
+    def memory_bytes(self) -> int:
+        """All the memory arrays can live in: the GPU's (total, not free), or the host's RAM."""
+        if self.is_gpu:
+            return int(self.xp.cuda.Device().mem_info[1])
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 16 GB machine
+            return 16 << 30
+
     def peak_memory_mb(self) -> float | None:
         """Peak device memory held by the array pool (GPU only)."""
         if not self.is_gpu:

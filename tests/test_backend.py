@@ -81,3 +81,24 @@ def test_scatter_add_accumulates_duplicates(backend) -> None:
     index = backend.asarray(np.array([1, 1, 3]), dtype=np.int64)
     backend.scatter_add(target, index, backend.asarray(np.array([1.0, 2.0, 5.0])))
     assert backend.to_numpy(target).tolist() == [0.0, 3.0, 0.0, 5.0]
+
+
+def test_a_batch_is_measured_against_the_devices_memory(backend) -> None:
+    """memory_bytes is the device's whole memory (the GPU's on a GPU); check_batch_fits refuses
+    the first batch size whose kept activations exceed it, and nothing below."""
+    from nnx.nn import build_model
+
+    spec = [
+        {"type": "conv2d", "out": 8, "kernel": 3},
+        {"type": "relu"},
+        {"type": "flatten"},
+        {"type": "linear", "out": 10},
+    ]
+    model = build_model(spec, backend, np.random.default_rng(0))
+    assert model.kept_per_sample == 8 * 26 * 26 + 10
+    memory = backend.memory_bytes()
+    assert memory > 1 << 30
+    per_image = model.kept_per_sample * np.dtype(backend.dtype).itemsize
+    model.check_batch_fits(memory // per_image)  # no array is allocated: the check is arithmetic
+    with pytest.raises(ValueError, match=r"keeps at least .* of activations in this network, more than all"):
+        model.check_batch_fits(memory // per_image + 1)

@@ -160,6 +160,34 @@ def test_summary_values_of_the_wrong_type_show_as_missing(tiny_mnist: Path, tmp_
     assert resumed.exit_code == 2 and "epochs is '3', not a count" in resumed.output.replace("\n", ""), resumed.output
 
 
+def test_a_batch_whose_activations_cannot_fit_is_refused_before_the_run_starts(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """mnist_cnn keeps 47,178 activations per image (the outputs of its convolutions, pools and
+    linear layers): 23 MiB for 128 images in float32. On a device of 16 MiB that is refused with
+    one line before any run directory exists; 64 images (11.5 MiB) train."""
+    from nnx.api import build_model_for
+    from nnx.backend import Backend, get_backend
+    from nnx.config import load_config
+
+    config, _ = load_config("mnist_cnn")
+    model = build_model_for(config, get_backend("cpu"))
+    assert model.kept_per_sample == 32 * 28 * 28 + 32 * 14 * 14 + 64 * 14 * 14 + 64 * 7 * 7 + 128 + 10
+    monkeypatch.setattr(Backend, "memory_bytes", lambda self: 16 << 20)
+    out = tmp_path / "run"
+    result = invoke("train", "-c", "mnist_cnn", "--data-dir", tiny_mnist, *TINY, "--batch-size", "128", "--out", out)
+    assert result.exit_code == 2, result.output
+    message = (
+        "error: training.batch_size 128: a batch of 128 images keeps at least 23.0 MiB of activations in this "
+        "network, more than all 16.0 MiB of this machine's memory; use smaller batches or layers"
+    )
+    assert message in " ".join(result.output.split()) and not out.exists(), result.output
+    small = invoke(
+        "train", "-q", "-c", "mnist_cnn", "--data-dir", tiny_mnist, *TINY, "--batch-size", "64", "--out", out
+    )
+    assert small.exit_code == 0, small.output
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tiny_mnist: Path, tmp_path: Path, seed: int) -> None:
     """kill -9 wherever it lands (mid-batch, mid-checkpoint write), then --resume: the final

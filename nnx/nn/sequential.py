@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,9 +28,13 @@ class Sequential:
     and `grads` are views into them, so an optimizer can update the whole network in one pass.
     """
 
-    def __init__(self, layers: list[Layer], backend: Backend) -> None:
+    def __init__(self, layers: list[Layer], backend: Backend, kept_per_sample: int = 0) -> None:
         self.layers = layers
         self.backend = backend
+        # Activation elements one sample keeps from the forward pass to the backward (the outputs
+        # of the layers that allocate one; ReLUs, flattens and the like may not): a lower bound,
+        # so that a batch refused by check_batch_fits could never have trained.
+        self.kept_per_sample = kept_per_sample
         # Nothing before the first layer with parameters needs dL/dx: skip computing it.
         for layer in layers:
             layer.compute_dx = False
@@ -52,6 +55,18 @@ class Sequential:
         # A final Softmax is for inference; training feeds logits to the fused loss instead.
         self.logit_layers = layers[:-1] if layers and isinstance(layers[-1], Softmax) else layers
         self.random_layers = [(i, layer) for i, layer in enumerate(layers) if layer.uses_random]
+
+    def check_batch_fits(self, rows: int) -> None:
+        """Refuse a batch whose activations alone exceed the memory of the device, before it
+        allocates them and dies of a MemoryError (or the kernel's OOM killer) halfway through."""
+        need = rows * self.kept_per_sample * np.dtype(self.backend.dtype).itemsize
+        have = self.backend.memory_bytes()
+        if need > have:
+            where = f"{self.backend.name}'s memory" if self.backend.is_gpu else "this machine's memory"
+            raise ValueError(
+                f"a batch of {rows:,} images keeps at least {_size(need)} of activations in this "
+                f"network, more than all {_size(have)} of {where}"
+            )
 
     def _flatten(self) -> tuple[Any, Any]:
         xp = self.backend.xp
@@ -165,6 +180,7 @@ def build_model(
     conv2d, "features" of batchnorm) may be left out."""
     layers: list[Layer] = []
     budget = ParameterBudget(backend)
+    kept = 0  # elements per sample of the outputs that layers allocate (Sequential.kept_per_sample)
     first = spec[0] if spec else {}
     shape: tuple[int, ...] = (int(first["in"]),) if first.get("type") == "linear" and "in" in first else INPUT_SHAPE
     for i, item in enumerate(spec):
@@ -178,28 +194,34 @@ def build_model(
         budget.add(kind, item, shape, where)  # before the layer allocates anything
         layer, shape = _build_layer(kind, item, shape, backend, rng, where)
         layers.append(layer)
+        if kind in ALLOCATES_OUTPUT:
+            kept += math.prod(shape)
     if classes is not None and shape != (classes,):
         raise ValueError(f"the last layer gives outputs of shape {shape}; MNIST needs {classes} (one per digit)")
     if any(isinstance(layer, Softmax) for layer in layers[:-1]):
         raise ValueError("softmax may only be the last layer")
-    return Sequential(layers, backend)
+    return Sequential(layers, backend, kept)
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
+
+
+# Layers whose forward always allocates a new output array of their output's shape.
+ALLOCATES_OUTPUT = ("linear", "conv2d", "maxpool2d", "avgpool2d", "batchnorm")
 
 
 class ParameterBudget:
     """Counts a network's parameters layer by layer before each is allocated, and refuses one that
     would not fit: a model file (or config) declaring a 10^9-unit layer is an error with its
-    parameter count, not gigabytes allocated and a crash. The limit: a quarter of this machine's
-    memory for the parameters (training needs as much again for gradients, and more for the
-    optimizer's state)."""
+    parameter count, not gigabytes allocated and a crash. The limit: a quarter of the memory the
+    arrays live in (the GPU's, or the host's) for the parameters (training needs as much again for
+    gradients, and more for the optimizer's state)."""
 
     def __init__(self, backend: Backend) -> None:
         self.itemsize = np.dtype(backend.dtype).itemsize
         self.count = 0
-        try:
-            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 16 GB machine
-            memory = 16 << 30
-        self.limit = memory // 4
+        self.limit = backend.memory_bytes() // 4
 
     def add(self, kind: Any, item: dict[str, Any], shape: tuple[int, ...], where: str) -> None:
         try:
