@@ -109,3 +109,16 @@ def test_a_path_the_os_refuses_is_one_line_naming_it(tmp_path: Path, monkeypatch
         result = invoke(*args)
         assert result.exit_code == 2, (args, result.output)
         assert result.output.strip().splitlines() == [f"error: {args[-1]}: File name too long"], args
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch) -> None:
+    """Whatever the budgets miss ends as one line and exit 1, not a MemoryError traceback."""
+    import nnx.cli.info_cmd
+
+    def exhausted() -> None:
+        raise MemoryError("Unable to allocate 1.91 GiB for an array with shape (51380224, 10)")
+
+    monkeypatch.setattr(nnx.cli.info_cmd, "run_info", exhausted)  # `nnx info` imports it when run
+    result = invoke("info")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().startswith("error: out of memory (Unable to allocate 1.91 GiB"), result.output

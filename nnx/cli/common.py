@@ -44,6 +44,9 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             print_error("interrupted")
             raise typer.Exit(130) from None
+        except MemoryError as exc:  # what no budget foresaw (evaluating a huge model on a small machine)
+            print_error(f"out of memory ({exc or 'MemoryError'}); use smaller batches or a machine with more memory")
+            raise typer.Exit(1) from None
         except OSError as exc:  # a path no check foresaw (a name too long, a loop of links...): still one line
             print_error(os_error_message(exc))
             raise typer.Exit(2 if exc.errno in PATH_ERRNOS else 1) from None
