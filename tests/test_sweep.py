@@ -99,6 +99,26 @@ def test_a_sweep_file_yaml_cannot_load_is_a_config_error(tmp_path: Path, text: s
         read_sweep(tmp_path / "s.yaml")
 
 
+def test_trial_and_worker_counts_are_bounded_before_anything_starts(tiny_mnist: Path, tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "s", 2, {"optimizer.lr": {"uniform": [0.01, 0.1]}})
+    for args, message in [
+        (["--trials", "0"], "Invalid value for '--trials'"),
+        (["--trials", "-5"], "Invalid value for '--trials'"),
+        (["--workers", "100000"], "--workers 100000: more than 4 a core"),
+    ]:
+        result = nnx("sweep", path, "--data-dir", tiny_mnist, *args, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert not (tmp_path / "runs").exists()
+
+
+def test_no_more_workers_start_than_trials_to_finish() -> None:
+    from nnx.cli.sweep_cmd import _worker_count
+    from nnx.sweep.spec import SweepSpec
+
+    spec = SweepSpec.model_validate({"name": "s", "trials": 2, "search": {"optimizer.lr": {"uniform": [0.1, 0.2]}}})
+    assert [_worker_count(k, spec) for k in (1, 2, 3)] == [1, 2, 2]
+
+
 def test_bad_storage_metric_and_data_are_refused_before_anything_is_written(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "s", 2, {"optimizer.lr": {"uniform": [0.01, 0.1]}})
     cases = [

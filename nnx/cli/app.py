@@ -212,8 +212,12 @@ def export(
 def sweep(
     target: Annotated[str, typer.Argument(help="A sweep YAML file to run, or `show` to look at a sweep.")],
     name: Annotated[str | None, typer.Argument(help="With show: the sweep's name.")] = None,
-    trials: Annotated[int | None, typer.Option(help="Trials to finish in all (overrides the file's trials).")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes on this machine, sharing the study.", min=1)] = 1,
+    trials: Annotated[
+        int | None, typer.Option(help="Trials to finish in all (overrides the file's trials).", min=1, max=100_000)
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes on this machine, sharing the study (at most one a trial).", min=1)
+    ] = 1,
     storage: Annotated[
         str | None,
         typer.Option(help="Study database: sqlite:///PATH, or postgresql://USER@HOST/DB to share it between machines."),

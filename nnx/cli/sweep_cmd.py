@@ -59,7 +59,12 @@ def run_sweep(
     from nnx.sweep.study import Worker, count, open_study, shown_url, sweep_dir
 
     console = stdout_console()
+    cores = os.cpu_count() or 1
+    if workers > 4 * cores:  # before _prepare writes anything: thousands of processes are a typo
+        raise NnxError(f"--workers {workers}: more than 4 a core ({cores} cores here) would only thrash; use fewer")
     file, spec, overrides, url, rdb = _prepare(file, trials, storage, device, assignments, data_dir)
+    if worker_id is None:
+        workers = _worker_count(workers, spec)
     study = open_study(spec, rdb, worker_id or 0)
     metric = spec.metric
     if worker_id is None:
@@ -155,6 +160,14 @@ def _run_workers(file, spec, workers, url, device, assignments, data_dir, trials
     console.print(f"done: {_progress(count(study), spec)}; `nnx sweep show {spec.name}` for the table", markup=False)
     if broken:
         raise typer.Exit(1)
+
+
+def _worker_count(asked: int, spec: Any) -> int:
+    """--workers, but never more than the trials to finish: a worker without a trial would start
+    and stop for nothing."""
+    from nnx.sweep.study import budget
+
+    return min(asked, budget(spec))
 
 
 def _stopped(spec, file: Path) -> str:
