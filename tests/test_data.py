@@ -92,7 +92,7 @@ def test_validation_split(tiny_mnist: Path) -> None:
     mnist = load_mnist(tiny_mnist, validation=100)
     assert (len(mnist.train), len(mnist.validation), len(mnist.test)) == (500, 100, 200)
     assert len(load_mnist(tiny_mnist, validation=0).validation) == 0
-    with pytest.raises(DataError, match="validation split 600"):
+    with pytest.raises(DataError, match="training.validation: 600 must be between 0 and 599"):
         load_mnist(tiny_mnist, validation=600)
 
 

@@ -166,7 +166,7 @@ def load_mnist(data_dir: Path, validation: int = 5000, csv: tuple[Path, Path] | 
     train = _read_csv_split(csv[0]) if csv else _load_pair(data_dir, "train_images", "train_labels")
     if not 0 <= validation < len(train):
         raise DataError(
-            f"validation split {validation} must be between 0 and {len(train) - 1} "
+            f"training.validation: {validation} must be between 0 and {len(train) - 1} "
             f"(the training set has {len(train)} images)"
         )
     cut = len(train) - validation
