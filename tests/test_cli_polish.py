@@ -122,3 +122,19 @@ def test_running_out_of_memory_is_one_line(monkeypatch) -> None:
     result = invoke("info")
     assert result.exit_code == 1, result.output
     assert result.output.strip().startswith("error: out of memory (Unable to allocate 1.91 GiB"), result.output
+
+
+def test_runs_fit_an_80_column_terminal_one_line_a_run(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    names = ["20261130-113302-mnist_mlp", "20261130-113303-mnist_mlp-2"]  # what nnx names runs
+    for name in names:
+        assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", tmp_path / "runs" / name).exit_code == 0
+    monkeypatch.setenv("COLUMNS", "80")
+    table = invoke("runs", "--dir", tmp_path / "runs")
+    lines = table.output.splitlines()[1:]  # below the title, "runs in <the folder>"
+    assert table.exit_code == 0 and max(len(line.rstrip()) for line in lines) <= 80, table.output
+    header = next(line for line in lines if line.startswith("run "))
+    assert header.split() == ["run", "finished", "model", "ep", "val", "test", "time"], header
+    assert table.output.splitlines()[0].endswith(" (all on cpu)")  # one device: in the title
+    for name in names:
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert "784-64-10" in row and row.endswith(" s"), row

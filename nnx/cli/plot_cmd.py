@@ -55,28 +55,35 @@ def run_list(directory: Path, as_json: bool = False) -> None:
     if not runs:
         console.print(f"no finished runs in {directory}", markup=False)
         return
-    table = Table(title=f"runs in {directory}")
-    for column in ("run", "date", "model", "device", "epochs", "best val acc", "test acc", "time"):
+    # No rules and short cells (ep: epochs; val, test: accuracies), so that a list of runs stays
+    # one line a run in 80 columns: run names are what users type next and are never cut or
+    # folded; a long model description folds; a device shared by every run goes in the title.
+    devices = {str(run["summary"].get("device", "-")) for run in runs}
+    shared = f" (all on {next(iter(devices))})" if len(devices) == 1 else ""
+    columns = ["run", "finished", "model", *([] if shared else ["device"]), "ep", "val", "test", "time"]
+    table = Table(title=f"runs in {directory}{shared}", box=None, padding=(0, 1, 0, 0), pad_edge=False)
+    width = max(len(run["path"].name) for run in runs)
+    for column in columns:
         table.add_column(
             column,
-            justify="right" if column in ("epochs", "best val acc", "test acc", "time") else "left",
-            # Run names are what users type next: never cut short (the model column folds instead).
-            no_wrap=column == "run",
+            justify="right" if column in ("ep", "val", "test", "time") else "left",
+            no_wrap=column not in ("model", "device"),
             overflow="fold",
-            min_width=max(len(run["path"].name) for run in runs) if column == "run" else None,
+            min_width={"run": width, "model": 9, "device": 6}.get(column),
         )
     for run in runs:
         s = run["summary"]
-        table.add_row(
-            run["path"].name,
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(run["modified"])),
-            str(s.get("model_description", "-")),
-            str(s.get("device", "-")),
-            str(s.get("epochs", "-")),
-            _percent(s.get("best_val_accuracy")),
-            _percent(s.get("test_accuracy")),
-            _shown(s.get("train_seconds"), ".1f", " s"),
-        )
+        cells = {
+            "run": run["path"].name,
+            "finished": time.strftime("%m-%d %H:%M", time.localtime(run["modified"])),
+            "model": str(s.get("model_description", "-")),
+            "device": str(s.get("device", "-")),
+            "ep": str(s.get("epochs", "-")),
+            "val": _percent(s.get("best_val_accuracy")),
+            "test": _percent(s.get("test_accuracy")),
+            "time": _shown(s.get("train_seconds"), ".1f", " s"),
+        }
+        table.add_row(*(cells[column] for column in columns))
     console.print(table)
 
 
