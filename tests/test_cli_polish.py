@@ -138,3 +138,26 @@ def test_runs_fit_an_80_column_terminal_one_line_a_run(tiny_mnist: Path, tmp_pat
     for name in names:
         row = next(line for line in lines if line.startswith(name + " "))
         assert "784-64-10" in row and row.endswith(" s"), row
+
+
+def test_compare_in_80_columns_letters_the_runs_and_keeps_keys_whole(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Same-day run names share their first 16 characters: cut to fit, two columns would look
+    alike. Too wide for the terminal, the columns are A, B, ... under a legend of whole names."""
+    a, b = tmp_path / "20261130-113302-mnist_mlp", tmp_path / "20261130-113303-mnist_mlp-2"
+    assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", a).exit_code == 0
+    warm = ["--set", "schedule.warmup_epochs=0.5", "--set", "model.hidden=[32, 16]"]
+    assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, *warm, "--out", b).exit_code == 0
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke("runs", "compare", a, b)
+    lines = result.output.splitlines()
+    assert result.exit_code == 0 and lines[:2] == [f"A  {a}", f"B  {b}"], result.output
+    assert max(len(line) for line in lines[2:]) <= 80, result.output
+    rows = {cells[1]: cells[2:4] for line in lines if len(cells := [c.strip() for c in line.split("│")]) == 5}
+    assert rows["schedule.warmup_epochs"] == ["0.0", "0.5"], rows  # the key whole, on one line
+    assert rows["model.hidden"] == ["[64]", "[32, 16]"], rows  # values as YAML
+    assert rows["test accuracy"][0].endswith("%"), rows
+    monkeypatch.setenv("COLUMNS", "200")
+    wide = invoke("runs", "compare", a, b)
+    assert a.name in wide.output and b.name in wide.output and "A  " not in wide.output, wide.output

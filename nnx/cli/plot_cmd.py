@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.table import Table
 
 from nnx.cli.common import stderr_console, stdout_console
@@ -87,6 +88,13 @@ def run_list(directory: Path, as_json: bool = False) -> None:
     console.print(table)
 
 
+def _config_value(value: Any) -> str:
+    """A config value as the YAML a user would write it: null, true, [64, 32], {out: 32}."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 20).strip().removesuffix("\n...")
+
+
 def run_compare(paths: list[Path], plot: Path | None) -> None:
     if len(paths) < 2:
         raise NnxError("runs compare needs two or more run directories")
@@ -94,17 +102,26 @@ def run_compare(paths: list[Path], plot: Path | None) -> None:
     runs = [read_run(path) for path in paths]
     names = [run["path"].name for run in runs]
     differences = config_differences([run["config"] for run in runs])
+    key_width = max((len(key) for key in differences), default=6)
+    if key_width + sum(len(name) + 3 for name in names) + 4 > console.width:
+        # Run names of the same day share their first 16 characters: cut, the columns would look
+        # alike. Letters head the columns instead, with the whole names above.
+        headers = [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(len(runs))]
+        for header, run in zip(headers, runs, strict=True):
+            console.print(f"{header}  {run['path']}", markup=False)
+    else:
+        headers = names
     table = Table(title="config keys that differ" if differences else "the configs are identical")
-    table.add_column("key")
-    for name in names:
-        table.add_column(name)
+    table.add_column("key", no_wrap=True)  # keys are what users --set next: never cut
+    for header in headers:
+        table.add_column(header, overflow="fold")
     for key, values in differences.items():
-        table.add_row(key, *(str(v) for v in values))
+        table.add_row(key, *(_config_value(v) for v in values))
     console.print(table)
     metrics = Table(title="metrics")
-    metrics.add_column("metric")
-    for name in names:
-        metrics.add_column(name, justify="right")
+    metrics.add_column("metric", no_wrap=True)
+    for header in headers:
+        metrics.add_column(header, justify="right")
     rows = [
         ("test accuracy", lambda s: _percent(s.get("test_accuracy"))),
         ("best val accuracy", lambda s: _percent(s.get("best_val_accuracy"))),
