@@ -162,8 +162,14 @@ def test_two_local_workers_share_the_embedded_study_and_the_best_config_reproduc
     logs = [(tmp_path / "runs" / "two" / f"worker-{k}.log").read_text() for k in (1, 2)]
     assert all("Traceback" not in log for log in logs)
 
-    shown = nnx("sweep", "show", "two", "--export", "best.yaml", cwd=tmp_path)
+    shown = nnx("sweep", "show", "two", "--export", "best.yaml", cwd=tmp_path, env={"COLUMNS": "80"})
     assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    columns = ["trial", "state", "val_accuracy", "lr", "batch_size", "epochs", "note"]  # the keys' last parts
+    header = next(i for i, line in enumerate(lines) if line.split() == columns)
+    trial_lines = lines[header + 1 : header + 7]  # one line a trial in 80 columns
+    assert sorted(int(line.split()[0]) for line in trial_lines) == sorted(numbers), shown.stdout
+    assert all(line.split()[1] == "complete" and len(line) <= 80 for line in trial_lines), shown.stdout
     assert (tmp_path / "runs" / "two" / "report.html").is_file() and "best config written to best.yaml" in shown.stdout
     again = nnx("sweep", "show", "two", "--export", "best.yaml", cwd=tmp_path)
     assert again.returncode == 2 and "the file exists" in again.stderr  # never overwritten silently

@@ -211,9 +211,15 @@ def run_show(name: str | None, storage: str | None, export: Path | None, report:
     rows = trial_rows(study)
     metric = study.user_attrs.get("sweep", {}).get("metric", "value")
     keys = sorted({k for r in rows for k in r.params})
-    table = Table(title=f"sweep {name}: {metric}, {study.direction.name.lower()}")
-    for column in ["trial", "state", metric, *keys, "epochs", "note"]:
-        table.add_column(column, overflow="fold")
+    # Columns headed by each searched key's last part (lr, not optimizer.lr) where that is unambiguous,
+    # no rules: a trial a line in 80 columns; only the note folds.
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    headers = last if len(set(last)) == len(last) else keys
+    table = Table(
+        title=f"sweep {name}: {metric}, {study.direction.name.lower()}", box=None, padding=(0, 1, 0, 0), pad_edge=False
+    )
+    for column in ["trial", "state", metric, *headers, "epochs", "note"]:
+        table.add_column(column, overflow="fold", no_wrap=column != "note")
     for r in rows:
         value = "" if r.value is None else f"{r.value:.4f}"
         params = [_short(r.params[k]) if k in r.params else "" for k in keys]
