@@ -150,7 +150,7 @@ def test_summary_values_of_the_wrong_type_show_as_missing(tiny_mnist: Path, tmp_
     for name in ("good", "bad"):
         assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", runs / name).exit_code == 0
     summary = json.loads((runs / "bad" / "summary.json").read_text())
-    summary.update(train_seconds="slow", samples_per_second=None, test_accuracy=[1], epochs="3")
+    summary.update(train_seconds="slow", samples_per_second=10**400, test_accuracy=[1], epochs="3")
     (runs / "bad" / "summary.json").write_text(json.dumps(summary))
     listed = invoke("runs", "--dir", runs)
     assert listed.exit_code == 0 and "bad" in listed.output, listed.output

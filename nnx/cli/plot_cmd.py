@@ -37,8 +37,13 @@ def _run_dataset(run: Path) -> str:
 
 
 def _shown(value: Any, spec: str, unit: str = "") -> str:
-    """A summary number as `spec` formats it, or "-" when it is missing (or not a number)."""
-    return format(value, spec) + unit if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    """A summary number as `spec` formats it, or "-" when it is missing (or not a number a float holds)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    try:
+        return format(value, spec) + unit
+    except OverflowError:  # an integer past float's range, in a summary.json nnx did not write
+        return "-"
 
 
 def _percent(value: Any) -> str:
