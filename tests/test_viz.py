@@ -101,3 +101,11 @@ def test_evaluate_draws_the_worst_mistakes(plotted_run: Path, tiny_mnist: Path) 
     result = invoke("evaluate", plotted_run / "model.npz", "--data-dir", tiny_mnist, "--show-errors", 1)
     assert result.exit_code == 0
     assert "confusion matrix" in result.output
+
+
+def test_report_values_of_any_size_are_shown_not_crashed_on() -> None:
+    from nnx.viz.report import _show
+
+    assert _show("test_accuracy", 0.9831) == "98.31%" and _show("train_seconds", 700) == "11.7 min"
+    assert _show("test_accuracy", 10**40) == str(10**40)  # float() of it would overflow in the format
+    assert _show("samples_per_second", -(10**30)) == str(-(10**30)) and _show("epochs", None) == "-"

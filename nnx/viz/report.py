@@ -102,6 +102,8 @@ def _show(key: str, value: Any) -> str:
         return "-"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, int) and abs(value) >= 2**63:  # past float's range: not a figure nnx wrote
+        return str(value)
     if "accuracy" in key:
         return f"{value:.2%}"
     if key.endswith("seconds"):
