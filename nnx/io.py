@@ -200,15 +200,28 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def read_model_file(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """An nnx .npz model file, or a .safetensors file that nnx exported: (header, host arrays)."""
+    """An nnx .npz model file, or a safetensors file that nnx exported (by its name's .safetensors
+    or, under any other name, by its first bytes): (header, host arrays)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _starts_like_safetensors(path):
         if not path.is_file():
             raise ModelFileError(f"{path}: no such model file")
         from nnx.export.safetensors import read_safetensors
 
         return read_safetensors(path)
     return read_header(path)
+
+
+def _starts_like_safetensors(path: Path) -> bool:
+    """A safetensors file opens with its JSON header's length (8 bytes, little-endian), then "{";
+    a zip (.npz) with "PK"."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False  # read_header names what is wrong with the path
+    return len(start) == 9 and start[8:] == b"{" and 8 + int.from_bytes(start[:8], "little") <= size
 
 
 def load_model(path: Path, backend: Backend) -> LoadedModel:
