@@ -9,6 +9,7 @@ about the setup to `log` when one is given.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -106,21 +107,23 @@ def build_optimizer(config: Config, model: Sequential, backend: Backend) -> Opti
 
 
 def resolve_config(
-    config: str | Path | Config | None, overrides: dict[str, Any] | None = None, assignments: Sequence[str] = ()
+    config: str | Path | Config | dict[str, Any] | None,
+    overrides: dict[str, Any] | None = None,
+    assignments: Sequence[str] = (),
 ) -> tuple[Config, str]:
-    """(validated config, where it came from). `config` is a YAML path, a built-in name, a Config
-    or None (the default); `assignments` are `--set key=value` strings, `overrides` typed values by
-    dotted key, applied after them."""
-    if isinstance(config, Config):
-        raw = config.model_dump()
-        source = f"config {config.name!r}"
+    """(validated config, where it came from). `config` is a YAML path, a built-in name, a Config,
+    a dict shaped like a config file, or None (the default); `assignments` are `--set key=value`
+    strings, `overrides` typed values by dotted key, applied after them."""
+    if isinstance(config, (Config, dict)):
+        raw = config.model_dump() if isinstance(config, Config) else copy.deepcopy(config)
+        source = f"config {raw.get('name', 'dict')!r}"
         return validate(raw, source, apply_overrides(raw, list(assignments), overrides)), source
     resolved, path = load_config(str(config) if config is not None else None, list(assignments), overrides)
     return resolved, path.name
 
 
 def train(
-    config: str | Path | Config | None = None,
+    config: str | Path | Config | dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     *,
     assignments: Sequence[str] = (),
@@ -136,8 +139,9 @@ def train(
     progress: bool = False,
     force: bool = False,
 ) -> Run:
-    """Train `config` (a YAML path, a built-in name such as "mnist_cnn", a Config, or None for the
-    default) with `overrides` ({"optimizer.lr": 0.05, ...}) into a run directory, and return the Run.
+    """Train `config` (a YAML path, a built-in name such as "mnist_cnn", a Config, a dict shaped like
+    a config file, or None for the default) with `overrides` ({"optimizer.lr": 0.05, ...}) into a
+    run directory, and return the Run.
 
     `resume`: a stopped run's directory, continued from its checkpoint (then `config` is ignored).
     `callbacks` see every event of the loop. `fetch(data_dir, dataset)` downloads missing files (by
@@ -194,7 +198,7 @@ def train(
 
 
 def _train(
-    config: str | Path | Config | None,
+    config: str | Path | Config | dict[str, Any] | None,
     overrides: dict[str, Any] | None,
     assignments: Sequence[str],
     out: str | Path | None,

@@ -360,6 +360,8 @@ def apply_overrides(
         set_key(raw, key, value)
         assigned[key] = f"--set {assignment}"
     for key, value in (flags or {}).items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"overrides: {key!r} is not a dotted key such as 'training.epochs'")
         if value is not None:
             set_key(raw, key, value)
             assigned[key] = f"{FLAGS[key]} {value}" if key in FLAGS else f"{key}={value!r}"

@@ -80,3 +80,14 @@ def test_predict_refuses_what_is_not_images(tiny_mnist: Path, tmp_path: Path, im
                     out=tmp_path / "r")  # fmt: skip
     with pytest.raises(NnxError, match=message):
         nnx.load(run.path / "model.npz").predict(images)
+
+
+def test_a_config_can_be_a_dict_and_is_validated_like_a_file(tiny_mnist: Path, tmp_path: Path) -> None:
+    config = {"name": "small", "model": {"hidden": [16]}, "training": {"epochs": 1, "validation": 100}}
+    run = nnx.train(config, {"data.dir": str(tiny_mnist)}, out=tmp_path / "r")
+    assert run.summary["model_description"] == "784-16-10" and run.summary["epochs"] == 1
+    assert config == {"name": "small", "model": {"hidden": [16]}, "training": {"epochs": 1, "validation": 100}}
+    with pytest.raises(NnxError, match="config 'small': training.epochs: Input should be greater than or equal to 1"):
+        nnx.train({**config, "training": {"epochs": 0}})
+    with pytest.raises(NnxError, match="overrides: 1 is not a dotted key such as 'training.epochs'"):
+        nnx.train(config, {1: 2})
