@@ -171,8 +171,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             raise NnxError(f"{path}: line {number} is not JSON (a corrupt file)") from None
         if not (
             isinstance(entry, dict)
-            and all(_number(entry.get(key)) for key in METRICS)
-            and all(entry.get(key) is None or _number(entry[key]) for key in VALIDATION_METRICS)
+            and all(is_figure(entry.get(key)) for key in METRICS)
+            and all(entry.get(key) is None or is_figure(entry[key]) for key in VALIDATION_METRICS)
             and isinstance(entry["epoch"], int)
             and entry["epoch"] >= 1
         ):
@@ -184,8 +184,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return history
 
 
-def _number(value: Any) -> bool:
-    """A JSON number a float can hold (NaN and infinity included: a diverged epoch's loss)."""
+def is_figure(value: Any) -> bool:
+    """A JSON number a float can hold (NaN and infinity included: a diverged epoch's loss), as
+    nnx writes in metrics.jsonl and summary.json; not a bool, a string, or an integer past 2^63."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return isinstance(value, float) or abs(value) < 2**63

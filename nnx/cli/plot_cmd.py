@@ -14,7 +14,7 @@ from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.data.mnist import resolve_data_dir
 from nnx.errors import NnxError
-from nnx.runs import config_differences, list_runs, read_run
+from nnx.runs import config_differences, is_figure, list_runs, read_run
 
 
 def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
@@ -37,13 +37,8 @@ def _run_dataset(run: Path) -> str:
 
 
 def _shown(value: Any, spec: str, unit: str = "") -> str:
-    """A summary number as `spec` formats it, or "-" when it is missing (or not a number a float holds)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "-"
-    try:
-        return format(value, spec) + unit
-    except OverflowError:  # an integer past float's range, in a summary.json nnx did not write
-        return "-"
+    """A summary number as `spec` formats it, or "-" when it is missing (or not a figure nnx writes)."""
+    return format(value, spec) + unit if is_figure(value) else "-"
 
 
 def _percent(value: Any) -> str:

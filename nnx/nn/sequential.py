@@ -238,10 +238,9 @@ class ParameterBudget:
             return  # the layer's own checks name what is wrong
         self.count += max(size, 0)
         if self.count * self.itemsize > self.limit:
-            size = self.count * self.itemsize / 2**30
             raise ValueError(
-                f"{where}: the network reaches {self.count:,} parameters ({size:.1f} GiB), "
-                f"more than this machine can train (limit {self.limit / 2**30:.1f} GiB for the parameters)"
+                f"{where}: the network reaches {self.count:,} parameters ({_size(self.count * self.itemsize)}), "
+                f"more than this machine can train (limit {_size(self.limit)} for the parameters)"
             )
 
 

@@ -14,7 +14,7 @@ from nnx.data.mnist import load_test
 from nnx.errors import NnxError
 from nnx.io import open_model
 from nnx.metrics import confusion_matrix, predict_probabilities
-from nnx.runs import read_json, read_metrics
+from nnx.runs import is_figure, read_json, read_metrics
 from nnx.viz.plots import plot_confusion, plot_curves, plot_first_layer, plot_misclassified
 
 PLOTS = ("curves.png", "confusion.png", "misclassified.png", "weights.png")
@@ -100,9 +100,7 @@ def _show(key: str, value: Any) -> str:
     """A summary value in human units: 98.31%, 11.7 s, 124 MB, 374,718 images/s."""
     if value is None:
         return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int) and abs(value) >= 2**63:  # past float's range: not a figure nnx wrote
+    if not is_figure(value):  # text, or an integer past float's range: shown as written
         return str(value)
     if "accuracy" in key:
         return f"{value:.2%}"
