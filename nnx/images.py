@@ -47,7 +47,10 @@ def read_grey(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise DataError(f"{name}: no such file") from None
     except Image.DecompressionBombError as exc:  # declared sizes far past even PIL's limit
         raise ImageTooLargeError(f"{name}: {exc}; nnx's limit is {max_pixels:,} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError:
+        # PIL's message names its internal file object (<_io.BytesIO object at 0x...>) for an upload.
+        raise DataError(f"{name}: not a readable image (not in any image format Pillow knows)") from None
+    except (OSError, ValueError) as exc:
         raise DataError(f"{name}: not a readable image ({exc})") from None
 
 

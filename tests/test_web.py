@@ -109,6 +109,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem(client: TestClient, kwargs, s
     response = client.post("/api/predict", **kwargs)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
+    assert " object at 0x" not in response.json()["error"]  # no Python repr of an internal object
     # ... and the server keeps serving.
     assert_prediction(client.post("/api/predict", json={"pixels": [0] * 783 + [255]}))
 
