@@ -243,6 +243,12 @@ def _describe(error: dict[str, Any], prefix: str = "") -> str:
     return f"{key}: {message}{shown}"
 
 
+def _sections(key: str) -> list[str]:
+    """The sections holding a dotted key: "a.b.c" -> ["a", "a.b"]."""
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def validate(raw: dict[str, Any], source: str, assigned: dict[str, str] | None = None) -> Config:
     """A Config from `raw`, or one ConfigError listing every problem. `assigned` maps dotted keys
     set on the command line to how they were given (`--set k=v`, `--lr`): a problem with one of
@@ -253,7 +259,9 @@ def validate(raw: dict[str, Any], source: str, assigned: dict[str, str] | None =
         problems, from_file = [], []
         for error in exc.errors():
             key = ".".join(str(part) for part in error["loc"])
-            given = next((v for k, v in (assigned or {}).items() if key == k or key.startswith(k + ".")), None)
+            # The key itself, a key within it, or a section it created (--set a.b=1: "a: unknown key").
+            related = [v for k, v in (assigned or {}).items() if key in (k, *_sections(k)) or k in _sections(key)]
+            given = related[0] if related else None
             (problems if given else from_file).append(f"{given}: {_describe(error)}" if given else _describe(error))
         message = "; ".join(problems + ([f"{source}: " + "; ".join(from_file)] if from_file else []))
         raise ConfigError(message) from None
@@ -311,6 +319,8 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    if not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set {assignment!r}: {key!r} has an empty part; expected key.path=value")
     if not text.strip():
         return key, None
     return key, parse_yaml(text, f"--set {key}")
@@ -360,7 +370,7 @@ def apply_overrides(
         set_key(raw, key, value)
         assigned[key] = f"--set {assignment}"
     for key, value in (flags or {}).items():
-        if not isinstance(key, str) or not key:
+        if not isinstance(key, str) or not all(part.strip() for part in key.split(".")):
             raise ConfigError(f"overrides: {key!r} is not a dotted key such as 'training.epochs'")
         if value is not None:
             set_key(raw, key, value)

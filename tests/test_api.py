@@ -91,3 +91,5 @@ def test_a_config_can_be_a_dict_and_is_validated_like_a_file(tiny_mnist: Path, t
         nnx.train({**config, "training": {"epochs": 0}})
     with pytest.raises(NnxError, match="overrides: 1 is not a dotted key such as 'training.epochs'"):
         nnx.train(config, {1: 2})
+    with pytest.raises(NnxError, match="overrides: 'training..epochs' is not a dotted key"):
+        nnx.train(config, {"training..epochs": 2})

@@ -84,7 +84,11 @@ def test_flags_win_over_set(tmp_path: Path) -> None:
     ("assignment", "message"),
     [
         ("optimizer.lr", "expected key.path=value"),
-        ("training.bogus=1", r"training\.bogus: unknown key"),
+        ("training.bogus=1", r"^--set training\.bogus=1: training\.bogus: unknown key$"),
+        # A section the assignment created is its fault, not the config file's.
+        ("a.b.c=1", r"^--set a\.b\.c=1: a: unknown key$"),
+        ("training..epochs=3", r"^--set 'training\.\.epochs=3': 'training\.\.epochs' has an empty part"),
+        ("training.=3", "has an empty part"),
         ("optimizer.lr.x=1", "optimizer.lr is not a section"),
         ("optimizer.lr=[", "--set optimizer.lr: invalid YAML at line 1"),
         ("training.epochs=" + "[" * 3000, "--set training.epochs: nested too deeply to read"),
