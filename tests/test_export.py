@@ -142,3 +142,15 @@ def test_export_cli_refuses_to_overwrite_and_unknown_formats(every_layer_model: 
     assert result.exit_code == 2 and "is a directory" in result.output and (folder / "keep").is_dir()
     result = CliRunner().invoke(app, ["export", str(every_layer_model), "-o", str(out / "m.onnx")])  # under a file
     assert result.exit_code == 2 and f"cannot write {out / 'm.onnx'}" in result.output.replace("\n", "")
+
+
+def test_export_format_follows_the_output_name(every_layer_model: Path, tmp_path: Path) -> None:
+    for name, magic in [("w.safetensors", b"{"), ("W.SAFETENSORS", b"{"), ("m.onnx", b"\x08"), ("m.bin", b"\x08")]:
+        result = CliRunner().invoke(app, ["export", str(every_layer_model), "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes()[8 if magic == b"{" else 0 :][:1] == magic  # safetensors: JSON after 8
+    result = CliRunner().invoke(
+        app, ["export", str(every_layer_model), "-f", "onnx", "-o", str(tmp_path / "x.safetensors")]
+    )
+    assert result.exit_code == 2 and "a .safetensors name for --format onnx" in result.output
+    assert not (tmp_path / "x.safetensors").exists()

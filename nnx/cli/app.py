@@ -196,7 +196,10 @@ def serve(
 @handles_errors
 def export(
     model: Annotated[Path, typer.Argument(help="A model file, e.g. runs/<run>/model.npz.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx or safetensors.")] = "onnx",
+    format: Annotated[
+        str | None,
+        typer.Option("--format", "-f", help="onnx or safetensors (default: --output's suffix, else onnx)."),
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where (default: beside MODEL).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:

@@ -10,9 +10,14 @@ from nnx.export import FORMATS, export
 from nnx.io import open_model
 
 
-def run_export(model_path: Path, fmt: str, output: Path | None, force: bool) -> None:
+def run_export(model_path: Path, fmt: str | None, output: Path | None, force: bool) -> None:
+    named = output.suffix.lower().removeprefix(".") if output else ""
+    if fmt is None:  # -o model.safetensors means safetensors
+        fmt = named if named in FORMATS else "onnx"
     if fmt not in FORMATS:
         raise NnxError(f"--format {fmt}: unknown (use {', '.join(FORMATS)})")
+    if named in FORMATS and named != fmt:  # a .safetensors file that holds ONNX would fool every reader
+        raise NnxError(f"{output}: a .{named} name for --format {fmt}; name it .{fmt} or drop --format")
     output = output or model_path.with_suffix(f".{fmt}")
     if output.is_dir():  # --force replaces a file, never a folder
         raise NnxError(f"{output}: is a directory; give --output a file name")
