@@ -567,8 +567,9 @@ class Model:
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:
-    """A model file (.npz, or .safetensors exported by nnx) on `device`, ready to predict."""
-    from nnx.io import open_model
+    """A model file (.npz, or .safetensors exported by nnx) or a run directory (its model.npz) on
+    `device`, ready to predict."""
+    from nnx.io import model_file, open_model
 
-    path = Path(path)
+    path = model_file(Path(path))
     return Model(open_model(path, device), path)

@@ -201,8 +201,14 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def read_model_file(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """An nnx .npz model file, or a safetensors file that nnx exported (by its name's .safetensors
-    or, under any other name, by its first bytes): (header, host arrays)."""
-    path = Path(path)
+    or, under any other name, by its first bytes): (header, host arrays). A run directory stands
+    for the model.npz in it."""
+    path = model_file(path)
+    if path.suffix.lower() == ".onnx":
+        raise ModelFileError(
+            f"{path}: an ONNX file, which nnx only writes; give the .npz or .safetensors model it came from "
+            "(ONNX runs in onnxruntime)"
+        )
     if path.suffix == ".safetensors" or _starts_like_safetensors(path):
         if not path.is_file():
             raise ModelFileError(f"{path}: no such model file")
@@ -210,6 +216,16 @@ def read_model_file(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
         return read_safetensors(path)
     return read_header(path)
+
+
+def model_file(path: Path) -> Path:
+    """`path`, or the model.npz inside it when it is a run directory."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if not (path / "model.npz").is_file():
+        raise ModelFileError(f"{path}: a directory without a model.npz; give a model file or a run directory")
+    return path / "model.npz"
 
 
 def _starts_like_safetensors(path: Path) -> bool:
@@ -226,11 +242,13 @@ def _starts_like_safetensors(path: Path) -> bool:
 
 def load_model(path: Path, backend: Backend) -> LoadedModel:
     """Rebuild the network on `backend` (its dtype) from a model file (.npz or .safetensors)."""
+    path = model_file(path)
     return _rebuild(path, *read_model_file(path), backend)
 
 
 def open_model(path: Path, device: str = "cpu") -> LoadedModel:
     """Load a model file onto `device` in the dtype it was saved in, reading the file once."""
+    path = model_file(path)
     header, arrays = read_model_file(path)
     return _rebuild(path, header, arrays, get_backend(device, header.get("dtype", "float32")))
 

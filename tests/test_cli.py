@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import nnx
 from nnx.cli.app import app
 from nnx.data.mnist import load_test
 from nnx.trainer import Callback
@@ -87,6 +88,22 @@ def test_evaluate(trained: Path, tiny_mnist: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and "confusion matrix" in result.output
     assert "per-class accuracy" in result.output
+
+
+def test_a_run_directory_stands_for_its_model(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
+    by_file = invoke("evaluate", trained / "model.npz", "--data-dir", tiny_mnist, "-q")
+    by_run = invoke("evaluate", trained, "--data-dir", tiny_mnist, "-q")
+    assert by_run.exit_code == 0 and by_run.output == by_file.output
+    assert invoke("predict", trained, "--test-index", 3, "--data-dir", tiny_mnist).exit_code == 0
+    assert nnx.load(trained).path == trained / "model.npz"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "a directory without a model.npz" in assert_one_line_error(invoke("evaluate", empty))
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"\x08\x08")
+    assert "an ONNX file, which nnx only writes" in assert_one_line_error(
+        invoke("predict", onnx_file, "--test-index", 1)
+    )
 
 
 def test_predict_test_index(trained: Path, tiny_mnist: Path) -> None:

@@ -145,6 +145,10 @@ def test_export_cli_refuses_to_overwrite_and_unknown_formats(every_layer_model: 
 
 
 def test_export_format_follows_the_output_name(every_layer_model: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.npz").write_bytes(every_layer_model.read_bytes())
+    assert CliRunner().invoke(app, ["export", str(run)]).exit_code == 0 and (run / "model.onnx").is_file()
     for name, magic in [("w.safetensors", b"{"), ("W.SAFETENSORS", b"{"), ("m.onnx", b"\x08"), ("m.bin", b"\x08")]:
         result = CliRunner().invoke(app, ["export", str(every_layer_model), "-o", str(tmp_path / name)])
         assert result.exit_code == 0, result.output

@@ -104,7 +104,7 @@ def train(
 @app.command()
 @handles_errors
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="A model file, e.g. runs/<run>/model.npz.")],
+    model: Annotated[Path, typer.Argument(help="A model file, or a run directory (its model.npz).")],
     data_dir: DataDir = None,
     device: Device = None,
     show_errors: Annotated[int, typer.Option(help="Draw this many of the most confident mistakes.", min=0)] = 2,
@@ -119,7 +119,7 @@ def evaluate(
 @app.command()
 @handles_errors
 def predict(
-    model: Annotated[Path, typer.Argument(help="A model file.")],
+    model: Annotated[Path, typer.Argument(help="A model file, or a run directory (its model.npz).")],
     input: Annotated[Path | None, typer.Argument(help="A PNG/JPEG image or a CSV file (seed format).")] = None,
     test_index: Annotated[int | None, typer.Option(help="Use this MNIST test image instead.")] = None,
     row: Annotated[int, typer.Option(help="Which data row of a CSV file.")] = 0,
@@ -178,7 +178,7 @@ def runs_compare(
 @app.command()
 @handles_errors
 def serve(
-    model: Annotated[Path, typer.Argument(help="A model file.")],
+    model: Annotated[Path, typer.Argument(help="A model file, or a run directory (its model.npz).")],
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     device: Device = None,
@@ -195,7 +195,7 @@ def serve(
 @app.command()
 @handles_errors
 def export(
-    model: Annotated[Path, typer.Argument(help="A model file, e.g. runs/<run>/model.npz.")],
+    model: Annotated[Path, typer.Argument(help="A model file, or a run directory (its model.npz).")],
     format: Annotated[
         str | None,
         typer.Option("--format", "-f", help="onnx or safetensors (default: --output's suffix, else onnx)."),

@@ -12,13 +12,14 @@ from nnx.cli.data_cmd import ensure_data
 from nnx.cli.render import class_label, digit_text, probability_table
 from nnx.data.datasets import class_names
 from nnx.data.mnist import load_test, resolve_data_dir
-from nnx.io import open_model
+from nnx.io import model_file, open_model
 from nnx.metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy, predict_probabilities
 from nnx.trainer import DeviceSplit, evaluate
 
 
 def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bool, show_errors: int = 2) -> None:
     console = stdout_console()
+    model_path = model_file(model_path)  # a run directory: its model.npz
     loaded = open_model(model_path, device)
     backend = loaded.model.backend
     dataset = loaded.header.get("dataset", "mnist")

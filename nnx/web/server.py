@@ -29,7 +29,7 @@ from nnx import __version__
 from nnx.data.datasets import class_names
 from nnx.errors import DataError, NnxError
 from nnx.images import MAX_PIXELS, ImageTooLargeError, image_to_digit, mnist_style
-from nnx.io import open_model
+from nnx.io import model_file, open_model
 from nnx.metrics import softmax
 
 MAX_BODY = 1 << 20  # 1 MB
@@ -260,6 +260,7 @@ def serve(model_path: Path, host: str, port: int, device: str, max_pixels: int =
           ready: Any = None) -> None:  # fmt: skip
     import uvicorn
 
+    model_path = model_file(model_path)  # a run directory: its model.npz
     app = create_app(model_path, device, max_pixels)
     sock = bind(host, port)
     if ready is not None:
