@@ -59,6 +59,48 @@ def test_data_info_on_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
     assert "nnx data download" in result.output and "data/README.md" in result.output
 
 
+def test_data_info_checks_each_dataset_against_its_own_published_hashes(tiny_mnist: Path, monkeypatch) -> None:
+    """Fashion-MNIST's and KMNIST's authors publish the MD5 of each .gz: data info checks that,
+    not MNIST's content hashes (which called every Fashion-MNIST file a 'checksum mismatch')."""
+    import dataclasses
+    import gzip
+    import hashlib
+
+    from nnx.data import datasets
+
+    for path in list(tiny_mnist.iterdir()):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+        path.unlink()
+    md5 = {k: hashlib.md5((tiny_mnist / (f.name + ".gz")).read_bytes()).hexdigest() for k, f in datasets.FILES.items()}
+    fashion = datasets.DATASETS["fashion-mnist"]
+    files = {k: dataclasses.replace(f, archive_md5=md5[k]) for k, f in fashion.files.items()}
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist", dataclasses.replace(fashion, files=files))
+    result = invoke("data", "info", "--dataset", "fashion-mnist", "--data-dir", tiny_mnist)
+    assert result.exit_code == 0, result.output
+    assert "Fashion-MNIST in" in result.output and result.output.count("ok (archive md5)") == 4
+    assert "train 600 images, test 200 images" in result.output
+    # One byte changed in an archive is named.
+    archive = tiny_mnist / "t10k-labels-idx1-ubyte.gz"
+    labels = gzip.decompress(archive.read_bytes())
+    archive.write_bytes(gzip.compress(labels[:-1] + bytes([(labels[-1] + 1) % 10]), mtime=0))
+    result = invoke("data", "info", "--dataset", "fashion-mnist", "--data-dir", tiny_mnist)
+    assert result.exit_code == 2 and "t10k-labels-idx1-ubyte.gz checksum mismatch" in result.stderr
+    empty = tiny_mnist.parent / "empty"
+    empty.mkdir()
+    result = invoke("data", "info", "--dataset", "kmnist", "--data-dir", empty)
+    assert result.exit_code == 2 and "nnx data download --dataset kmnist" in result.stderr
+    assert invoke("data", "info", "--dataset", "cifar").exit_code == 2
+
+
+def test_data_info_reads_the_seeds_csv_files(tmp_path: Path) -> None:
+    rows = "\n".join(",".join([str(i % 10)] + ["0"] * 784) for i in range(20))
+    for name in ("mnist_train.csv", "mnist_test.csv"):
+        (tmp_path / name).write_text(rows + "\n")
+    result = invoke("data", "info", "--data-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "the seed's CSV files" in result.output and "train 20 images, test 20 images" in result.output
+
+
 def test_config_help_lists_the_built_in_configs() -> None:
     result = invoke("train", "--help")
     assert "mnist_cnn" in result.output

@@ -278,11 +278,14 @@ def data_download(
 
 @data_app.command("info")
 @handles_errors
-def data_info(data_dir: DataDir = None) -> None:
+def data_info(
+    data_dir: DataDir = None,
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist or kmnist.")] = "mnist",
+) -> None:
     """Where the data is, file sizes, checksums and split sizes."""
     from nnx.cli.data_cmd import run_data_info
 
-    run_data_info(data_dir)
+    run_data_info(data_dir, dataset)
 
 
 def main() -> None:

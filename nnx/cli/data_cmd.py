@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +13,7 @@ from nnx.cli.common import stdout_console
 from nnx.data.datasets import get_dataset
 from nnx.data.download import download_mnist
 from nnx.data.idx import content_sha256
-from nnx.data.mnist import FILES, find_file, label_counts, load_mnist, resolve_data_dir
+from nnx.data.mnist import MnistFile, csv_files, find_file, label_counts, load_mnist, resolve_data_dir
 from nnx.errors import DataError
 
 
@@ -57,33 +58,53 @@ def run_download(data_dir: Path | None, mirrors: list[str] | None, force: bool, 
     console.print(f"{entry.title} is in {target}", markup=False)
 
 
-def run_data_info(data_dir: Path | None) -> None:
-    console = stdout_console()
-    folder = resolve_data_dir(data_dir)
-    table = Table(title=f"MNIST in {folder.resolve()}")
-    for column in ("file", "on disk", "bytes", "sha256"):
-        table.add_column(column)
-    problems = []
-    for file in FILES.values():
-        path = find_file(folder, file)
-        if path is None:
-            table.add_row(file.name, "missing", "", "")
-            problems.append(f"{file.name} missing")
-            continue
+def _check(path: Path, file: MnistFile) -> tuple[str, int | None]:
+    """What a data file's hash says, against what its dataset's authors publish, and its size:
+    the content's SHA-256 (MNIST) or, for a .gz, the archive's MD5 (Fashion-MNIST, KMNIST)."""
+    if file.sha256:
         digest, size = content_sha256(path)
-        ok = digest == file.sha256
-        if not ok:
-            problems.append(f"{path.name} checksum mismatch")
-        table.add_row(file.name, path.name, f"{size:,}", "ok" if ok else "MISMATCH")
-    console.print(table)
-    if problems:
-        how = (
-            "; get them with `nnx data download` (or --data-dir / $NNX_DATA_DIR to a folder holding them; "
-            "data/README.md says how to fill it by hand)"
-            if any(p.endswith("missing") for p in problems)
-            else ""
-        )
-        raise DataError(f"{folder}: {'; '.join(problems)}{how}")
-    mnist = load_mnist(folder, validation=0)
-    console.print(f"train {len(mnist.train):,} images, test {len(mnist.test):,} images, 28x28 uint8", markup=False)
-    console.print("train label counts 0-9: " + " ".join(map(str, label_counts(mnist.train.labels))), markup=False)
+        return ("ok" if digest == file.sha256 else "MISMATCH"), size
+    if file.archive_md5 and path.suffix == ".gz":
+        md5 = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                md5.update(chunk)
+        return ("ok (archive md5)" if md5.hexdigest() == file.archive_md5 else "MISMATCH"), None
+    return "unchecked (only the archive's hash is published)", None
+
+
+def run_data_info(data_dir: Path | None, dataset: str = "mnist") -> None:
+    console = stdout_console()
+    entry = get_dataset(dataset)
+    folder = resolve_data_dir(data_dir, None, dataset)
+    csv = csv_files(folder) if dataset == "mnist" else None
+    if csv is not None:  # the seed project's two CSV files
+        console.print(f"{entry.title} in {folder.resolve()}: the seed's CSV files {csv[0].name}, {csv[1].name}")
+    else:
+        table = Table(title=f"{entry.title} in {folder.resolve()}")
+        for column in ("file", "on disk", "bytes", "hash"):
+            table.add_column(column)
+        problems = []
+        for file in entry.files.values():
+            path = find_file(folder, file)
+            if path is None:
+                table.add_row(file.name, "missing", "", "")
+                problems.append(f"{file.name} missing")
+                continue
+            verdict, size = _check(path, file)
+            if verdict == "MISMATCH":
+                problems.append(f"{path.name} checksum mismatch")
+            table.add_row(file.name, path.name, f"{size if size is not None else path.stat().st_size:,}", verdict)
+        console.print(table)
+        if problems:
+            get = "nnx data download" + ("" if dataset == "mnist" else f" --dataset {dataset}")
+            how = (
+                f"; get them with `{get}` (or --data-dir / $NNX_DATA_DIR to a folder holding them; "
+                "data/README.md says how to fill it by hand)"
+                if any(p.endswith("missing") for p in problems)
+                else ""
+            )
+            raise DataError(f"{folder}: {'; '.join(problems)}{how}")
+    data = load_mnist(folder, validation=0, csv=csv)
+    console.print(f"train {len(data.train):,} images, test {len(data.test):,} images, 28x28 uint8", markup=False)
+    console.print("train label counts 0-9: " + " ".join(map(str, label_counts(data.train.labels))), markup=False)
