@@ -109,3 +109,14 @@ def test_report_values_of_any_size_are_shown_not_crashed_on() -> None:
     assert _show("test_accuracy", 0.9831) == "98.31%" and _show("train_seconds", 700) == "11.7 min"
     assert _show("test_accuracy", 10**400) == str(10**400)  # formatting it as a float raised OverflowError
     assert _show("samples_per_second", -(10**30)) == str(-(10**30)) and _show("epochs", None) == "-"
+
+
+def test_plot_takes_a_run_or_its_model_file_and_names_a_missing_run(plotted_run: Path, tiny_mnist: Path) -> None:
+    (plotted_run / "curves.png").unlink()
+    result = invoke("plot", plotted_run / "model.npz", "--data-dir", tiny_mnist)
+    assert result.exit_code == 0 and (plotted_run / "curves.png").is_file(), result.output
+    result = invoke("plot", plotted_run.parent / "nope")
+    assert (
+        result.exit_code == 2
+        and result.stderr.strip() == f"error: {plotted_run.parent / 'nope'}: no such run directory"
+    )

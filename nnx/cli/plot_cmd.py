@@ -21,6 +21,10 @@ def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
     from nnx.viz.report import make_plots
 
     console = stdout_console()
+    if run.is_file() and (run.parent / "metrics.jsonl").is_file():  # runs/x/model.npz: its run
+        run = run.parent
+    elif not run.exists():
+        raise NnxError(f"{run}: no such run directory")
     dataset = _run_dataset(run)
     folder = resolve_data_dir(data_dir, None, dataset)
     ensure_data(folder, console, dataset=dataset)
