@@ -536,11 +536,14 @@ class Model:
         """The ten class names (digits for MNIST; garment names for Fashion-MNIST...)."""
         return class_names(self.header)
 
-    def predict(self, images: Any, batch_size: int = 500) -> Prediction:
+    def predict(self, images: Any, batch_size: int = 500, mnist_style: bool = False) -> Prediction:
+        """Classes and probabilities of uint8 pixels or floats (one 28x28 image, a batch (N, 28, 28)
+        or (N, 784)), or of image files or PIL images of any size, prepared as `nnx predict FILE`
+        prepares them (`mnist_style`: cropped and centred, as --mnist-style)."""
         from nnx.images import as_pixels
         from nnx.metrics import predict_probabilities
 
-        pixels = as_pixels(images)
+        pixels = as_pixels(images, mnist_style)
         probabilities = predict_probabilities(
             self.network, self.backend.asarray(pixels), self.preprocess, self.backend, batch_size
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,7 @@ def read_grey(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                     f"{max_pixels:,}"
                 )
             img.load()
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(paper, rgba)
-            return np.asarray(img.convert("L"))
+            return grey_pixels(img)
     except FileNotFoundError:
         raise DataError(f"{name}: no such file") from None
     except Image.DecompressionBombError as exc:  # declared sizes far past even PIL's limit
@@ -54,10 +51,24 @@ def read_grey(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise DataError(f"{name}: not a readable image ({exc})") from None
 
 
+def grey_pixels(img: Image.Image) -> np.ndarray:
+    """A decoded image as uint8 greyscale; transparent pixels count as white paper."""
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(paper, rgba)
+    return np.asarray(img.convert("L"))
+
+
 def load_digit_image(path: Path) -> np.ndarray:
     """uint8 (784,): greyscale, fitted into 28x28 keeping the aspect ratio, white ink on black
     (inverted when the background is light, as in a scan of dark ink on paper)."""
-    ink = Image.fromarray(to_ink_on_black(read_grey(path)))
+    return fit_digit(read_grey(path))
+
+
+def fit_digit(grey: np.ndarray) -> np.ndarray:
+    """load_digit_image's preparation of uint8 greyscale pixels of any size."""
+    ink = Image.fromarray(to_ink_on_black(grey))
     if ink.size != (28, 28):
         ink = ImageOps.pad(ink, (28, 28), method=Image.Resampling.LANCZOS, color=0)
     return np.asarray(ink, dtype=np.uint8).reshape(784)
@@ -110,9 +121,31 @@ def image_to_digit(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> np.nda
     return mnist_style(to_ink_on_black(read_grey(source, max_pixels)))
 
 
-def as_pixels(images: Any) -> np.ndarray:
+def _is_picture(item: Any) -> bool:
+    return isinstance(item, (str, PathLike, Image.Image))
+
+
+def picture_pixels(picture: str | PathLike | Image.Image, centre: bool = False) -> np.ndarray:
+    """uint8 (784,) from an image file or a PIL image, prepared as `nnx predict FILE` prepares
+    it (`centre`: as --mnist-style does)."""
+    if isinstance(picture, Image.Image):
+        grey = grey_pixels(picture)
+        return mnist_style(to_ink_on_black(grey)) if centre else fit_digit(grey)
+    return image_to_digit(Path(picture)) if centre else load_digit_image(Path(picture))
+
+
+def as_pixels(images: Any, centre: bool = False) -> np.ndarray:
     """uint8 (N, 784) from what a notebook holds: one 28x28 image or 784 values, a batch (N, 28, 28)
-    or (N, 784); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds 1) rounded."""
+    or (N, 784); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds 1) rounded.
+    Also an image file's path or a PIL image (or a list of them), prepared as `nnx predict FILE`
+    does: any size, dark ink on light paper inverted; `centre` crops and centres them as MNIST's
+    digits were (`nnx predict --mnist-style`)."""
+    if _is_picture(images):
+        images = [images]
+    if isinstance(images, (list, tuple)) and images and all(_is_picture(item) for item in images):
+        return np.stack([picture_pixels(item, centre) for item in images])
+    if centre:
+        raise NnxError("mnist_style: for image files and PIL images; arrays are taken as MNIST-style pixels")
     array = np.asarray(images)
     if array.dtype.kind not in "uif":
         raise NnxError(f"images: expected numbers, got {array.dtype}")

@@ -60,6 +60,37 @@ def test_train_load_predict_evaluate(tiny_mnist: Path, tmp_path: Path) -> None:
     assert result["confusion"].sum() == 200 and result["per_class_accuracy"].shape == (10,)
 
 
+def test_predict_takes_image_files_and_pil_images_as_nnx_predict_does(tiny_mnist: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from nnx.cli.app import app
+
+    run = nnx.train(None, {"training.epochs": 2, "training.validation": 100, "data.dir": str(tiny_mnist)},
+                    out=tmp_path / "r")  # fmt: skip
+    model = nnx.load(run.path)
+    images = nnx_images(tiny_mnist)
+    # Dark ink on white paper, at twice the size: prepared (inverted, fitted) like the CLI's input.
+    paper = [Image.fromarray(255 - image.reshape(28, 28)).resize((56, 56)) for image in images[:3]]
+    files = []
+    for i, picture in enumerate(paper):
+        files.append(tmp_path / f"digit{i}.png")
+        picture.save(files[-1])
+    by_file = model.predict(files)
+    assert by_file.classes.shape == (3,)
+    assert np.array_equal(model.predict([str(f) for f in files]).probabilities, by_file.probabilities)
+    assert np.array_equal(model.predict(paper).probabilities, by_file.probabilities)
+    assert model.predict(files[1]).classes[0] == by_file.classes[1]
+    for centre in (False, True):
+        cli = CliRunner().invoke(app, ["predict", str(run.path), str(files[2])] + ["--mnist-style"] * centre)
+        predicted = model.predict(paper[2], mnist_style=centre).classes[0]
+        assert f"predicted {predicted} with" in cli.output, cli.output
+    with pytest.raises(NnxError, match="nowhere.png: no such file"):
+        model.predict(tmp_path / "nowhere.png")
+    with pytest.raises(NnxError, match="mnist_style: for image files and PIL images"):
+        model.predict(images, mnist_style=True)
+
+
 def nnx_images(folder: Path) -> np.ndarray:
     from nnx.data.mnist import load_test
 
