@@ -139,10 +139,14 @@ class NCCLComm(MPIComm):
         self._nccl().allReduce(x.data.ptr, x.data.ptr, x.size, types[x.dtype], nccl.NCCL_SUM, stream)
 
 
-def launched_by_mpi() -> bool:
-    """Whether this process was started by mpiexec/mpirun (MPICH, Open MPI, Intel MPI, Slurm)."""
-    markers = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID", "PMI_SIZE")
-    return any(name in os.environ for name in markers)
+def mpi_world_size() -> int:
+    """How many processes mpiexec/mpirun started with this one (MPICH and Intel MPI's Hydra set
+    PMI_SIZE, Open MPI OMPI_COMM_WORLD_SIZE); 1 when not started by one."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
 
 
 def get_communicator(distributed: bool, gpu: bool) -> Communicator:

@@ -146,6 +146,29 @@ def test_ranks_with_different_configs_stop_with_one_line(tiny_mnist: Path, tmp_p
     assert not (tmp_path / "x").exists()
 
 
+def test_ranks_started_without_distributed_are_refused_before_they_race(tiny_mnist: Path, tmp_path: Path) -> None:
+    """mpiexec -n 2 nnx train (no --distributed) ran two copies of one run: one won the run's
+    lock, the other failed with 'another nnx process is writing this run'."""
+    command = [mpiexec(), "-n", "2", *nnx_args(*MLP, "--data-dir", tiny_mnist, "--out", "x")]
+    result = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = "error: started as one of 2 MPI processes without --distributed: add --distributed"
+    assert result.stderr.count(line) == 2 and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_world_size_is_read_from_either_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnx.parallel import mpi_world_size
+
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert mpi_world_size() == 1
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert mpi_world_size() == 4
+    monkeypatch.setenv("PMI_SIZE", "3")
+    assert mpi_world_size() == 3
+
+
 def rank_pids(marker: str) -> dict[int, int]:
     """{rank: pid} of the running processes whose command line holds `marker`."""
     found = {}

@@ -13,6 +13,7 @@ from nnx.checkpoint import CHECKPOINT
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import download_with_progress
 from nnx.errors import NnxError
+from nnx.parallel import mpi_world_size
 from nnx.progress import make_progress
 
 
@@ -32,6 +33,12 @@ def run_train(
     """The CLI over nnx.api.train: progress bars, the setup lines, the summary table, plots."""
     if plots:
         require_matplotlib()
+    ranks = mpi_world_size()
+    if ranks > 1 and not distributed:  # N copies of one run, racing for its directory
+        raise NnxError(
+            f"started as one of {ranks} MPI processes without --distributed: add --distributed to train one "
+            "model on all of them, or run nnx train without mpiexec"
+        )
     console = stdout_console()
 
     def log(line: str) -> None:
