@@ -173,6 +173,10 @@ def train(
     if threads is not None:
         from threadpoolctl import threadpool_limits
 
+        cpus = len(os.sched_getaffinity(0))
+        if not 1 <= threads <= cpus:  # more threads than CPUs: BLAS's spinning threads starve each other
+            raise NnxError(f"--threads {threads}: this process may use {cpus} CPU(s); give 1 to {cpus}")
+
         limits = threadpool_limits(limits=threads)
     try:
         with limits:

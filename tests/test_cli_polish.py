@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -41,6 +42,14 @@ def test_threads_are_applied_and_recorded(tiny_mnist: Path, tmp_path: Path) -> N
     )
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["blas_threads"] == 1
+    # More threads than CPUs left BLAS's spinning threads starving each other: an epoch of a
+    # fraction of a second ran for minutes. Refused before anything is written.
+    cpus = len(os.sched_getaffinity(0))
+    result = invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--threads", cpus + 1, "--out", tmp_path / "x")
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        f"error: --threads {cpus + 1}: this process may use {cpus} CPU(s); give 1 to {cpus}"
+    )
+    assert not (tmp_path / "x").exists()
 
 
 def test_plots_without_matplotlib_fail_before_training(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
