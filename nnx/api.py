@@ -459,6 +459,8 @@ def ensure_data(
 ) -> None:
     """Download what `dataset` lacks in `data_dir` (through `fetch(data_dir, dataset)` when given),
     or say how to get it when downloading is off."""
+    if data_dir.exists() and not data_dir.is_dir():  # else "missing", and a download that cannot land
+        raise DataError(f"{data_dir}: not a folder; point --data-dir, data.dir or $NNX_DATA_DIR at the data's folder")
     missing = missing_files(data_dir)
     if not missing:
         return

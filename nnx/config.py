@@ -278,7 +278,10 @@ def resolve_config_path(name_or_path: str | None) -> Path:
     if "/" not in name_or_path and builtin.is_file():
         return builtin
     known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
-    raise ConfigError(f"{name_or_path}: no such config file (built-in configs: {known})")
+    shown = name_or_path or "''"
+    if name_or_path and path.exists():  # a folder, /dev/zero: there, but not a file to read
+        raise ConfigError(f"{shown}: not a config file (built-in configs: {known})")
+    raise ConfigError(f"{shown}: no such config file (built-in configs: {known})")
 
 
 def parse_yaml(text: str, where: str) -> Any:

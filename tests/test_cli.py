@@ -163,6 +163,12 @@ def test_bad_config_values_exit_2(tiny_mnist: Path, tmp_path: Path) -> None:
 def test_missing_data_without_download(tmp_path: Path) -> None:
     line = assert_one_line_error(invoke("train", "--no-download", "--data-dir", tmp_path / "empty"))
     assert "missing train-images-idx3-ubyte" in line
+    # A file given as the data folder: named, nothing downloaded (it had tried to download into it).
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    line = assert_one_line_error(invoke("train", "--out", tmp_path / "r", "--data-dir", a_file))
+    assert line == f"error: {a_file}: not a folder; point --data-dir, data.dir or $NNX_DATA_DIR at the data's folder"
+    assert not (tmp_path / "r").exists()
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_run(tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

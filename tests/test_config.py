@@ -110,6 +110,10 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "training:\n  epochs: " + "9" * 5000))
     with pytest.raises(ConfigError, match=r"run.yaml: a value YAML cannot convert \(month must be in 1..12\)"):
         load_config(write(tmp_path, "name: 2026-13-45\n"))
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: not a config file"):
+        load_config(str(tmp_path))
+    with pytest.raises(ConfigError, match="^'': no such config file"):
+        load_config("")
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match="expected a mapping"):
