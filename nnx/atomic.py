@@ -45,6 +45,29 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+# What marks a file nnx wrote: its PNGs' Software text chunk and its HTML reports' generator tag,
+# both in the first bytes.
+PNG_SOFTWARE = "nnx"
+HTML_GENERATOR = '<meta name="generator" content="nnx">'
+_MARKS = (b"Software\x00" + PNG_SOFTWARE.encode(), HTML_GENERATOR.encode())
+
+
+def check_replaceable(path: Path, option: str) -> None:
+    """Refuse to write a plot or report over a file the user named with `option` unless nnx wrote
+    it (an earlier run of the same command, written again): never a user's own file."""
+    if path.is_dir():
+        raise NnxError(f"{option} {path}: is a directory; give a file name")
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        head = b""
+    if not any(mark in head for mark in _MARKS):
+        raise NnxError(f"{option} {path}: the file exists and nnx did not write it; choose another name or remove it")
+
+
 def _write_error(path: Path, exc: OSError) -> NnxError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return WriteError(f"no space left on device writing {path}")

@@ -173,6 +173,12 @@ def test_two_local_workers_share_the_embedded_study_and_the_best_config_reproduc
     assert (tmp_path / "runs" / "two" / "report.html").is_file() and "best config written to best.yaml" in shown.stdout
     again = nnx("sweep", "show", "two", "--export", "best.yaml", cwd=tmp_path)
     assert again.returncode == 2 and "the file exists" in again.stderr  # never overwritten silently
+    (tmp_path / "mine.html").write_text("my notes")
+    mine = nnx("sweep", "show", "two", "--report", "mine.html", cwd=tmp_path)
+    assert mine.returncode == 2 and "--report mine.html: the file exists and nnx did not write it" in mine.stderr
+    assert (tmp_path / "mine.html").read_text() == "my notes"
+    for _ in range(2):  # a report nnx wrote is written again
+        assert nnx("sweep", "show", "two", "--report", "ours.html", cwd=tmp_path).returncode == 0
     # Same thread count as the workers: CPU runs are bitwise reproducible for a given one.
     rerun = nnx("train", "-q", "-c", "best.yaml", "--data-dir", tiny_mnist, "--out", "again", cwd=tmp_path,
                 env=one_thread)  # fmt: skip

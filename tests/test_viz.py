@@ -120,3 +120,20 @@ def test_plot_takes_a_run_or_its_model_file_and_names_a_missing_run(plotted_run:
         result.exit_code == 2
         and result.stderr.strip() == f"error: {plotted_run.parent / 'nope'}: no such run directory"
     )
+
+
+def test_compare_never_plots_over_a_users_file(plotted_run: Path, tiny_mnist: Path, tmp_path: Path) -> None:
+    other = tmp_path / "runs" / "b"
+    assert invoke("train", "--data-dir", tiny_mnist, "--out", other, *TINY, "--lr", "0.1").exit_code == 0
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my picture")
+    result = invoke("runs", "compare", plotted_run, other, "--plot", mine)
+    assert result.exit_code == 2 and "the file exists and nnx did not write it" in result.stderr
+    assert mine.read_bytes() == b"my picture"
+    ours = tmp_path / "ab.png"
+    for _ in range(2):  # a plot nnx wrote is written again
+        assert invoke("runs", "compare", plotted_run, other, "--plot", ours).exit_code == 0
+    with Image.open(ours) as image:
+        assert image.info.get("Software") == "nnx"
+    result = invoke("runs", "compare", plotted_run, other, "--plot", tmp_path)
+    assert result.exit_code == 2 and "is a directory" in result.stderr

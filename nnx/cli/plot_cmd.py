@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from rich.table import Table
 
+from nnx.atomic import check_replaceable
 from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.data.mnist import resolve_data_dir
@@ -102,6 +103,8 @@ def _config_value(value: Any) -> str:
 def run_compare(paths: list[Path], plot: Path | None) -> None:
     if len(paths) < 2:
         raise NnxError("runs compare needs two or more run directories")
+    if plot is not None:
+        check_replaceable(plot, "--plot")
     console = stdout_console()
     runs = [read_run(path) for path in paths]
     names = [run["path"].name for run in runs]

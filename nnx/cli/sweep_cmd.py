@@ -189,12 +189,16 @@ def _short(value: Any) -> str:
 
 
 def run_show(name: str | None, storage: str | None, export: Path | None, report: Path | None) -> None:
-    from nnx.atomic import write_atomic
+    from nnx.atomic import check_replaceable, write_atomic
     from nnx.sweep.report import best_config, trial_rows, write_report
     from nnx.sweep.study import default_storage, import_optuna, open_storage, sweep_dir
 
     optuna = import_optuna()
     console = stdout_console()
+    if report is not None:
+        check_replaceable(report, "--report")
+    if export is not None and export.exists():
+        raise NnxError(f"--export {export}: the file exists; choose another name or remove it")
     if storage is None:
         if name is None:
             raise ConfigError("nnx sweep show: give the sweep's NAME, or --storage URL")
@@ -236,8 +240,6 @@ def run_show(name: str | None, storage: str | None, export: Path | None, report:
     if export is not None:
         if best is None:
             raise NnxError(f"--export {export}: nothing to export yet")
-        if export.exists():
-            raise NnxError(f"--export {export}: the file exists; choose another name or remove it")
         write_atomic(export, best.encode())
         console.print(f"best config written to {export}: nnx train -c {export}", markup=False)
     path = write_report(study, report or sweep_dir(name) / "report.html")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnx.atomic import write_atomic
+from nnx.atomic import HTML_GENERATOR, write_atomic
 from nnx.errors import NnxError
 from nnx.sweep.spec import export_config
 
@@ -163,7 +163,7 @@ def write_report(study: Any, path: Path) -> Path:
         for title, png, caption in _figures(study)
     )
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>nnx sweep {html.escape(study.study_name)}</title>
+<html lang="en"><head><meta charset="utf-8">{HTML_GENERATOR}<title>nnx sweep {html.escape(study.study_name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}}
 img{{max-width:100%}}figcaption{{color:#555}}pre{{background:#f6f6f6;padding:1em}}</style></head>

@@ -25,10 +25,10 @@ def pyplot() -> Any:
 def _save(fig: Any, path: Path) -> Path:
     import io
 
-    from nnx.atomic import write_atomic
+    from nnx.atomic import PNG_SOFTWARE, write_atomic
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": PNG_SOFTWARE})
     pyplot().close(fig)
     write_atomic(path, buffer.getvalue())
     return path

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from nnx.atomic import write_atomic
+from nnx.atomic import HTML_GENERATOR, write_atomic
 from nnx.backend import get_backend
 from nnx.data.datasets import class_names
 from nnx.data.mnist import load_test
@@ -70,7 +70,7 @@ def write_report(run_dir: Path, pngs: list[Path], confusion: Any) -> Path:
         for p in pngs
     )
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>nnx run {html.escape(run_dir.name)}</title>
+<html lang="en"><head><meta charset="utf-8">{HTML_GENERATOR}<title>nnx run {html.escape(run_dir.name)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
 table {{ border-collapse: collapse; }} th, td {{ text-align: left; padding: 2px 12px; border-bottom: 1px solid #ddd; }}
