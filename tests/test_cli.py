@@ -194,6 +194,7 @@ def test_info_and_data_info(tiny_mnist: Path) -> None:
     result = invoke("info")
     assert result.exit_code == 0 and "backend cpu" in result.output and "numpy" in result.output
     assert "cpu blas" in result.output and "threads" in result.output
+    assert "extra plot" in result.output and "extra export" in result.output  # what is installed, or how to
     bad = invoke("data", "info", "--data-dir", tiny_mnist)  # tiny files are not the official ones
     assert bad.exit_code == 2 and "checksum mismatch" in bad.stderr
 

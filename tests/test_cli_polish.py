@@ -212,3 +212,20 @@ def test_compare_in_80_columns_letters_the_runs_and_keeps_keys_whole(
     monkeypatch.setenv("COLUMNS", "200")
     wide = invoke("runs", "compare", a, b)
     assert a.name in wide.output and b.name in wide.output and "A  " not in wide.output, wide.output
+
+
+def test_info_says_which_extras_are_installed_and_how_to_get_the_others(monkeypatch) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name == "onnxruntime":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setenv("COLUMNS", "200")
+    output = invoke("info").output
+    assert "extra export │ not installed (onnxruntime): pip install 'nnx[export]'" in output
+    assert f"extra plot   │ matplotlib {real('matplotlib')}" in output

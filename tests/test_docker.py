@@ -105,3 +105,15 @@ def test_dockerignore_admits_what_the_images_copy() -> None:
                     assert f"!{source.rstrip('/')}" in allowed.replace("/\n", "\n"), (
                         f"{dockerfile.name} copies {source}"
                     )
+
+
+def test_nnx_info_knows_the_extras_pyproject_defines() -> None:
+    """`nnx info` lists each extra's packages from its own table; it must be pyproject's."""
+    from nnx.cli.info_cmd import EXTRAS
+
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    linux = sys.platform.startswith("linux")
+    for extra, packages in EXTRAS.items():
+        here = [r for r in optional[extra] if linux or "sys_platform == 'linux'" not in r]
+        assert packages == [re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", r).group(0) for r in here], extra
+    assert set(optional) - set(EXTRAS) == {"gpu", "gpu-cuda13", "dev"}

@@ -21,6 +21,25 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+# The extras `nnx info` reports on, as pyproject.toml defines them (a test keeps the two alike;
+# the installed metadata can be older than the code in an editable install); gpu has its own rows.
+EXTRAS = {
+    "plot": ["matplotlib"],
+    "web": ["fastapi", "uvicorn", "python-multipart"],
+    "sweep": ["optuna", "psycopg"],
+    "export": ["onnx", "onnxruntime", "safetensors"],
+    "log": ["tensorboardX"],
+    "mpi": ["mpi4py", *(["mpich"] if sys.platform.startswith("linux") else [])],  # MPICH's wheel: Linux only
+}
+
+
+def _extra_row(extra: str, packages: list[str]) -> str:
+    missing = [p for p in packages if _version(p) == "not installed"]
+    if missing:
+        return f"not installed ({', '.join(missing)}): pip install 'nnx[{extra}]'"
+    return ", ".join(f"{p} {_version(p)}" for p in packages)
+
+
 def run_info() -> None:
     console = stdout_console()
     versions = Table(title="nnx info", show_header=False)
@@ -46,4 +65,6 @@ def run_info() -> None:
             name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
             versions.add_row(f"gpu:{index}", f"{name}, {props['totalGlobalMem'] / 2**30:.0f} GiB")
         versions.add_row("cuda runtime", str(cupy.cuda.runtime.runtimeGetVersion()))
+    for extra, packages in EXTRAS.items():
+        versions.add_row(f"extra {extra}", _extra_row(extra, packages))
     console.print(versions)
