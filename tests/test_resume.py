@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +141,18 @@ def test_divergence_stops_with_the_epoch_and_batch(tiny_mnist: Path, tmp_path: P
     line = result.stderr.strip()
     assert line.startswith("error: the loss became nan or inf at epoch 1, batch ") and "\n" not in line
     assert not (run / "model.npz").exists()
+
+
+def test_divergence_is_one_line_without_numpys_warnings(tiny_mnist: Path, tmp_path: Path) -> None:
+    """In a real process (pytest records warnings instead of printing them): Adam's d * d
+    overflowing (a CNN's default optimizer) printed NumPy's RuntimeWarning and its source line before nnx's one line."""
+    command = [sys.executable, "-m", "nnx", "train", "-q", "-c", "mnist_cnn", "--lr", "1e9", "--out", tmp_path / "r",
+               "--data-dir", tiny_mnist, "--set", "data.limit=300", "--set", "training.validation=100"]  # fmt: skip
+    command = [str(part) for part in command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the loss became nan or inf at epoch 1, batch ")
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_divergence_after_a_good_epoch_keeps_its_checkpoint(
