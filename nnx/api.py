@@ -26,7 +26,7 @@ from nnx import __version__
 from nnx.atomic import WriteError
 from nnx.augment import ShiftRotate
 from nnx.backend import Backend, get_backend
-from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
+from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, saved_config
 from nnx.config import Config, apply_overrides, load_config, validate
 from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
@@ -38,7 +38,7 @@ from nnx.nn import Sequential, build_model
 from nnx.optim import OPTIMIZERS, Optimizer, Schedule
 from nnx.parallel import Communicator, MPIComm, NCCLComm, RanksDisagreeError, Single, check_same_config
 from nnx.preprocess import Preprocess
-from nnx.runs import RunLock, RunWriter, new_run_dir, read_json
+from nnx.runs import RunLock, RunWriter, config_differences, new_run_dir, read_json
 from nnx.trainer import (
     Callback,
     DeviceSplit,
@@ -284,7 +284,7 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
         + (f" | {comm.size} ranks, global batch {t.batch_size}" if comm.size > 1 else "")
     )
     if resume is not None:
-        say(f"resuming at epoch {state.epoch}, batch {state.batch}")
+        say(f"resuming at epoch {state.epoch}, batch {state.batch}" + (_changes_since(run_dir, config) if root else ""))
 
     early = t.early_stopping
     loggers = make_loggers(t.log, run_dir, state.history) if writer is not None else []
@@ -317,7 +317,7 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
         if trainer.best_state is not None and current.best_epoch != saved_best_epoch:
             save_model(run_dir / BEST, _with_state(model, trainer.best_state), preprocess)
             saved_best_epoch = current.best_epoch
-        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, current)
+        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, current, config.model_dump(mode="json"))
 
     trainer.checkpoint = checkpoint
     train_data = DeviceSplit(mnist.train, backend)
@@ -437,6 +437,18 @@ def _rank_device(device: str, comm: Communicator) -> str:
     from nnx.backend import gpu_count
 
     return f"gpu:{comm.local_rank % max(gpu_count(), 1)}"
+
+
+def _changes_since(run_dir: Path, config: Config) -> str:
+    """What differs from the config the checkpoint was written under (an edited config.yaml, --lr
+    on the resume): "; changed since the checkpoint: optimizer.lr 0.02 -> 0.5"."""
+    saved = saved_config(run_dir / CHECKPOINT)
+    if saved is None:
+        return ""
+    changes = config_differences([saved, config.model_dump(mode="json")])
+    if not changes:
+        return ""
+    return "; changed since the checkpoint: " + ", ".join(f"{key} {a} -> {b}" for key, (a, b) in changes.items())
 
 
 def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Communicator) -> TrainState:

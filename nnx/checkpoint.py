@@ -12,6 +12,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,10 @@ FORMAT = "nnx-checkpoint"
 FORMAT_VERSION = 2  # 2: per-array SHA-256 and shapes in the header
 
 
-def save_checkpoint(path: Path, model: Sequential, optimizer: Optimizer, state: TrainState) -> None:
+def save_checkpoint(
+    path: Path, model: Sequential, optimizer: Optimizer, state: TrainState, config: dict[str, Any] | None = None
+) -> None:
+    """`config`: the run's config as JSON data, so that a resume can say what changed since."""
     arrays = {f"model/{k}": v for k, v in model.state().items()}
     arrays.update({f"optim/{k}": v for k, v in optimizer.state_arrays(model.backend.to_numpy).items()})
     header = {
@@ -39,12 +43,22 @@ def save_checkpoint(path: Path, model: Sequential, optimizer: Optimizer, state: 
         "state": state.to_dict(),
         "optimizer_steps": optimizer.steps,
         "architecture": model.spec(),
+        "config": config,
         # As in model files: a tampered checkpoint is refused, never loaded into the weights.
         "arrays": {name: {"shape": list(a.shape), "sha256": digest(a)} for name, a in arrays.items()},
     }
     buffer = io.BytesIO()
     np.savez(buffer, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
     write_atomic(path, buffer.getvalue())
+
+
+def saved_config(path: Path) -> dict[str, Any] | None:
+    """The config a checkpoint was written under (None for checkpoints of nnx before it kept one)."""
+    try:
+        config = read_json_member(path).get("config")
+    except ModelFileError:
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def load_checkpoint(path: Path, model: Sequential, optimizer: Optimizer) -> TrainState:

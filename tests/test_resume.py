@@ -98,8 +98,28 @@ def test_stopped_and_resumed_run_is_bitwise_identical(
     resumed = invoke("train", "--resume", stopped)
     assert resumed.exit_code == 0, resumed.output
     assert f"resuming at epoch {epoch + (batch == 10)}" in resumed.output
+    assert "changed since the checkpoint" not in resumed.output
     assert arrays(straight / "model.npz") == arrays(stopped / "model.npz")
     assert metrics_without_time(straight) == metrics_without_time(stopped)
+
+
+def test_a_resume_says_what_changed_since_the_checkpoint(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edited config.yaml, or a flag given with --resume, continues the run under other
+    settings than it began with: the resume line says which (before, it said nothing)."""
+    run = tmp_path / "r"
+    stop_at(monkeypatch, 1, 3)
+    args = ["--set", "model.hidden=[16]", "--set", "training.validation=100", "--epochs", 3]
+    assert invoke("train", "--data-dir", tiny_mnist, "--out", run, *args).exit_code == 130
+    monkeypatch.undo()
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.02", "lr: 0.05"))
+    resumed = invoke("train", "--resume", run, "--epochs", 4)
+    assert resumed.exit_code == 0, resumed.output
+    assert (
+        "resuming at epoch 1, batch 3; changed since the checkpoint: optimizer.lr 0.02 -> 0.05, training.epochs 3 -> 4"
+    ) in resumed.output
 
 
 def test_resume_needs_a_run_directory(tmp_path: Path) -> None:
