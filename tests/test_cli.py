@@ -90,6 +90,17 @@ def test_evaluate(trained: Path, tiny_mnist: Path) -> None:
     assert "per-class accuracy" in result.output
 
 
+def test_evaluate_json_for_scripts(trained: Path, tiny_mnist: Path) -> None:
+    result = invoke("evaluate", trained, "--data-dir", tiny_mnist, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    model = nnx.load(trained).evaluate(data_dir=tiny_mnist)
+    assert data["accuracy"] == model["accuracy"] and data["loss"] == model["loss"]
+    assert data["confusion"] == model["confusion"].tolist() and data["correct"] == int(model["confusion"].trace())
+    assert data["test_images"] == 200 and data["classes"] == [str(d) for d in range(10)]
+    assert data["model"] == str(trained / "model.npz") and len(data["per_class_accuracy"]) == 10
+
+
 def test_a_run_directory_stands_for_its_model(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
     by_file = invoke("evaluate", trained / "model.npz", "--data-dir", tiny_mnist, "-q")
     by_run = invoke("evaluate", trained, "--data-dir", tiny_mnist, "-q")

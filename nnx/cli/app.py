@@ -109,11 +109,12 @@ def evaluate(
     device: Device = None,
     show_errors: Annotated[int, typer.Option(help="Draw this many of the most confident mistakes.", min=0)] = 2,
     quiet: Quiet = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON (for scripts).")] = False,
 ) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a model on MNIST's test set."""
     from nnx.cli.evaluate_cmd import run_evaluate
 
-    run_evaluate(model, data_dir, device or "cpu", quiet, show_errors)
+    run_evaluate(model, data_dir, device or "cpu", quiet, show_errors, as_json)
 
 
 @app.command()

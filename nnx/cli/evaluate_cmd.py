@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
 
-from nnx.cli.common import stdout_console
+from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.cli.render import class_label, digit_text, probability_table
 from nnx.data.datasets import class_names
@@ -17,7 +18,9 @@ from nnx.metrics import confusion_matrix, most_confident_mistakes, per_class_acc
 from nnx.trainer import DeviceSplit, evaluate
 
 
-def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bool, show_errors: int = 2) -> None:
+def run_evaluate(
+    model_path: Path, data_dir: Path | None, device: str, quiet: bool, show_errors: int = 2, as_json: bool = False
+) -> None:
     console = stdout_console()
     model_path = model_file(model_path)  # a run directory: its model.npz
     loaded = open_model(model_path, device)
@@ -25,11 +28,26 @@ def run_evaluate(model_path: Path, data_dir: Path | None, device: str, quiet: bo
     dataset = loaded.header.get("dataset", "mnist")
     classes = class_names(loaded.header)
     folder = resolve_data_dir(data_dir, None, dataset)
-    ensure_data(folder, console, dataset=dataset)
+    ensure_data(folder, stderr_console() if as_json else console, dataset=dataset)  # stdout: the JSON alone
     host_test = load_test(folder)
     test = DeviceSplit(host_test, backend)
     loss, accuracy, predictions = evaluate(loaded.model, test, loaded.preprocess, backend)
     confusion = confusion_matrix(test.labels, predictions, backend)
+    if as_json:
+        result = {
+            "model": str(model_path),
+            "dataset": dataset,
+            "device": backend.description(),
+            "test_images": len(test),
+            "correct": int(confusion.trace()),
+            "accuracy": accuracy,
+            "loss": loss,
+            "classes": classes,
+            "per_class_accuracy": per_class_accuracy(confusion).tolist(),
+            "confusion": confusion.tolist(),  # rows: true class, columns: predicted
+        }
+        console.print(json.dumps(result, indent=1), markup=False, highlight=False, soft_wrap=True)
+        return
     console.print(
         f"{model_path}: test accuracy {accuracy:.2%} ({int(confusion.trace()):,}/{len(test):,}), "
         f"loss {loss:.4f}, device {backend.description()}",
