@@ -134,6 +134,31 @@ def test_predict_png_dark_ink_on_white(trained: Path, tiny_mnist: Path, tmp_path
     assert f"predicted {int(test.labels[3])}" in result.output
 
 
+def test_predict_several_inputs_a_line_each(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
+    test = load_test(tiny_mnist)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"d{i}.png")
+        Image.fromarray(255 - test.images[i].reshape(28, 28)).resize((56, 56)).save(files[-1])
+    csv = tmp_path / "rows.csv"
+    csv.write_text(",".join(map(str, [int(test.labels[5]), *test.images[5].tolist()])) + "\n")
+    result = invoke("predict", trained, *files, csv)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    model = nnx.load(trained)
+    for path in files:  # the same classes as one at a time (and as the API's)
+        alone = invoke("predict", trained, path).output
+        predicted = int(alone.split("predicted ")[1].split()[0])
+        assert predicted == model.predict(path).classes[0]
+        assert any(line.startswith(f"{path}: predicted {predicted} with ") for line in lines), result.output
+    label = int(test.labels[5])
+    assert f"{csv} row 0: predicted {label} with" in result.output and f"(label {label}: correct)" in result.output
+    not_image = tmp_path / "x.png"
+    not_image.write_text("hello")
+    assert "x.png: not a readable image" in assert_one_line_error(invoke("predict", trained, files[0], not_image))
+    assert "exactly one of" in assert_one_line_error(invoke("predict", trained, *files, "--test-index", 1))
+
+
 def test_predict_csv_row(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
     test = load_test(tiny_mnist)
     csv = tmp_path / "digits.csv"

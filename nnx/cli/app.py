@@ -121,7 +121,10 @@ def evaluate(
 @handles_errors
 def predict(
     model: Annotated[Path, typer.Argument(help="A model file, or a run directory (its model.npz).")],
-    input: Annotated[Path | None, typer.Argument(help="A PNG/JPEG image or a CSV file (seed format).")] = None,
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="A PNG/JPEG image or a CSV file (seed format); several: a line for each."),
+    ] = None,
     test_index: Annotated[int | None, typer.Option(help="Use this MNIST test image instead.")] = None,
     row: Annotated[int, typer.Option(help="Which data row of a CSV file.")] = 0,
     mnist_style: Annotated[
@@ -131,10 +134,11 @@ def predict(
     data_dir: DataDir = None,
     device: Device = None,
 ) -> None:
-    """Classify one digit: draw it in the terminal with a confidence bar for every class."""
+    """Classify one digit: draw it in the terminal with a confidence bar for every class (several
+    inputs: a line for each)."""
     from nnx.cli.predict_cmd import run_predict
 
-    run_predict(model, input, test_index, row, data_dir, device or "cpu", mnist_style)
+    run_predict(model, inputs or [], test_index, row, data_dir, device or "cpu", mnist_style)
 
 
 @app.command()

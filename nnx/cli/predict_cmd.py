@@ -1,4 +1,4 @@
-"""`nnx predict`: classify one digit from an image, a CSV row or the MNIST test set."""
+"""`nnx predict`: classify a digit from an image, a CSV row or the MNIST test set (or several images)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _read_input(
 
 def run_predict(
     model_path: Path,
-    input: Path | None,
+    inputs: list[Path],
     test_index: int | None,
     row: int,
     data_dir: Path | None,
@@ -62,16 +62,30 @@ def run_predict(
     backend = loaded.model.backend
     dataset = loaded.header.get("dataset", "mnist")
     classes = class_names(loaded.header)
-    pixels, label, source = _read_input(input, test_index, row, data_dir, mnist_style, dataset)
+    if len(inputs) > 1:
+        if test_index is not None:
+            raise NnxError("give exactly one of: input files (PNG/JPEG/CSV) or --test-index N")
+        # Every file read (and refused) before any is classified: one batch, one table.
+        read = [_read_input(path, None, row, data_dir, mnist_style, dataset) for path in inputs]
+        x = loaded.preprocess(backend.asarray(np.stack([pixels for pixels, _, _ in read])), backend)
+        logits = backend.to_numpy(loaded.model.logits(x, training=False)).astype(np.float64)
+        for (_, label, source), scores in zip(read, logits, strict=True):  # a line each, paths never cut
+            console.print(_verdict(source, softmax(scores), label, classes), markup=False, soft_wrap=True)
+        return
+    pixels, label, source = _read_input(inputs[0] if inputs else None, test_index, row, data_dir, mnist_style, dataset)
     x = loaded.preprocess(backend.asarray(pixels.reshape(1, 784)), backend)
     logits = backend.to_numpy(loaded.model.logits(x, training=False))[0].astype(np.float64)
     probabilities = softmax(logits)
-    predicted = int(np.argmax(probabilities))
     console.print(digit_text(pixels, console))
+    console.print(_verdict(source, probabilities, label, classes), markup=False)
+    console.print(probability_table(probabilities, classes=classes))
+
+
+def _verdict(source: str, probabilities: np.ndarray, label: int | None, classes: list[str]) -> str:
+    """ "digit.png: predicted 7 with 98.1% confidence (label 7: correct)"."""
+    predicted = int(np.argmax(probabilities))
     verdict = "correct" if label == predicted else "wrong"
     truth = f" (label {class_label(label, classes)}: {verdict})" if label is not None else ""
-    console.print(
-        f"{source}: predicted {class_label(predicted, classes)} with {probabilities[predicted]:.1%} confidence{truth}",
-        markup=False,
+    return (
+        f"{source}: predicted {class_label(predicted, classes)} with {probabilities[predicted]:.1%} confidence{truth}"
     )
-    console.print(probability_table(probabilities, classes=classes))
