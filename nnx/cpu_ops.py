@@ -20,6 +20,7 @@ compare against.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import ctypes.util
 import os
@@ -215,8 +216,13 @@ class _Pool:
                     self.local.inside = False
 
             # BLAS on one thread while the chunks run: BLAS's own threads would compete with them.
+            # Each helper runs in a copy of the caller's context, so that the caller's np.errstate
+            # holds in every chunk (a diverging run's overflow warnings came from the helpers).
             with self.one_blas_thread():
-                helpers = [self.executor.submit(drain) for _ in range(min(threads, len(chunks)) - 1)]
+                helpers = [
+                    self.executor.submit(contextvars.copy_context().run, drain)
+                    for _ in range(min(threads, len(chunks)) - 1)
+                ]
                 try:
                     drain()
                 finally:  # the helpers write into the caller's arrays: wait for them even on an error

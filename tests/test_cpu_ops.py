@@ -4,6 +4,7 @@ the chunking, and the same bits whatever the number of threads."""
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -380,3 +381,23 @@ def test_the_blas_description_names_its_kernels_and_a_forced_core_type(monkeypat
     assert "OPENBLAS_CORETYPE" not in cpu_ops.blas_kernels()
     monkeypatch.setattr("threadpoolctl.threadpool_info", lambda: [])
     assert cpu_ops.blas_kernels() == "none found"
+
+
+def test_the_callers_errstate_holds_in_every_chunk() -> None:
+    """np.errstate is per context: chunks run by the pool's helper threads ignored the caller's
+    (a diverging run printed 'overflow encountered in multiply' from them)."""
+    ops = CpuOps(threads=2, own_threads=True)
+    x = np.full((64, 4096), 1e30, dtype=np.float32)
+
+    def square(rows: slice) -> None:
+        np.multiply(x[rows], x[rows], out=x[rows])  # overflows to inf in every chunk
+
+    assert len(ops.chunks(len(x), 1 << 20)) > 1  # helpers take part
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        ops.parallel_for(len(x), square, 1 << 20)
+    x[...] = 1e30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning fails the test
+        with np.errstate(over="ignore"):
+            ops.parallel_for(len(x), square, 1 << 20)
+    assert np.isinf(x).all()

@@ -165,7 +165,8 @@ def test_divergence_stops_with_the_epoch_and_batch(tiny_mnist: Path, tmp_path: P
 
 def test_divergence_is_one_line_without_numpys_warnings(tiny_mnist: Path, tmp_path: Path) -> None:
     """In a real process (pytest records warnings instead of printing them): Adam's d * d
-    overflowing (a CNN's default optimizer) printed NumPy's RuntimeWarning and its source line before nnx's one line."""
+    overflowing (a CNN's default optimizer) printed NumPy's RuntimeWarning and its source line before nnx's one line:
+    the pool's helper threads ran outside the trainer's np.errstate."""
     command = [sys.executable, "-m", "nnx", "train", "-q", "-c", "mnist_cnn", "--lr", "1e9", "--out", tmp_path / "r",
                "--data-dir", tiny_mnist, "--set", "data.limit=300", "--set", "training.validation=100"]  # fmt: skip
     command = [str(part) for part in command]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +45,20 @@ def run_train(
         if not quiet:
             console.print(wrap_fields(line, console.width if console.is_terminal else None), markup=False)
 
-    with warnings.catch_warnings():
-        # NumPy's "overflow encountered in multiply" lines on a diverging run came before the one
-        # line that says so: the divergence guard reports the epoch and batch where the loss
-        # stopped being finite, which no run gets past.
-        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
-        run = train(
-            config_name,
-            flags,
-            assignments=assignments,
-            out=out,
-            resume=resume,
-            callbacks=make_progress(console, quiet),
-            download=download,
-            fetch=lambda data_dir, dataset: download_with_progress(data_dir, console, dataset=dataset),
-            log=log,
-            distributed=distributed,
-            threads=threads,
-            force=force,
-        )
+    run = train(
+        config_name,
+        flags,
+        assignments=assignments,
+        out=out,
+        resume=resume,
+        callbacks=make_progress(console, quiet),
+        download=download,
+        fetch=lambda data_dir, dataset: download_with_progress(data_dir, console, dataset=dataset),
+        log=log,
+        distributed=distributed,
+        threads=threads,
+        force=force,
+    )
     result, summary, run_dir = run.result, run.summary, run.path
     if run.rank != 0:  # rank 0 reports for every rank
         if result.interrupted:
