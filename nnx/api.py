@@ -146,9 +146,9 @@ def train(
     `resume`: a stopped run's directory, continued from its checkpoint (then `config` is ignored).
     `callbacks` see every event of the loop. `fetch(data_dir, dataset)` downloads missing files (by
     default the mirrors in order, silently; `download=False` refuses instead). `log` receives the
-    setup lines the CLI shows. With `handle_sigint`, Ctrl-C stops after the current batch and the
-    run is kept resumable (a second Ctrl-C aborts). A stopped run comes back with
-    `run.interrupted` set; its model.npz holds the weights at the stop.
+    setup lines the CLI shows. With `handle_sigint`, Ctrl-C (or SIGTERM) stops after the current
+    batch and the run is kept resumable (a second one aborts). A stopped run comes back with
+    `run.interrupted` set (and `run.result.stopped_by`); its model.npz holds the weights at the stop.
 
     `progress`: show bars (a terminal or a notebook, through rich) or a line per epoch.
     `force`: write the run into an `out` folder that holds other files (nothing is deleted).
@@ -323,21 +323,28 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
     train_data = DeviceSplit(mnist.train, backend)
     val_data = DeviceSplit(mnist.validation, backend) if len(mnist.validation) else None
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
         if trainer.stop_requested:
             raise KeyboardInterrupt
+        # SIGTERM is how docker stop, Slurm's preemption, systemd and `timeout` ask a process
+        # to end: like Ctrl-C, finish the batch and keep everything.
+        stopped_by.append("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
         trainer.request_stop()
 
-    previous = None
+    previous: dict[int, Any] = {}
     if handle_sigint:
         try:
-            previous = signal.signal(signal.SIGINT, on_sigint)
-        except ValueError:  # not the main thread (e.g. embedded): Ctrl-C keeps its default meaning
-            previous = None
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread (e.g. embedded): the signals keep their default meaning
+            previous = {}
     try:
         # A diverging run is reported by the trainer's guard; NumPy's overflow warnings are noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             result = trainer.fit(train_data, val_data, t.epochs, t.batch_size, t.seed, state)
+        result.stopped_by = stopped_by[0] if result.interrupted and stopped_by else ""
         # Ctrl-C from here on: the first is noted and the model is still evaluated and saved; a
         # second stops at once, and the checkpoint (already written) finishes the job on --resume.
         return _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, mnist, dataset, writer)
@@ -351,8 +358,8 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
             raise
         raise InterruptedRunError(f"interrupted while finishing the run{_resumable(run_dir)}") from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class InterruptedRunError(NnxError):
@@ -389,6 +396,7 @@ def _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, 
         "epochs": len(result.history),
         "epochs_planned": t.epochs,
         "interrupted": result.interrupted,
+        "stopped_by": result.stopped_by or None,
         "stopped_early": result.stopped_early,
         "best_epoch": result.best_epoch or None,
         "model_description": model.describe(),
@@ -412,6 +420,7 @@ def _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, 
         extra={
             "config_name": config.name,
             "interrupted": result.interrupted,
+            "stopped_by": result.stopped_by or None,
             "dataset": dataset.name,
             "classes": list(dataset.classes),
         },

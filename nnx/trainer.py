@@ -107,6 +107,7 @@ class TrainResult:
     train_seconds: float = 0.0
     samples_seen: int = 0
     interrupted: bool = False
+    stopped_by: str = ""  # what interrupted it: "Ctrl-C" or "SIGTERM" (set by nnx.api.train)
     stopped_early: bool = False
     best_epoch: int = 0
 

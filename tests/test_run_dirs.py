@@ -221,6 +221,31 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tiny_mnist: Path, tmp
     assert not list(run.glob(".*.part"))
 
 
+def test_sigterm_stops_like_ctrl_c_and_keeps_the_run(tiny_mnist: Path, tmp_path: Path) -> None:
+    """docker stop, Slurm's preemption, systemd and `timeout` send SIGTERM: it killed the run on
+    the spot, with summary.json left from an earlier stop and the epoch's work lost."""
+    import json
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "nnx", "train", "--data-dir", str(tiny_mnist), "--epochs", "500",
+            "--set", "training.validation=100", "--set", "model.hidden=[32]", "--out", str(run)]  # fmt: skip
+    victim = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (run / "checkpoint.npz").is_file():
+        assert time.monotonic() < deadline and victim.poll() is None
+        time.sleep(0.01)
+    victim.terminate()
+    out, err = victim.communicate(timeout=60)
+    assert victim.returncode == 143, out + err
+    assert "Stopped by SIGTERM during epoch" in out and f"nnx train --resume {run}" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] and summary["stopped_by"] == "SIGTERM" and summary["epochs"] < 500
+    assert (run / "model.npz").is_file() and not list(run.glob(".*.part"))
+    resumed = subprocess.run([sys.executable, "-m", "nnx", "train", "-q", "--resume", str(run), "--epochs",
+                              str(summary["epochs"] + 2)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+
+
 def test_ctrl_c_during_the_final_evaluation_still_saves_the_model(
     tiny_mnist: Path, tmp_path: Path, monkeypatch
 ) -> None:

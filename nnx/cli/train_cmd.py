@@ -60,9 +60,11 @@ def run_train(
         force=force,
     )
     result, summary, run_dir = run.result, run.summary, run.path
+    # 128 + the signal's number, as a shell reports a process the signal ended.
+    code = 143 if result.stopped_by == "SIGTERM" else 130
     if run.rank != 0:  # rank 0 reports for every rank
         if result.interrupted:
-            raise typer.Exit(130)
+            raise typer.Exit(code)
         return
     _print_summary(console, summary, result, run.config.training.epochs, run.backend, run_dir, quiet)
     if plots and not result.interrupted:
@@ -78,10 +80,11 @@ def run_train(
             kept.append(f"{CHECKPOINT} (to continue: nnx train --resume {run_dir})")
         kept += ["model.npz (weights at the stop)", "summary.json"]
         console.print(
-            f"Stopped by Ctrl-C during epoch {len(result.history) + 1}. Kept in {run_dir}: {', '.join(kept)}",
+            f"Stopped by {result.stopped_by or 'Ctrl-C'} during epoch {len(result.history) + 1}. "
+            f"Kept in {run_dir}: {', '.join(kept)}",
             markup=False,
         )
-        raise typer.Exit(130)
+        raise typer.Exit(code)
 
 
 def _print_summary(console, summary, result, epochs, backend, run_dir, quiet) -> None:
