@@ -226,6 +226,34 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tiny_mnist: Path, t
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE" and retried[0].params == first.params
 
 
+def test_sigterm_to_a_sweep_stops_its_workers_too(tiny_mnist: Path, tmp_path: Path) -> None:
+    """SIGTERM (docker stop, Slurm) reaches the sweep's own process alone: it ended, and its
+    workers trained on without it."""
+    path = sweep_file(tmp_path, "term", 4, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    proc = start("sweep", path, "--workers", 2, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=500",
+                 cwd=tmp_path)  # fmt: skip
+    trials = tmp_path / "runs" / "term"
+    wait_for(lambda: len(list(trials.glob("trial-*/metrics.jsonl"))) == 2)  # both workers training
+    proc.terminate()
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "stopped" in output and "Traceback" not in output
+
+    def workers() -> list[str]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "--worker-id" in cmdline and str(path) in cmdline:
+                found.append(cmdline)
+        return found
+
+    wait_for(lambda: not workers(), seconds=30)
+    assert all(t.state.name != "RUNNING" for t in load(tmp_path, "term").get_trials())
+
+
 def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "kill", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
     args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]

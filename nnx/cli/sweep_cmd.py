@@ -127,6 +127,13 @@ def _run_workers(file, spec, workers, url, device, assignments, data_dir, trials
             )
     # Trials that ended before this command (an earlier run of the same sweep) are not news.
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED", "FAIL")}
+
+    def terminate(signum: int, frame: Any) -> None:
+        # SIGTERM (docker stop, Slurm) reaches this process alone: stop as Ctrl-C does, passing
+        # the stop on to the workers, instead of ending here and leaving them running.
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         while True:
             alive = [p for p in procs if p.poll() is None]
@@ -151,6 +158,8 @@ def _run_workers(file, spec, workers, url, device, assignments, data_dir, trials
                 p.kill()
         console.print(_stopped(spec, file), markup=False)
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     broken = [(k + 1, p.returncode, logs[k]) for k, p in enumerate(procs) if p.returncode not in (0, 130)]
     for k, code, log in broken:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
