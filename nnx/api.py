@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from nnx.augment import ShiftRotate
 from nnx.backend import Backend, get_backend
 from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, saved_config
 from nnx.config import Config, apply_overrides, load_config, validate
+from nnx.cpu_ops import usable_cpus
 from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
 from nnx.errors import DataError, NnxError
@@ -168,12 +168,12 @@ def train(
     comm = MPIComm() if distributed else None
     if threads is None and comm is not None and comm.local_size > 1:
         # Ranks on one machine share its cores: each gets its part, not all of them.
-        threads = max(1, len(os.sched_getaffinity(0)) // comm.local_size)
+        threads = max(1, usable_cpus() // comm.local_size)
     limits = contextlib.nullcontext()
     if threads is not None:
         from threadpoolctl import threadpool_limits
 
-        cpus = len(os.sched_getaffinity(0))
+        cpus = usable_cpus()
         if not 1 <= threads <= cpus:  # more threads than CPUs: BLAS's spinning threads starve each other
             raise NnxError(f"--threads {threads}: this process may use {cpus} CPU(s); give 1 to {cpus}")
 

@@ -104,13 +104,21 @@ def blas_pools() -> list[dict[str, Any]]:
     return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, where the platform has one: macOS and
+    Windows do not, and os.sched_getaffinity does not exist there)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """The threads BLAS was given (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, threadpoolctl limits)
     or else the cores this process may run on."""
     if _POOL.limited:  # a parallel section holds BLAS at one thread: what it had before
         return _POOL.threads_outside
     blas = [pool["num_threads"] for pool in blas_pools()]
-    return max(1, min(blas)) if blas else len(os.sched_getaffinity(0))
+    return max(1, min(blas)) if blas else usable_cpus()
 
 
 _architectures: tuple[str, ...] | None = None

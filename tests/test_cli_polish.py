@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from nnx import __version__
 from nnx.cli.app import app
+from nnx.cpu_ops import usable_cpus
 
 TINY = ["--epochs", "1", "--set", "training.validation=100"]
 
@@ -44,7 +44,7 @@ def test_threads_are_applied_and_recorded(tiny_mnist: Path, tmp_path: Path) -> N
     assert summary["blas_threads"] == 1
     # More threads than CPUs left BLAS's spinning threads starving each other: an epoch of a
     # fraction of a second ran for minutes. Refused before anything is written.
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
     result = invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--threads", cpus + 1, "--out", tmp_path / "x")
     assert result.exit_code == 2 and result.stderr.strip() == (
         f"error: --threads {cpus + 1}: this process may use {cpus} CPU(s); give 1 to {cpus}"

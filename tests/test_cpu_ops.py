@@ -3,6 +3,7 @@ the chunking, and the same bits whatever the number of threads."""
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 
@@ -401,3 +402,13 @@ def test_the_callers_errstate_holds_in_every_chunk() -> None:
         with np.errstate(over="ignore"):
             ops.parallel_for(len(x), square, 1 << 20)
     assert np.isinf(x).all()
+
+
+def test_threads_are_counted_where_there_is_no_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows have no os.sched_getaffinity: with a BLAS threadpoolctl does not see
+    (Apple's Accelerate, which NumPy 2's macOS wheels use) the default thread count raised
+    AttributeError."""
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(cpu_ops, "blas_pools", lambda: [])
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert cpu_ops.usable_cpus() == 6 and cpu_ops.default_threads() == 6
