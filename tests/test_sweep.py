@@ -254,6 +254,33 @@ def test_sigterm_to_a_sweep_stops_its_workers_too(tiny_mnist: Path, tmp_path: Pa
     assert all(t.state.name != "RUNNING" for t in load(tmp_path, "term").get_trials())
 
 
+def test_local_workers_share_the_gpus_round_robin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers 4 --device gpu on a 2-GPU machine put every worker on GPU 0."""
+    import nnx.backend
+    from nnx.cli.sweep_cmd import worker_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 5,7")
+    assert worker_gpus(4, "gpu") == ["2", "5", "7", "2"] and worker_gpus(2, "auto") == ["2", "5"]
+    for device in ("cpu", "gpu:1"):  # the CPU, or a GPU the user named: left alone
+        assert worker_gpus(3, device) == [None] * 3
+    assert worker_gpus(1, "gpu") == [None]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # one GPU: nothing to share out
+    assert worker_gpus(2, "gpu") == [None, None]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(nnx.backend, "gpu_count", lambda: 2)
+    assert worker_gpus(3, "gpu") == ["0", "1", "0"]
+
+
+def test_the_workers_are_given_their_gpus(tiny_mnist: Path, tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "gpus", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    # No GPU here: auto trains on the CPU, but the sharing out is decided (and said) all the same.
+    result = nnx("sweep", path, "--workers", 2, "--device", "auto", "--data-dir", tiny_mnist, *TINY,
+                 "--set", "training.epochs=1", cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": "5,7"})  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "workers' GPUs (CUDA_VISIBLE_DEVICES): 5, 7" in result.stdout
+    assert states(load(tmp_path, "gpus")) == {"COMPLETE": 2}
+
+
 def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "kill", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
     args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]

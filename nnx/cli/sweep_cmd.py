@@ -43,7 +43,26 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
     if storage is None:
         sweep_dir(spec.name).mkdir(parents=True, exist_ok=True)
         storage = default_storage(spec.name)
-    return file, spec, overrides, storage, open_storage(storage, spec.heartbeat)
+    return file, spec, overrides, storage, open_storage(storage, spec.heartbeat), base.device
+
+
+def worker_gpus(workers: int, device: str) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each local worker of a sweep on `device`: with gpu (or auto) and
+    several GPUs visible, worker k gets the k-th of them (round robin), so that the workers share
+    the GPUs instead of all training on the first. An explicit gpu:N, the CPU, or one GPU leave the
+    environment as it is (None)."""
+    from nnx.backend import gpu_count
+
+    if device not in ("gpu", "auto") or workers < 2:
+        return [None] * workers
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        visible = [d.strip() for d in listed.split(",") if d.strip()]
+    else:
+        visible = [str(i) for i in range(gpu_count())]
+    if len(visible) < 2:
+        return [None] * workers
+    return [visible[k % len(visible)] for k in range(workers)]
 
 
 def run_sweep(
@@ -62,7 +81,7 @@ def run_sweep(
     cores = os.cpu_count() or 1
     if workers > 4 * cores:  # before _prepare writes anything: thousands of processes are a typo
         raise NnxError(f"--workers {workers}: more than 4 a core ({cores} cores here) would only thrash; use fewer")
-    file, spec, overrides, url, rdb = _prepare(file, trials, storage, device, assignments, data_dir)
+    file, spec, overrides, url, rdb, base_device = _prepare(file, trials, storage, device, assignments, data_dir)
     if worker_id is None:
         workers = _worker_count(workers, spec)
     study = open_study(spec, rdb, worker_id or 0)
@@ -86,7 +105,10 @@ def run_sweep(
         )
 
     if workers > 1 and worker_id is None:
-        _run_workers(file, spec, workers, url, device, assignments, data_dir, trials, study, report, console)
+        gpus = worker_gpus(workers, base_device)
+        if any(gpus):
+            console.print(f"workers' GPUs (CUDA_VISIBLE_DEVICES): {', '.join(map(str, gpus))}", markup=False)
+        _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console)
     else:
         try:
             counts = Worker(spec, study, overrides, assignments, report).run()
@@ -102,8 +124,9 @@ def run_sweep(
             raise NnxError(f"sweep {spec.name}: every trial failed; `nnx sweep show {spec.name}` says why")
 
 
-def _run_workers(file, spec, workers, url, device, assignments, data_dir, trials, study, report, console) -> None:
-    """N worker processes on this machine sharing the study's storage; this one shows progress."""
+def _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console) -> None:
+    """A worker process on this machine for each of `gpus` (its CUDA_VISIBLE_DEVICES, or None),
+    sharing the study's storage; this one shows progress."""
     from nnx.sweep.study import count, sweep_dir
 
     args = [sys.executable, "-m", "nnx", "sweep", str(file), "--storage", url]
@@ -113,17 +136,18 @@ def _run_workers(file, spec, workers, url, device, assignments, data_dir, trials
     for assignment in assignments:
         args += ["--set", assignment]
     env = dict(os.environ)
-    threads = str(max(1, (os.cpu_count() or 1) // workers))  # the cores shared out, not oversubscribed
+    threads = str(max(1, (os.cpu_count() or 1) // len(gpus)))  # the cores shared out, not oversubscribed
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, threads)
     logs, procs = [], []
-    for k in range(1, workers + 1):
+    for k, gpu in enumerate(gpus, start=1):
         log = sweep_dir(spec.name) / f"worker-{k}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         logs.append(log)
+        worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
         with open(log, "ab") as out:
             procs.append(
-                subprocess.Popen([*args, "--worker-id", str(k)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                subprocess.Popen([*args, "--worker-id", str(k)], stdout=out, stderr=subprocess.STDOUT, env=worker_env)
             )
     # Trials that ended before this command (an earlier run of the same sweep) are not news.
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED", "FAIL")}
