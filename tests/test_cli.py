@@ -159,6 +159,22 @@ def test_predict_several_inputs_a_line_each(trained: Path, tiny_mnist: Path, tmp
     assert "exactly one of" in assert_one_line_error(invoke("predict", trained, *files, "--test-index", 1))
 
 
+def test_predict_json_for_scripts(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
+    test = load_test(tiny_mnist)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"d{i}.png")
+        Image.fromarray(test.images[i].reshape(28, 28)).save(files[-1])
+    answers = json.loads(invoke("predict", trained, *files, "--json").stdout)
+    expected = nnx.load(trained).predict(files)
+    assert [a["input"] for a in answers] == [str(f) for f in files]
+    assert [a["predicted"] for a in answers] == expected.classes.tolist()
+    assert np.allclose([a["probabilities"] for a in answers], expected.probabilities, rtol=1e-6, atol=1e-9)
+    assert all(a["label"] is None and a["class"] == str(a["predicted"]) for a in answers)
+    one = json.loads(invoke("predict", trained, "--test-index", 4, "--data-dir", tiny_mnist, "--json").stdout)
+    assert len(one) == 1 and one[0]["label"] == int(test.labels[4]) and 0 < one[0]["confidence"] <= 1
+
+
 def test_predict_csv_row(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
     test = load_test(tiny_mnist)
     csv = tmp_path / "digits.csv"

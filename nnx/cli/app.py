@@ -133,12 +133,13 @@ def predict(
     ] = False,
     data_dir: DataDir = None,
     device: Device = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON (for scripts).")] = False,
 ) -> None:
     """Classify one digit: draw it in the terminal with a confidence bar for every class (several
     inputs: a line for each)."""
     from nnx.cli.predict_cmd import run_predict
 
-    run_predict(model, inputs or [], test_index, row, data_dir, device or "cpu", mnist_style)
+    run_predict(model, inputs or [], test_index, row, data_dir, device or "cpu", mnist_style, as_json)
 
 
 @app.command()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from nnx.cli.common import stdout_console
+from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.cli.render import class_label, digit_text, probability_table
 from nnx.data.csvfile import read_csv
@@ -31,7 +32,7 @@ def _read_input(
         raise NnxError("give exactly one of: an input file (PNG/JPEG/CSV) or --test-index N")
     if test_index is not None:
         folder = resolve_data_dir(data_dir, None, dataset)
-        ensure_data(folder, stdout_console(), dataset=dataset)
+        ensure_data(folder, stderr_console(), dataset=dataset)  # stdout: the prediction alone (--json)
         test = load_test(folder)
         if not 0 <= test_index < len(test):
             raise NnxError(f"--test-index {test_index}: the test set has images 0-{len(test) - 1}")
@@ -56,29 +57,34 @@ def run_predict(
     data_dir: Path | None,
     device: str,
     mnist_style: bool = False,
+    as_json: bool = False,
 ) -> None:
     console = stdout_console()
     loaded = open_model(model_path, device)
     backend = loaded.model.backend
     dataset = loaded.header.get("dataset", "mnist")
     classes = class_names(loaded.header)
-    if len(inputs) > 1:
-        if test_index is not None:
-            raise NnxError("give exactly one of: input files (PNG/JPEG/CSV) or --test-index N")
-        # Every file read (and refused) before any is classified: one batch, one table.
-        read = [_read_input(path, None, row, data_dir, mnist_style, dataset) for path in inputs]
-        x = loaded.preprocess(backend.asarray(np.stack([pixels for pixels, _, _ in read])), backend)
-        logits = backend.to_numpy(loaded.model.logits(x, training=False)).astype(np.float64)
-        for (_, label, source), scores in zip(read, logits, strict=True):  # a line each, paths never cut
-            console.print(_verdict(source, softmax(scores), label, classes), markup=False, soft_wrap=True)
-        return
-    pixels, label, source = _read_input(inputs[0] if inputs else None, test_index, row, data_dir, mnist_style, dataset)
-    x = loaded.preprocess(backend.asarray(pixels.reshape(1, 784)), backend)
-    logits = backend.to_numpy(loaded.model.logits(x, training=False))[0].astype(np.float64)
-    probabilities = softmax(logits)
-    console.print(digit_text(pixels, console))
-    console.print(_verdict(source, probabilities, label, classes), markup=False)
-    console.print(probability_table(probabilities, classes=classes))
+    if len(inputs) > 1 and test_index is not None:
+        raise NnxError("give exactly one of: input files (PNG/JPEG/CSV) or --test-index N")
+    # Every input read (and refused) before any is classified, then one batch.
+    read = [_read_input(path, test_index, row, data_dir, mnist_style, dataset) for path in inputs or [None]]
+    x = loaded.preprocess(backend.asarray(np.stack([pixels for pixels, _, _ in read])), backend)
+    probabilities = softmax(backend.to_numpy(loaded.model.logits(x, training=False)).astype(np.float64))
+    if as_json:
+        answers = [
+            {"input": source, "predicted": int(p.argmax()), "class": classes[int(p.argmax())],
+             "confidence": float(p.max()), "label": label, "probabilities": p.tolist()}
+            for (_, label, source), p in zip(read, probabilities, strict=True)
+        ]  # fmt: skip
+        console.print(json.dumps(answers, indent=1), markup=False, highlight=False, soft_wrap=True)
+    elif len(read) > 1:
+        for (_, label, source), p in zip(read, probabilities, strict=True):  # a line each, paths never cut
+            console.print(_verdict(source, p, label, classes), markup=False, soft_wrap=True)
+    else:
+        (pixels, label, source), p = read[0], probabilities[0]
+        console.print(digit_text(pixels, console))
+        console.print(_verdict(source, p, label, classes), markup=False)
+        console.print(probability_table(p, classes=classes))
 
 
 def _verdict(source: str, probabilities: np.ndarray, label: int | None, classes: list[str]) -> str:
