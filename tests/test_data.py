@@ -154,6 +154,12 @@ def test_csv_not_numbers(tmp_path: Path) -> None:
     path.write_text(",".join(["0.0"] * 785) + "\n")  # np.savetxt's floats: the one row looks like a header
     with pytest.raises(DataError, match="no data rows \\(row 1 is read as a header: its first field '0.0' is not"):
         read_csv(path)
+    # A spreadsheet's semicolon or tab dialects (semicolons where the comma is the decimal mark).
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+        for header in ("label" + separator + separator.join(f"p{i}" for i in range(784)) + "\n", ""):
+            path.write_text(header + separator.join(["5"] + ["0"] * 784) + "\n")
+            with pytest.raises(DataError, match=f"bad.csv: fields separated by {name}; nnx reads comma-separated"):
+                read_csv(path)
 
 
 def test_csv_that_could_take_the_memory_is_refused_before_reading(tmp_path: Path) -> None:

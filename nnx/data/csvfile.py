@@ -33,6 +33,12 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read as text ({exc})") from None
     lines = text.splitlines()
+    sample = lines[0] if lines else ""
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):  # a spreadsheet's other CSV dialects
+        if sample.count(separator) >= PIXELS and sample.count(",") < PIXELS:
+            raise DataError(
+                f"{path}: fields separated by {name}; nnx reads comma-separated values (label, then pixels)"
+            )
     start = 1 if lines and not lines[0].split(",")[0].strip().lstrip("-").isdigit() else 0
     rows = [line for line in lines[start:] if line.strip()]
     if not rows:
