@@ -540,9 +540,9 @@ class Prediction:
 class Model:
     """A trained network ready to use in a notebook or a script: `nnx.load(path)`.
 
-    `predict(images)` takes uint8 pixels (a 28x28 image, a batch (N, 28, 28) or (N, 784)) or
-    floats (0-1, or 0-255 when any value exceeds 1), NumPy in and NumPy out. `evaluate()` runs
-    the test set."""
+    `predict(images)` takes uint8 pixels (a 28x28 image, a batch (N, 28, 28) or (N, 784)), floats
+    (0-1, or 0-255 when any value exceeds 1), or image files and PIL images; NumPy out.
+    `evaluate()` runs the test set; `export(path)` writes ONNX or safetensors."""
 
     def __init__(self, loaded: Any, path: Path) -> None:
         self.network: Sequential = loaded.model
@@ -575,6 +575,13 @@ class Model:
             self.network, self.backend.asarray(pixels), self.preprocess, self.backend, batch_size
         )
         return Prediction(probabilities.argmax(axis=1), probabilities)
+
+    def export(self, path: str | Path, format: str | None = None, force: bool = False) -> Path:
+        """Write this model's file as ONNX or safetensors (`format`, or by `path`'s suffix, as
+        `nnx export` does; pip install 'nnx[export]'); an existing file only with `force`."""
+        from nnx.export import export_model_file
+
+        return export_model_file(self.path, Path(path), format, force)[0]
 
     def evaluate(self, split: str = "test", data_dir: str | Path | None = None) -> dict[str, Any]:
         """Loss, accuracy, per-class accuracy and the confusion matrix on MNIST's test set (or

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import nnx
+import nnx.errors as nnx_errors
 from nnx.backend import get_backend
 from nnx.cli.app import app
 from nnx.data.mnist import Split, load_mnist, load_test
@@ -158,3 +159,18 @@ def test_export_format_follows_the_output_name(every_layer_model: Path, tmp_path
     )
     assert result.exit_code == 2 and "a .safetensors name for --format onnx" in result.output
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_loaded_model_exports_from_python(every_layer_model: Path, tmp_path: Path) -> None:
+    model = nnx.load(every_layer_model)
+    written = model.export(tmp_path / "m.safetensors")  # the format from the name, as nnx export does
+    again = nnx.load(written)
+    images = np.random.default_rng(0).integers(0, 256, (5, 784), dtype=np.uint8)
+    assert np.array_equal(again.predict(images).probabilities, model.predict(images).probabilities)
+    onnx_file = model.export(tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(onnx_file))
+    probabilities = session.run(["probabilities"], {"pixels": images})[0]
+    assert np.allclose(probabilities, model.predict(images).probabilities, atol=1e-5)
+    with pytest.raises(nnx_errors.NnxError, match="exists; choose another --output or add --force"):
+        model.export(onnx_file)
+    assert model.export(onnx_file, force=True) == onnx_file

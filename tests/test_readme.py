@@ -44,6 +44,7 @@ def test_the_python_example_in_the_readme_runs(
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
     assert namespace["run"].summary["test_accuracy"] > 0.9
     assert namespace["model"].predict(namespace["drawn"]).classes.shape == (1,)
+    assert (tmp_path / "digits.onnx").stat().st_size > 0
 
 
 def test_data_readme_lists_the_checksums_nnx_checks() -> None:
