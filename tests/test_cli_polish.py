@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -229,3 +230,25 @@ def test_info_says_which_extras_are_installed_and_how_to_get_the_others(monkeypa
     output = invoke("info").output
     assert "extra export │ not installed (onnxruntime): pip install 'nnx[export]'" in output
     assert f"extra plot   │ matplotlib {real('matplotlib')}" in output
+
+
+def test_runs_sort_by_accuracy_or_time(tmp_path: Path) -> None:
+    figures = {"a": (0.97, 0.98, 5.0), "b": (0.99, 0.985, 9.0), "c": (0.95, 0.99, 1.0), "stopped": (None, None, None)}
+    for age, (name, (test, val, seconds)) in enumerate(figures.items()):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        summary = {"test_accuracy": test, "best_val_accuracy": val, "train_seconds": seconds, "epochs": 1}
+        (run / "summary.json").write_text(json.dumps(summary))
+        os.utime(run / "summary.json", (1_700_000_000 + age, 1_700_000_000 + age))
+
+    def order(*args: str) -> list[str]:
+        result = invoke("runs", "--dir", tmp_path / "runs", "--json", *args)
+        assert result.exit_code == 0, result.output
+        return [Path(row["run"]).name for row in json.loads(result.stdout)]
+
+    assert order() == ["a", "b", "c", "stopped"]  # finished, oldest first
+    assert order("--sort", "test") == ["b", "a", "c", "stopped"]  # best first, runs without the figure last
+    assert order("--sort", "val") == ["c", "b", "a", "stopped"]
+    assert order("--sort", "time") == ["c", "a", "b", "stopped"]  # fastest first
+    result = invoke("runs", "--dir", tmp_path / "runs", "--sort", "loss")
+    assert result.exit_code == 2 and "--sort loss: use finished, test, val, time" in result.stderr

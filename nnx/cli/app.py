@@ -161,12 +161,15 @@ def runs(
     ctx: typer.Context,
     directory: Annotated[Path, typer.Option("--dir", help="Where the runs are.")] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Every run's summary as JSON, for scripts.")] = False,
+    sort: Annotated[
+        str, typer.Option(help="finished (oldest first), test or val (best accuracy first), time (fastest first).")
+    ] = "finished",
 ) -> None:
     """List the runs in a table (subcommand `compare` compares some)."""
     if ctx.invoked_subcommand is None:
         from nnx.cli.plot_cmd import run_list
 
-        run_list(directory, as_json)
+        run_list(directory, as_json, sort)
 
 
 @runs_app.command("compare")

@@ -50,10 +50,21 @@ def _percent(value: Any) -> str:
     return _shown(value, ".2%")
 
 
-def run_list(directory: Path, as_json: bool = False) -> None:
+# `nnx runs --sort`: the summary figure each order reads, and whether more is better.
+SORTS = {"test": ("test_accuracy", True), "val": ("best_val_accuracy", True), "time": ("train_seconds", False)}
+
+
+def run_list(directory: Path, as_json: bool = False, sort: str = "finished") -> None:
     console = stdout_console()
     warnings = stderr_console()
+    if sort != "finished" and sort not in SORTS:
+        raise NnxError(f"--sort {sort}: use finished, {', '.join(SORTS)}")
     runs = list_runs(directory, lambda message: warnings.print(f"warning: {message}", markup=False))
+    if sort in SORTS:  # best first; runs without the figure (stopped before it) last
+        key, higher = SORTS[sort]
+        figures = [run for run in runs if is_figure(run["summary"].get(key))]
+        figures.sort(key=lambda run: run["summary"][key], reverse=higher)
+        runs = figures + [run for run in runs if not is_figure(run["summary"].get(key))]
     if as_json:
         rows = [{"run": str(run["path"]), "modified": run["modified"], **run["summary"]} for run in runs]
         console.print(json.dumps(rows, indent=1), markup=False, highlight=False, soft_wrap=True)
