@@ -242,13 +242,7 @@ def _train(
     mnist = load_mnist(data_dir, config.training.validation, csv)
     if config.data.limit is not None:
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
-    rows = -(-min(config.training.batch_size, len(mnist.train)) // comm.size)  # this process's rows of a batch
-    try:
-        model.check_batch_fits(rows)
-    except ValueError as exc:
-        raise NnxError(
-            f"training.batch_size {config.training.batch_size}: {exc}; use smaller batches or layers"
-        ) from None
+    _check_batch_fits(model, config, -(-min(config.training.batch_size, len(mnist.train)) // comm.size))
 
     lock = None
     if root:
@@ -261,6 +255,59 @@ def _train(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _check_batch_fits(model: Sequential, config: Config, rows: int) -> None:
+    """A batch of `rows` (this process's share) whose activations cannot fit the device is refused."""
+    try:
+        model.check_batch_fits(rows)
+    except ValueError as exc:
+        raise NnxError(
+            f"training.batch_size {config.training.batch_size}: {exc}; use smaller batches or layers"
+        ) from None
+
+
+def check_train(
+    config: str | Path | Config | dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    assignments: Sequence[str] = (),
+    resume: str | Path | None = None,
+    download: bool = True,
+) -> dict[str, Any]:
+    """What `train` would run, checked as `train` checks it but training and writing nothing (`nnx
+    train --dry-run`): the config with its overrides, the device, the network, a batch's memory and
+    the data. Raises the error `train` would raise before its first batch."""
+    if resume is not None:
+        resume = Path(resume)
+        if not (resume / "config.yaml").is_file() or not (resume / CHECKPOINT).is_file():
+            raise NnxError(f"{resume}: not a run directory with config.yaml and {CHECKPOINT} to resume")
+        refuse_finished_run(resume, (overrides or {}).get("training.epochs"))
+        config = resume / "config.yaml"
+    config, source = resolve_config(config, overrides, assignments)
+    backend = get_backend(config.device, config.dtype, config.allow_tf32)
+    dataset = get_dataset(config.data.dataset)
+    data_dir = resolve_data_dir(None, config.data.dir, dataset.name)
+    config.data.dir = str(data_dir)
+    model = build_model_for(config, backend)
+    rows = config.training.batch_size
+    if not config.data.train_csv:  # MNIST and its kin: 60,000 training images, less validation and limit
+        rows = min(rows, 60_000 - config.training.validation, config.data.limit or rows)
+    _check_batch_fits(model, config, max(rows, 1))
+    missing = [] if config.data.train_csv else missing_files(data_dir)
+    if missing and not download:
+        ensure_data(data_dir, False, None, lambda line: None, dataset.name)  # the error train would raise
+    return {
+        "config": config,
+        "source": source,
+        "device": backend.description(),
+        "model": model.describe(),
+        "parameters": model.count_parameters(),
+        "batch_bytes": rows * model.kept_per_sample * np.dtype(backend.dtype).itemsize,
+        "data_dir": data_dir,
+        "missing": missing,
+        "changes": _changes_since(resume, config).removeprefix("; ") if resume is not None else "",
+    }
 
 
 def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, dataset, resume, callbacks, say,

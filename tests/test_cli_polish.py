@@ -252,3 +252,34 @@ def test_runs_sort_by_accuracy_or_time(tmp_path: Path) -> None:
     assert order("--sort", "time") == ["c", "a", "b", "stopped"]  # fastest first
     result = invoke("runs", "--dir", tmp_path / "runs", "--sort", "loss")
     assert result.exit_code == 2 and "--sort loss: use finished, test, val, time" in result.stderr
+
+
+def test_dry_run_checks_everything_a_run_would_and_writes_nothing(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", "--dry-run", "-c", "mnist_cnn", "--lr", "0.01", "--data-dir", tiny_mnist)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "lr: 0.01" in out and "# model 784-conv32-conv64-128-10 (421,642 parameters)" in out
+    assert "# a batch keeps at least 23.0 MiB of activations" in out and f"# data {tiny_mnist}: present" in out
+    assert "# dry run: nothing trained, nothing written" in out and not (tmp_path / "runs").exists()
+    # What would stop the run stops the dry run, with the same line.
+    for args, message in [
+        (["--set", "training.batch_size=0"], "--set training.batch_size=0: training.batch_size: Input should be"),
+        (["--no-download", "--data-dir", tmp_path / "none"], "missing train-images-idx3-ubyte"),
+        (["--device", "gpu:-1"], "device"),
+    ]:
+        failed = invoke("train", "--dry-run", *args)
+        assert failed.exit_code == 2 and message in failed.stderr, failed.output
+    missing = invoke("train", "--dry-run", "--data-dir", tmp_path / "none")  # downloading is on: said, not done
+    assert missing.exit_code == 0 and "missing train-images-idx3-ubyte" in missing.output
+    assert not (tmp_path / "none").exists() and not (tmp_path / "runs").exists()
+    # A resume: the changes since the checkpoint are listed, and nothing moves.
+    run = tmp_path / "r"
+    assert invoke("train", "-q", "--data-dir", tiny_mnist, "--out", run, *TINY).exit_code == 0
+    stamp = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    resumed = invoke("train", "--dry-run", "--resume", run, "--epochs", 5)
+    assert resumed.exit_code == 0, resumed.output
+    assert "# changed since the checkpoint: training.epochs 1 -> 5" in resumed.output
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamp

@@ -85,9 +85,13 @@ def train(
         bool, typer.Option("--force", help="Write into an --out folder holding other files (nothing is deleted).")
     ] = False,
     quiet: Quiet = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check the config, device, network, memory and data; train and write nothing."),
+    ] = False,
 ) -> None:
     """Train a network from a YAML config; writes a run directory with the model and metrics."""
-    from nnx.cli.train_cmd import run_train
+    from nnx.cli.train_cmd import run_dry_run, run_train
 
     flags = {
         "training.epochs": epochs,
@@ -98,6 +102,9 @@ def train(
         "dtype": dtype,
         "data.dir": str(data_dir) if data_dir else None,
     }
+    if dry_run:
+        run_dry_run(config, set_ or [], flags, resume, download)
+        return
     run_train(config, set_ or [], flags, out, download, quiet, resume, plots, distributed, threads, force)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from nnx.api import train
+from nnx.api import check_train, train
 from nnx.checkpoint import CHECKPOINT
 from nnx.cli.common import stdout_console
 from nnx.cli.data_cmd import download_with_progress
@@ -85,6 +85,31 @@ def run_train(
             markup=False,
         )
         raise typer.Exit(code)
+
+
+def run_dry_run(
+    config_name: str | None, assignments: list[str], flags: dict[str, Any], resume: Path | None, download: bool
+) -> None:
+    """`nnx train --dry-run`: what a run would be, checked as `nnx train` checks it, and nothing written."""
+    from nnx.config import to_yaml
+    from nnx.nn.sequential import human_bytes
+
+    plan = check_train(config_name, flags, assignments=assignments, resume=resume, download=download)
+    console = stdout_console()
+    console.print(f"# {plan['source']}, as nnx train would run it", markup=False)
+    console.print(to_yaml(plan["config"]), markup=False, end="")
+    data = f"data {plan['data_dir']}: " + (
+        f"missing {', '.join(plan['missing'])} (nnx train downloads them)" if plan["missing"] else "present"
+    )
+    lines = [
+        f"device {plan['device']}",
+        f"model {plan['model']} ({plan['parameters']:,} parameters)",
+        f"a batch keeps at least {human_bytes(plan['batch_bytes'])} of activations",
+        data,
+    ] + ([plan["changes"]] if plan["changes"] else [])
+    for line in lines:
+        console.print(f"# {line}", markup=False)
+    console.print("# dry run: nothing trained, nothing written", markup=False)
 
 
 def _print_summary(console, summary, result, epochs, backend, run_dir, quiet) -> None:

@@ -64,8 +64,8 @@ class Sequential:
         if need > have:
             where = f"{self.backend.name}'s memory" if self.backend.is_gpu else "this machine's memory"
             raise ValueError(
-                f"a batch of {rows:,} images keeps at least {_size(need)} of activations in this "
-                f"network, more than all {_size(have)} of {where}"
+                f"a batch of {rows:,} images keeps at least {human_bytes(need)} of activations in this "
+                f"network, more than all {human_bytes(have)} of {where}"
             )
 
     def _flatten(self) -> tuple[Any, Any]:
@@ -203,8 +203,11 @@ def build_model(
     return Sequential(layers, backend, kept)
 
 
-def _size(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
+def human_bytes(n_bytes: int) -> str:
+    """1.5 GiB, 23.0 MiB, 12.3 KiB."""
+    if n_bytes >= 2**30:
+        return f"{n_bytes / 2**30:,.1f} GiB"
+    return f"{n_bytes / 2**20:,.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:,.1f} KiB"
 
 
 # Layers whose forward always allocates a new output array of their output's shape.
@@ -239,8 +242,8 @@ class ParameterBudget:
         self.count += max(size, 0)
         if self.count * self.itemsize > self.limit:
             raise ValueError(
-                f"{where}: the network reaches {self.count:,} parameters ({_size(self.count * self.itemsize)}), "
-                f"more than this machine can train (limit {_size(self.limit)} for the parameters)"
+                f"{where}: the network reaches {self.count:,} parameters ({human_bytes(self.count * self.itemsize)}), "
+                f"more than this machine can train (limit {human_bytes(self.limit)} for the parameters)"
             )
 
 
