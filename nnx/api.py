@@ -220,11 +220,7 @@ def _train(
     say = (log or (lambda line: None)) if root else (lambda line: None)
     callbacks = list(callbacks) if root else []  # progress and the like: rank 0 reports for all
     if resume is not None:
-        resume = Path(resume)
-        if not (resume / "config.yaml").is_file() or not (resume / CHECKPOINT).is_file():
-            raise NnxError(f"{resume}: not a run directory with config.yaml and {CHECKPOINT} to resume")
-        refuse_finished_run(resume, (overrides or {}).get("training.epochs"))
-        config = resume / "config.yaml"
+        resume, config = Path(resume), resumable_config(Path(resume), overrides)
     config, source = resolve_config(config, overrides, assignments)
     if comm.size > 1:
         check_same_config(comm, config.model_dump(mode="json"))
@@ -279,11 +275,7 @@ def check_train(
     train --dry-run`): the config with its overrides, the device, the network, a batch's memory and
     the data. Raises the error `train` would raise before its first batch."""
     if resume is not None:
-        resume = Path(resume)
-        if not (resume / "config.yaml").is_file() or not (resume / CHECKPOINT).is_file():
-            raise NnxError(f"{resume}: not a run directory with config.yaml and {CHECKPOINT} to resume")
-        refuse_finished_run(resume, (overrides or {}).get("training.epochs"))
-        config = resume / "config.yaml"
+        resume, config = Path(resume), resumable_config(Path(resume), overrides)
     config, source = resolve_config(config, overrides, assignments)
     backend = get_backend(config.device, config.dtype, config.allow_tf32)
     dataset = get_dataset(config.data.dataset)
@@ -544,6 +536,14 @@ def ensure_data(
         from nnx.data.download import download_mnist
 
         download_mnist(data_dir, None, None, False, dataset)
+
+
+def resumable_config(run_dir: Path, overrides: dict[str, Any] | None) -> Path:
+    """The config.yaml of a run that --resume can continue (with these overrides), or the reason it cannot."""
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / CHECKPOINT).is_file():
+        raise NnxError(f"{run_dir}: not a run directory with config.yaml and {CHECKPOINT} to resume")
+    refuse_finished_run(run_dir, (overrides or {}).get("training.epochs"))
+    return run_dir / "config.yaml"
 
 
 def refuse_finished_run(run_dir: Path, epochs: int | None) -> None:
