@@ -26,7 +26,7 @@ from nnx.atomic import WriteError
 from nnx.augment import ShiftRotate
 from nnx.backend import Backend, get_backend
 from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, saved_config
-from nnx.config import Config, apply_overrides, load_config, validate
+from nnx.config import Config, apply_overrides, load_config, to_yaml, validate
 from nnx.cpu_ops import usable_cpus
 from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
@@ -326,7 +326,7 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
         say(f"resuming at epoch {state.epoch}, batch {state.batch}" + (_changes_since(run_dir, config) if root else ""))
 
     early = t.early_stopping
-    loggers = make_loggers(t.log, run_dir, state.history) if writer is not None else []
+    loggers = make_loggers(t.log, run_dir, state.history, to_yaml(config)) if writer is not None else []
     trainer = Trainer(
         model,
         optimizer,

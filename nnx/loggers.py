@@ -45,15 +45,18 @@ class CSVLogger(Callback):
 
 
 class TensorBoardLogger(Callback):
-    """Scalars per epoch (loss, accuracy, lr, samples/s) through tensorboardX's SummaryWriter."""
+    """Scalars per epoch (loss, accuracy, lr, samples/s) through tensorboardX's SummaryWriter, and
+    the run's config as text (TensorBoard's Text tab), to tell runs apart."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, config_yaml: str = "") -> None:
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
             raise NnxError("training.log: tensorboard needs tensorboardX: pip install 'nnx[log]'") from None
         self.writer = SummaryWriter(logdir=str(run_dir))
         self.samples = 0
+        if config_yaml:  # indented four spaces: a code block in the Markdown TensorBoard renders
+            self.writer.add_text("config", "".join(f"    {line}\n" for line in config_yaml.splitlines()), 0)
 
     def on_train_start(self, epochs: int, batches_per_epoch: int, samples_per_epoch: int) -> None:
         self.samples = samples_per_epoch
@@ -74,11 +77,11 @@ class TensorBoardLogger(Callback):
         self.writer.close()
 
 
-def make_loggers(names: list[str], run_dir: Path, history: list[EpochMetrics]) -> list[Callback]:
+def make_loggers(names: list[str], run_dir: Path, history: list[EpochMetrics], config_yaml: str = "") -> list[Callback]:
     loggers: list[Callback] = []
     for name in names:
         if name == "csv":
             loggers.append(CSVLogger(run_dir, history))
         elif name == "tensorboard":
-            loggers.append(TensorBoardLogger(run_dir))
+            loggers.append(TensorBoardLogger(run_dir, config_yaml))
     return loggers

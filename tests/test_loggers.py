@@ -54,6 +54,16 @@ def test_tensorboard_and_csv_logs_hold_every_epoch(tiny_mnist: Path, tmp_path: P
     for h in history:
         assert scalars["loss/train"][h["epoch"]] == pytest.approx(h["train_loss"], rel=1e-6)
         assert scalars["accuracy/validation"][h["epoch"]] == pytest.approx(h["val_accuracy"], rel=1e-6)
+    # The config as text, to tell runs apart in TensorBoard: the run's config.yaml, as a code block.
+    texts = [
+        v.tensor.string_val[0].decode()
+        for e in read_events(events_file)
+        for v in e.summary.value
+        if v.tensor.string_val
+    ]
+    assert len(texts) == 1 and texts[0] == "".join(
+        f"    {line}\n" for line in (run / "config.yaml").read_text().splitlines()
+    )
 
 
 def test_an_unknown_log_is_a_config_error(tiny_mnist: Path, tmp_path: Path) -> None:
