@@ -294,6 +294,7 @@ def check_train(
         "source": source,
         "device": backend.description(),
         "model": model.describe(),
+        "network": model,
         "parameters": model.count_parameters(),
         "batch_bytes": rows * model.kept_per_sample * np.dtype(backend.dtype).itemsize,
         "data_dir": data_dir,

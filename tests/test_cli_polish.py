@@ -263,6 +263,7 @@ def test_dry_run_checks_everything_a_run_would_and_writes_nothing(
     out = result.output
     assert "lr: 0.01" in out and "# model 784-conv32-conv64-128-10 (421,642 parameters)" in out
     assert "# a batch keeps at least 23.0 MiB of activations" in out and f"# data {tiny_mnist}: present" in out
+    assert "linear(in=3136, out=128, init=he)" in out and "401,536" in out  # the layer table
     assert "# dry run: nothing trained, nothing written" in out and not (tmp_path / "runs").exists()
     # What would stop the run stops the dry run, with the same line.
     for args, message in [
@@ -283,3 +284,20 @@ def test_dry_run_checks_everything_a_run_would_and_writes_nothing(
     assert resumed.exit_code == 0, resumed.output
     assert "# changed since the checkpoint: training.epochs 1 -> 5" in resumed.output
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamp
+
+
+def test_info_on_a_model_shows_what_it_holds_and_its_layers(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    run = tmp_path / "r"
+    assert invoke("train", "-q", "--data-dir", tiny_mnist, "--out", run, *TINY).exit_code == 0
+    result = invoke("info", run)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    out = result.output
+    assert f"{run / 'model.npz'}" in out and "784-64-10 (50,890 parameters, float32)" in out
+    assert f"test accuracy     │ {summary['test_accuracy']:.2%}" in out
+    assert "linear(in=784, out=64, init=he)" in out and "50,240" in out and "total" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("info", empty)
+    assert result.exit_code == 2 and "a directory without a model.npz" in result.stderr

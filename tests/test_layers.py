@@ -9,7 +9,7 @@ from nnx.backend import get_backend
 from nnx.config import load_config
 from nnx.nn import AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, Reshape, build_model
 from nnx.nn.conv import col2im_product, im2col, output_size
-from nnx.testing import directional_check, numerical_gradient, relative_error
+from nnx.testing import EVERY_LAYER, directional_check, numerical_gradient, relative_error
 
 TOL = 1e-6
 
@@ -270,3 +270,17 @@ def test_small_cnn_gradients_through_the_fused_conv_relu(backend) -> None:
     for name, param, grad in model.parameters():
         analytic = backend.to_numpy(grad).copy()
         assert relative_error(analytic, numerical_gradient(loss, param)) < TOL, name
+
+
+def test_the_summary_gives_each_layers_true_output_shape_and_parameters() -> None:
+    """nnx info and --dry-run list the shapes build_model worked out: each must be what the layer
+    really returns, and the parameters must add up."""
+    backend = get_backend("cpu", "float64")
+    model = build_model(EVERY_LAYER, backend, np.random.default_rng(0), classes=10)
+    rows = model.summary()
+    assert len(rows) == len(model.layers) and sum(count for _, _, count in rows) == model.count_parameters()
+    x = np.random.default_rng(1).random((3, 784))
+    for layer, (text, shape, count) in zip(model.layers, rows, strict=True):
+        x = layer.forward(x, training=False)
+        assert x.shape == (3, *shape), text
+        assert text.startswith(layer.spec()["type"]) and count == sum(p.size for p in layer.params.values())

@@ -269,10 +269,17 @@ def sweep(
 
 @app.command()
 @handles_errors
-def info() -> None:
-    """Versions, which backends can run here, and the GPUs seen."""
-    from nnx.cli.info_cmd import run_info
+def info(
+    model: Annotated[
+        Path | None, typer.Argument(help="A model file or run directory: what it holds, and its layers.")
+    ] = None,
+) -> None:
+    """Versions, which backends can run here, and the GPUs seen; or, given a model, its layers."""
+    from nnx.cli.info_cmd import run_info, run_model_info
 
+    if model is not None:
+        run_model_info(model)
+        return
     run_info()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import sys
+from pathlib import Path
 
 from rich.table import Table
 
@@ -68,3 +69,30 @@ def run_info() -> None:
     for extra, packages in EXTRAS.items():
         versions.add_row(f"extra {extra}", _extra_row(extra, packages))
     console.print(versions)
+
+
+def run_model_info(path: Path) -> None:
+    """`nnx info MODEL`: what a model file holds, and its layers."""
+    from nnx.cli.render import layer_table
+    from nnx.data.datasets import class_names
+    from nnx.io import model_file, open_model
+
+    path = model_file(path)  # a run directory: its model.npz
+    loaded = open_model(path, "cpu")
+    header, model = loaded.header, loaded.model
+    table = Table(title=f"{path}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("model", f"{model.describe()} ({model.count_parameters():,} parameters, {header.get('dtype', '?')})")
+    table.add_row("dataset", f"{header.get('dataset', 'mnist')}: classes {', '.join(class_names(header))}")
+    pre = loaded.preprocess
+    table.add_row("preprocessing", f"x = (pixels / 255 - {pre.mean:g}) / {pre.std:g}")
+    for key, value in dict(header.get("metrics") or {}).items():
+        shown = (
+            "-" if value is None else f"{value:.2%}" if "accuracy" in key and isinstance(value, float) else str(value)
+        )
+        table.add_row(key.replace("_", " "), shown)
+    table.add_row("written by", f"nnx {header.get('nnx_version', '?')}")
+    console = stdout_console()
+    console.print(table)
+    console.print(layer_table(model))

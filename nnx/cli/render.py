@@ -1,6 +1,8 @@
-"""Terminal drawings: a digit in half-block characters and probability bars."""
+"""Terminal drawings: a digit in half-block characters, probability bars and a network's layers."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -46,3 +48,16 @@ def class_label(k: int, classes: list[str] | None) -> str:
     """ "7" for a digit; "7 Sneaker" where the classes have names."""
     name = classes[k] if classes else str(k)
     return name if name == str(k) else f"{k} {name}"
+
+
+def layer_table(model: Any, title: str = "layers") -> Table:
+    """A row per layer: what it is, its output shape for one image and its parameters, then the totals."""
+    table = Table(title=title, box=None, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("layer", overflow="fold")
+    table.add_column("output", justify="right", no_wrap=True)
+    table.add_column("parameters", justify="right", no_wrap=True)
+    for i, (text, shape, count) in enumerate(model.summary()):
+        table.add_row(str(i), text, "x".join(map(str, shape)) if shape else "?", f"{count:,}" if count else "")
+    table.add_row("", "total", "", f"{model.count_parameters():,}", style="bold")
+    return table

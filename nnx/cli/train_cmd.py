@@ -91,6 +91,7 @@ def run_dry_run(
     config_name: str | None, assignments: list[str], flags: dict[str, Any], resume: Path | None, download: bool
 ) -> None:
     """`nnx train --dry-run`: what a run would be, checked as `nnx train` checks it, and nothing written."""
+    from nnx.cli.render import layer_table
     from nnx.config import to_yaml
     from nnx.nn.sequential import human_bytes
 
@@ -109,6 +110,7 @@ def run_dry_run(
     ] + ([plan["changes"]] if plan["changes"] else [])
     for line in lines:
         console.print(f"# {line}", markup=False)
+    console.print(layer_table(plan["network"]))
     console.print("# dry run: nothing trained, nothing written", markup=False)
 
 

@@ -28,9 +28,17 @@ class Sequential:
     and `grads` are views into them, so an optimizer can update the whole network in one pass.
     """
 
-    def __init__(self, layers: list[Layer], backend: Backend, kept_per_sample: int = 0) -> None:
+    def __init__(
+        self,
+        layers: list[Layer],
+        backend: Backend,
+        kept_per_sample: int = 0,
+        output_shapes: list[tuple[int, ...]] | None = None,
+    ) -> None:
         self.layers = layers
         self.backend = backend
+        # Each layer's output shape for one image (build_model works them out), for `summary`.
+        self.output_shapes = output_shapes
         # Activation elements one sample keeps from the forward pass to the backward (the outputs
         # of the layers that allocate one; ReLUs, flattens and the like may not): a lower bound,
         # so that a batch refused by check_batch_fits could never have trained.
@@ -156,6 +164,17 @@ class Sequential:
     def count_parameters(self) -> int:
         return sum(int(p.size) for _, p, _ in self.parameters())
 
+    def summary(self) -> list[tuple[str, tuple[int, ...] | None, int]]:
+        """A row per layer: what it is (its spec), its output shape for one image, its parameters."""
+        rows = []
+        for i, layer in enumerate(self.layers):
+            spec = dict(layer.spec())
+            kind = spec.pop("type")
+            text = kind + (f"({', '.join(f'{k}={v}' for k, v in spec.items())})" if spec else "")
+            shape = self.output_shapes[i] if self.output_shapes else None
+            rows.append((text, shape, sum(int(p.size) for p in layer.params.values())))
+        return rows
+
     def describe(self) -> str:
         """Compact: the sizes through the layers with parameters, e.g. 784-64-10 or 784-conv32-conv64-128-10."""
         parts = [str(INPUT_SHAPE[0])]
@@ -179,6 +198,7 @@ def build_model(
     to `classes` outputs when given. Sizes a layer can take from its input ("in" of linear and
     conv2d, "features" of batchnorm) may be left out."""
     layers: list[Layer] = []
+    shapes: list[tuple[int, ...]] = []
     budget = ParameterBudget(backend)
     kept = 0  # elements per sample of the outputs that layers allocate (Sequential.kept_per_sample)
     first = spec[0] if spec else {}
@@ -191,16 +211,18 @@ def build_model(
                 raise ValueError(f"{where}: needs an image, but its input is a flat vector of {shape[0]}")
             layers.append(Reshape(backend, IMAGE_SHAPE))
             shape = IMAGE_SHAPE
+            shapes.append(shape)
         budget.add(kind, item, shape, where)  # before the layer allocates anything
         layer, shape = _build_layer(kind, item, shape, backend, rng, where)
         layers.append(layer)
+        shapes.append(shape)
         if kind in ALLOCATES_OUTPUT:
             kept += math.prod(shape)
     if classes is not None and shape != (classes,):
         raise ValueError(f"the last layer gives outputs of shape {shape}; MNIST needs {classes} (one per digit)")
     if any(isinstance(layer, Softmax) for layer in layers[:-1]):
         raise ValueError("softmax may only be the last layer")
-    return Sequential(layers, backend, kept)
+    return Sequential(layers, backend, kept, shapes)
 
 
 def human_bytes(n_bytes: int) -> str:
