@@ -590,7 +590,8 @@ class Model:
 
     `predict(images)` takes uint8 pixels (a 28x28 image, a batch (N, 28, 28) or (N, 784)), floats
     (0-1, or 0-255 when any value exceeds 1), or image files and PIL images; NumPy out.
-    `evaluate()` runs the test set; `export(path)` writes ONNX or safetensors."""
+    `evaluate()` runs the test set; `export(path)` writes ONNX or safetensors; `summary()` lists
+    the layers."""
 
     def __init__(self, loaded: Any, path: Path) -> None:
         self.network: Sequential = loaded.model
@@ -605,6 +606,11 @@ class Model:
     @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.header.get("metrics", {}))
+
+    def summary(self) -> list[dict[str, Any]]:
+        """A dict per layer, as `nnx info MODEL` shows them: what it is, its output shape for one
+        image and its parameter count."""
+        return [{"layer": text, "output": shape, "parameters": count} for text, shape, count in self.network.summary()]
 
     @property
     def classes(self) -> list[str]:

@@ -55,6 +55,11 @@ def test_train_load_predict_evaluate(tiny_mnist: Path, tmp_path: Path) -> None:
     flat = model.predict(images.reshape(len(images), 784))
     assert np.array_equal(flat.probabilities, batch.probabilities)
 
+    layers = model.summary()  # as nnx info shows them
+    assert [row["layer"].split("(")[0] for row in layers] == ["linear", "relu", "linear"]
+    assert [row["output"] for row in layers] == [(64,), (64,), (10,)]
+    assert sum(row["parameters"] for row in layers) == 50_890
+
     result = model.evaluate(data_dir=tiny_mnist)
     assert abs(result["accuracy"] - run.summary["test_accuracy"]) < 1e-12
     assert result["confusion"].sum() == 200 and result["per_class_accuracy"].shape == (10,)
