@@ -167,8 +167,11 @@ def test_fashion_mnist_downloads_by_its_published_md5(serve, tmp_path: Path, mon
     assert sorted(p.name for p in fetched) == sorted(f.name + ".gz" for f in entry.files.values())
     # A mirror serving other bytes under those names is refused: the MD5 decides.
     (site / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x00"))
-    with pytest.raises(DataError, match="checksum mismatch"):
+    with pytest.raises(DataError, match="checksum mismatch") as failed:
         download_mnist(tmp_path / "again", None, None, False, "fashion-mnist")
+    # The way out names this dataset: $NNX_DATA_DIR is MNIST's folder alone.
+    assert "point --data-dir at a folder" in str(failed.value) and "$NNX_DATA_DIR" not in str(failed.value)
+    assert str(failed.value).endswith("nnx data download --dataset fashion-mnist --mirror URL")
 
 
 class CutShortHandler(QuietHandler):

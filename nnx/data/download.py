@@ -76,6 +76,7 @@ def download_file(
     mirrors: Iterable[str] = MIRRORS,
     progress: Progress | None = None,
     timeout: float = 30.0,
+    dataset: str = "mnist",
 ) -> Path:
     """Try each mirror in order; keep the first archive whose hash checks out."""
     target = data_dir / (file.name + ".gz")
@@ -102,11 +103,14 @@ def download_file(
             continue
         write_atomic(target, archive)
         return target
+    # $NNX_DATA_DIR is MNIST's folder (resolve_data_dir); the other datasets have --data-dir alone.
+    point = "--data-dir or $NNX_DATA_DIR" if dataset == "mnist" else "--data-dir"
+    option = "" if dataset == "mnist" else f" --dataset {dataset}"
     raise DataError(
         f"could not download {file.name}.gz; tried: {'; '.join(tried) or 'no mirrors'}. Offline? Put the four "
         f"files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-        f"t10k-labels-idx1-ubyte.gz) in {data_dir}, or point --data-dir or $NNX_DATA_DIR at a folder holding "
-        f"them, or give another mirror: nnx data download --mirror URL"
+        f"t10k-labels-idx1-ubyte.gz) in {data_dir}, or point {point} at a folder holding "
+        f"them, or give another mirror: nnx data download{option} --mirror URL"
     )
 
 
@@ -132,5 +136,5 @@ def download_mnist(
     for file in files.values():
         if not force and find_file(data_dir, file) is not None:
             continue
-        fetched.append(download_file(file, data_dir, mirrors, progress))
+        fetched.append(download_file(file, data_dir, mirrors, progress, dataset=dataset))
     return fetched
