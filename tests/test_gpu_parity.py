@@ -228,6 +228,17 @@ def test_train_on_gpu_reaches_97_5(mnist_dir: Path, tmp_path: Path) -> None:
     test = load_mnist(mnist_dir, 0).test
     _, cpu_accuracy, _ = evaluate(loaded.model, DeviceSplit(test, cpu), loaded.preprocess, cpu)
     assert abs(cpu_accuracy - summary["test_accuracy"]) <= 3 / len(test)
+    # The commands scripts read, on the GPU: evaluate --json and predict --json (a run directory).
+    common = ["--device", "gpu", "--data-dir", str(mnist_dir), "--json"]
+    evaluated = CliRunner().invoke(app, ["evaluate", str(out), *common])
+    assert evaluated.exit_code == 0, evaluated.output
+    data = json.loads(evaluated.stdout)
+    assert "gpu" in data["device"] and abs(data["accuracy"] - summary["test_accuracy"]) <= 3 / len(test)
+    assert sum(map(sum, data["confusion"])) == len(test) == data["test_images"]
+    predicted = CliRunner().invoke(app, ["predict", str(out), "--test-index", "0", *common])
+    assert predicted.exit_code == 0, predicted.output
+    (answer,) = json.loads(predicted.stdout)
+    assert answer["label"] == int(test.labels[0]) and abs(sum(answer["probabilities"]) - 1) < 1e-6
 
 
 CNN_SPEC = EVERY_LAYER  # every layer kind, in one network
