@@ -144,8 +144,9 @@ def train(
     run directory, and return the Run.
 
     `resume`: a stopped run's directory, continued from its checkpoint (then `config` is ignored).
-    `callbacks` see every event of the loop. `fetch(data_dir, dataset)` downloads missing files (by
-    default the mirrors in order, silently; `download=False` refuses instead). `log` receives the
+    `callbacks` see every event of the loop. `fetch(data_dir, dataset)` downloads missing files
+    (`fetch(data_dir, dataset, mirrors)` when the config sets data.mirrors; by default the mirrors
+    in order, silently; `download=False` refuses instead). `log` receives the
     setup lines the CLI shows. With `handle_sigint`, Ctrl-C (or SIGTERM) stops after the current
     batch and the run is kept resumable (a second one aborts). A stopped run comes back with
     `run.interrupted` set (and `run.result.stopped_by`); its model.npz holds the weights at the stop.
@@ -234,7 +235,12 @@ def _train(
     optimizer = build_optimizer(config, model, backend)
     csv = (Path(config.data.train_csv), Path(config.data.test_csv)) if config.data.train_csv else None
     if csv is None:
-        ensure_data(data_dir, download, fetch, say, dataset.name)
+        # Ranks take turns: the first to find a file missing fetches it, and the others, sharing
+        # its folder, find it there (one download, not one a rank at once into one folder).
+        for turn in range(comm.size):
+            if comm.rank == turn:
+                ensure_data(data_dir, download, fetch, say, dataset.name, config.data.mirrors)
+            comm.barrier()
     mnist = load_mnist(data_dir, config.training.validation, csv)
     if config.data.limit is not None:
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
@@ -516,10 +522,16 @@ def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Commun
 
 
 def ensure_data(
-    data_dir: Path, download: bool, fetch: Callable[[Path, str], None] | None, say: Callable[[str], None], dataset: str
+    data_dir: Path,
+    download: bool,
+    fetch: Callable[..., None] | None,
+    say: Callable[[str], None],
+    dataset: str,
+    mirrors: list[str] | None = None,
 ) -> None:
-    """Download what `dataset` lacks in `data_dir` (through `fetch(data_dir, dataset)` when given),
-    or say how to get it when downloading is off."""
+    """Download what `dataset` lacks in `data_dir` (through `fetch(data_dir, dataset)` when given,
+    `fetch(data_dir, dataset, mirrors)` when the config names its own), or say how to get it when
+    downloading is off."""
     if data_dir.exists() and not data_dir.is_dir():  # else "missing", and a download that cannot land
         raise DataError(f"{data_dir}: not a folder; point --data-dir, data.dir or $NNX_DATA_DIR at the data's folder")
     missing = missing_files(data_dir)
@@ -532,11 +544,11 @@ def ensure_data(
         )
     say(f"{get_dataset(dataset).title} not found in {data_dir}: downloading {len(missing)} file(s)")
     if fetch is not None:
-        fetch(data_dir, dataset)
+        fetch(data_dir, dataset, *([mirrors] if mirrors else []))
     else:
         from nnx.data.download import download_mnist
 
-        download_mnist(data_dir, None, None, False, dataset)
+        download_mnist(data_dir, mirrors, None, False, dataset)
 
 
 def resumable_config(run_dir: Path, overrides: dict[str, Any] | None) -> Path:

@@ -34,6 +34,20 @@ class DataConfig(Strict):
     # holding mnist_train.csv and mnist_test.csv is read as CSV without these.
     train_csv: str | None = None
     test_csv: str | None = None
+    # Base URLs to download the dataset from when it is missing, tried in order (a mirror inside a
+    # network without internet access, file:///shared/mnist/); null: the dataset's known mirrors.
+    mirrors: list[str] | None = Field(None, min_length=1)
+
+    @field_validator("mirrors")
+    @classmethod
+    def _urls(cls, mirrors: list[str] | None) -> list[str] | None:
+        from nnx.data.download import mirror_problem
+
+        for mirror in mirrors or []:
+            problem = mirror_problem(mirror)
+            if problem:
+                raise ValueError(f"{mirror!r}: {problem}")
+        return mirrors
 
     @model_validator(mode="after")
     def _both_csv(self) -> DataConfig:

@@ -89,6 +89,8 @@ def test_flags_win_over_set(tmp_path: Path) -> None:
         ("a.b.c=1", r"^--set a\.b\.c=1: a: unknown key$"),
         ("training..epochs=3", r"^--set 'training\.\.epochs=3': 'training\.\.epochs' has an empty part"),
         ("training.=3", "has an empty part"),
+        ("data.mirrors=[nope]", r"data\.mirrors: 'nope': not a URL nnx can fetch from \(https, http, ftp, file\)"),
+        ("data.mirrors=[]", r"data\.mirrors: List should have at least 1 item"),
         ("optimizer.lr.x=1", "optimizer.lr is not a section"),
         ("optimizer.lr=[", "--set optimizer.lr: invalid YAML at line 1"),
         ("training.epochs=" + "[" * 3000, "--set training.epochs: nested too deeply to read"),

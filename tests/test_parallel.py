@@ -157,6 +157,47 @@ def test_ranks_started_without_distributed_are_refused_before_they_race(tiny_mni
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.mnist
+def test_ranks_take_turns_to_download_so_each_file_comes_once(mnist_dir: Path, tmp_path: Path) -> None:
+    """Two ranks starting on an empty data folder downloaded every file twice, at once, into the
+    same folder. They take turns now: rank 0 fetches, rank 1 finds the files there. The mirror is
+    a server on 127.0.0.1 (data.mirrors) that counts its requests."""
+    import gzip
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from nnx.data.mnist import FILES, find_file
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for file in FILES.values():
+        source = find_file(mnist_dir, file)
+        data = source.read_bytes()
+        (site / (file.name + ".gz")).write_bytes(data if source.suffix == ".gz" else gzip.compress(data, mtime=0))
+    requests: list[str] = []
+
+    class Counting(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Counting, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mirror = f"http://127.0.0.1:{server.server_address[1]}/"
+        train(2, "--data-dir", tmp_path / "data", "--epochs", "1", "--set", "data.limit=500",
+              "--set", "training.validation=100", "--set", f"data.mirrors=[{mirror}]", "--out", "r",
+              cwd=tmp_path)  # fmt: skip
+    finally:
+        server.shutdown()
+    assert sorted(requests) == sorted(f"/{file.name}.gz" for file in FILES.values())
+    assert (tmp_path / "r" / "model.npz").is_file()
+
+
 def test_the_world_size_is_read_from_either_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
     from nnx.parallel import mpi_world_size
 

@@ -53,7 +53,9 @@ def run_train(
         resume=resume,
         callbacks=make_progress(console, quiet),
         download=download,
-        fetch=lambda data_dir, dataset: download_with_progress(data_dir, console, dataset=dataset),
+        fetch=lambda data_dir, dataset, mirrors=None: download_with_progress(
+            data_dir, console, mirrors, dataset=dataset
+        ),
         log=log,
         distributed=distributed,
         threads=threads,

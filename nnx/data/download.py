@@ -70,6 +70,14 @@ def _content_ok(archive: bytes, file: MnistFile) -> bool:
 MIRROR_SCHEMES = ("https", "http", "ftp", "file")  # file:// serves a local copy of the archives
 
 
+def mirror_problem(mirror: str) -> str | None:
+    """Why `mirror` is not a base URL nnx can download from, or None when it is one."""
+    url = urllib.parse.urlsplit(mirror)
+    if url.scheme not in MIRROR_SCHEMES or (url.scheme != "file" and not url.netloc):
+        return f"not a URL nnx can fetch from ({', '.join(MIRROR_SCHEMES)})"
+    return None
+
+
 def download_file(
     file: MnistFile,
     data_dir: Path,
@@ -128,9 +136,9 @@ def download_mnist(
     entry = get_dataset(dataset)
     mirrors = list(mirrors or entry.mirrors)
     for mirror in mirrors:  # before anything is fetched
-        url = urllib.parse.urlsplit(mirror)
-        if url.scheme not in MIRROR_SCHEMES or (url.scheme != "file" and not url.netloc):
-            raise DataError(f"--mirror {mirror!r}: not a URL nnx can fetch from ({', '.join(MIRROR_SCHEMES)})")
+        problem = mirror_problem(mirror)
+        if problem:
+            raise DataError(f"--mirror {mirror!r}: {problem}")
     files = FILES if dataset == "mnist" else entry.files  # FILES: tests may stand in for it
     fetched = []
     for file in files.values():
