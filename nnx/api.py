@@ -305,7 +305,7 @@ def check_train(
         "batch_bytes": rows * model.kept_per_sample * np.dtype(backend.dtype).itemsize,
         "data_dir": data_dir,
         "missing": missing,
-        "changes": _changes_since(resume, config).removeprefix("; ") if resume is not None else "",
+        "changes": _changes_since(resume, config) if resume is not None else "",
     }
 
 
@@ -330,7 +330,8 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
         + (f" | {comm.size} ranks, global batch {t.batch_size}" if comm.size > 1 else "")
     )
     if resume is not None:
-        say(f"resuming at epoch {state.epoch}, batch {state.batch}" + (_changes_since(run_dir, config) if root else ""))
+        changes = _changes_since(run_dir, config) if root else ""
+        say(f"resuming at epoch {state.epoch}, batch {state.batch}" + (f"; {changes}" if changes else ""))
 
     early = t.early_stopping
     loggers = make_loggers(t.log, run_dir, state.history, to_yaml(config)) if writer is not None else []
@@ -496,14 +497,14 @@ def _rank_device(device: str, comm: Communicator) -> str:
 
 def _changes_since(run_dir: Path, config: Config) -> str:
     """What differs from the config the checkpoint was written under (an edited config.yaml, --lr
-    on the resume): "; changed since the checkpoint: optimizer.lr 0.02 -> 0.5"."""
+    on the resume): "changed since the checkpoint: optimizer.lr 0.02 -> 0.5", or "" for nothing."""
     saved = saved_config(run_dir / CHECKPOINT)
     if saved is None:
         return ""
     changes = config_differences([saved, config.model_dump(mode="json")])
     if not changes:
         return ""
-    return "; changed since the checkpoint: " + ", ".join(f"{key} {a} -> {b}" for key, (a, b) in changes.items())
+    return "changed since the checkpoint: " + ", ".join(f"{key} {a} -> {b}" for key, (a, b) in changes.items())
 
 
 def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Communicator) -> TrainState:

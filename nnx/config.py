@@ -330,13 +330,18 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _dotted(key: str) -> bool:
+    """A dotted key without an empty part: "training.epochs", not "training..epochs" or "a."."""
+    return all(part.strip() for part in key.split("."))
+
+
 def parse_assignment(assignment: str) -> tuple[str, Any]:
     """`key.path=value` -> (key.path, value parsed as YAML)."""
     key, sep, text = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
-    if not all(part.strip() for part in key.split(".")):
+    if not _dotted(key):
         raise ConfigError(f"--set {assignment!r}: {key!r} has an empty part; expected key.path=value")
     if not text.strip():
         return key, None
@@ -387,7 +392,7 @@ def apply_overrides(
         set_key(raw, key, value)
         assigned[key] = f"--set {assignment}"
     for key, value in (flags or {}).items():
-        if not isinstance(key, str) or not all(part.strip() for part in key.split(".")):
+        if not isinstance(key, str) or not _dotted(key):
             raise ConfigError(f"overrides: {key!r} is not a dotted key such as 'training.epochs'")
         if value is not None:
             set_key(raw, key, value)

@@ -192,6 +192,25 @@ def is_figure(value: Any) -> bool:
     return isinstance(value, float) or abs(value) < 2**63
 
 
+def human_value(key: str, value: Any) -> str:
+    """A summary value in human units: 98.31%, 11.7 s, 124 MB, 374,718 images/s."""
+    if value is None:
+        return "-"
+    if not is_figure(value):  # text, or an integer past float's range: shown as written
+        return str(value)
+    if "accuracy" in key:
+        return f"{value:.2%}"
+    if key.endswith("seconds"):
+        return f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
+    if key.endswith("_mb"):
+        return f"{value:,.0f} MB"
+    if key == "samples_per_second":
+        return f"{value:,.0f} images/s"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return f"{value:,}" if abs(value) >= 10_000 else str(value)
+
+
 def _read(path: Path, parse: Any, kind: type) -> Any:
     try:
         value = parse(path.read_bytes().decode("utf-8"))

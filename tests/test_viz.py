@@ -104,7 +104,7 @@ def test_evaluate_draws_the_worst_mistakes(plotted_run: Path, tiny_mnist: Path) 
 
 
 def test_report_values_of_any_size_are_shown_not_crashed_on() -> None:
-    from nnx.viz.report import _show
+    from nnx.runs import human_value as _show
 
     assert _show("test_accuracy", 0.9831) == "98.31%" and _show("train_seconds", 700) == "11.7 min"
     assert _show("test_accuracy", 10**400) == str(10**400)  # formatting it as a float raised OverflowError

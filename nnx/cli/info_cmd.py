@@ -76,6 +76,7 @@ def run_model_info(path: Path) -> None:
     from nnx.cli.render import layer_table
     from nnx.data.datasets import class_names
     from nnx.io import model_file, open_model
+    from nnx.runs import human_value
 
     path = model_file(path)  # a run directory: its model.npz
     loaded = open_model(path, "cpu")
@@ -88,10 +89,7 @@ def run_model_info(path: Path) -> None:
     pre = loaded.preprocess
     table.add_row("preprocessing", f"x = (pixels / 255 - {pre.mean:g}) / {pre.std:g}")
     for key, value in dict(header.get("metrics") or {}).items():
-        shown = (
-            "-" if value is None else f"{value:.2%}" if "accuracy" in key and isinstance(value, float) else str(value)
-        )
-        table.add_row(key.replace("_", " "), shown)
+        table.add_row(key.replace("_", " "), human_value(key, value))
     table.add_row("written by", f"nnx {header.get('nnx_version', '?')}")
     console = stdout_console()
     console.print(table)

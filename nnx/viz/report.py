@@ -14,7 +14,7 @@ from nnx.data.mnist import load_test
 from nnx.errors import NnxError
 from nnx.io import open_model
 from nnx.metrics import confusion_matrix, predict_probabilities
-from nnx.runs import is_figure, read_json, read_metrics
+from nnx.runs import human_value, read_json, read_metrics
 from nnx.viz.plots import plot_confusion, plot_curves, plot_first_layer, plot_misclassified
 
 PLOTS = ("curves.png", "confusion.png", "misclassified.png", "weights.png")
@@ -59,7 +59,7 @@ def write_report(run_dir: Path, pngs: list[Path], confusion: Any) -> Path:
     summary = read_json(summary_path) if summary_path.is_file() else {}
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     rows = "".join(
-        f"<tr><th>{html.escape(str(key).replace('_', ' '))}</th><td>{html.escape(_show(key, value))}</td></tr>"
+        f"<tr><th>{html.escape(str(key).replace('_', ' '))}</th><td>{html.escape(human_value(key, value))}</td></tr>"
         for key, value in summary.items()
     )
     accuracy = summary.get("test_accuracy")
@@ -94,22 +94,3 @@ CAPTIONS = {
     "misclassified.png": "The test images the model got wrong most confidently: true → predicted, confidence.",
     "weights.png": "The first layer's weights (red positive, blue negative): what each unit or filter looks for.",
 }
-
-
-def _show(key: str, value: Any) -> str:
-    """A summary value in human units: 98.31%, 11.7 s, 124 MB, 374,718 images/s."""
-    if value is None:
-        return "-"
-    if not is_figure(value):  # text, or an integer past float's range: shown as written
-        return str(value)
-    if "accuracy" in key:
-        return f"{value:.2%}"
-    if key.endswith("seconds"):
-        return f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
-    if key.endswith("_mb"):
-        return f"{value:,.0f} MB"
-    if key == "samples_per_second":
-        return f"{value:,.0f} images/s"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return f"{value:,}" if abs(value) >= 10_000 else str(value)
