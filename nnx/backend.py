@@ -47,7 +47,9 @@ class Backend:
         return self.name.startswith("gpu")
 
     def asarray(self, host_array: Any, dtype: Any = None) -> Any:
-        """Copy a host (NumPy) array to this backend; floats become `self.dtype` unless told."""
+        """A host (NumPy) array on this backend; floats become `self.dtype` unless told. A GPU gets
+        a copy; the CPU gets the host array itself when its dtype already fits (no copy: the data
+        set is not doubled in memory), so code that changes the result in place copies first."""
         host_array = np.asarray(host_array)
         if dtype is None and host_array.dtype.kind == "f":
             dtype = self.dtype

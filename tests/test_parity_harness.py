@@ -59,7 +59,7 @@ def test_a_wrong_small_layer_is_caught_per_output_but_hides_in_a_flat_vector() -
 
     def buggy_second(backend):
         calls.append(backend)
-        return network_outputs(backend, wrong_small_layer=len(calls) == 2)
+        return network_outputs(backend, wrong_small_layer=len(calls) == 3)  # first, first again, second
 
     with pytest.raises(AssertionError, match=r"output grad/.*relative error"):
         assert_parity(buggy_second, CPU32, CPU32, rtol=tolerances)
@@ -73,7 +73,7 @@ def test_nan_must_sit_in_the_same_places() -> None:
     def run(backend):
         calls.append(backend)
         a = backend.xp.ones(4, dtype=backend.dtype)
-        a[1 if len(calls) == 1 else 2] = np.nan
+        a[1 if len(calls) <= 2 else 2] = np.nan  # first, first again, then second
         return a
 
     calls: list = []
@@ -87,3 +87,25 @@ def test_nan_must_sit_in_the_same_places() -> None:
         return a
 
     assert_parity(same, CPU32, CPU32)
+
+
+def test_a_run_that_changes_its_host_inputs_is_caught() -> None:
+    """On the CPU, backend.asarray of a float64 array in float64 is that array: a run updating it
+    in place hands the next backend other inputs, and the comparison would blame the device."""
+    p0 = np.ones(8)
+
+    def run(backend):
+        p = backend.asarray(p0)
+        p *= 0.5  # an optimizer step, in place
+        return p
+
+    with pytest.raises(AssertionError, match="two runs on cpu differ: does run\\(\\) change its host inputs"):
+        assert_parity(run, CPU64, CPU32, check_dtype=False)
+    p0[...] = 1
+
+    def run_on_a_copy(backend):
+        p = backend.asarray(p0).copy()
+        p *= 0.5
+        return p
+
+    assert_parity(run_on_a_copy, CPU64, CPU32, check_dtype=False)
