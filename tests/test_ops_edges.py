@@ -1,10 +1,12 @@
 """Edge cases of the hot elementwise chains, the same on every backend: the CPU runs the xp
-reference (nnx/ops.py), a GPU the fused kernels (nnx/gpu_kernels.py)."""
+reference (nnx/ops.py), a GPU the fused kernels (nnx/gpu_kernels.py), which "emulated" also runs
+everywhere, compiled for the host (tests/emulated_cupy.py)."""
 
 from __future__ import annotations
 
 import warnings
 
+import emulated_cupy
 import numpy as np
 import pytest
 
@@ -21,12 +23,18 @@ DEVICES = [
     ("cpu", "float32"),
     pytest.param("gpu", "float64", marks=pytest.mark.gpu),
     pytest.param("gpu", "float32", marks=pytest.mark.gpu),
+    ("emulated", "float64"),
+    ("emulated", "float32"),
 ]
+
+
+def make_backend(device: str, dtype: str):
+    return emulated_cupy.backend(dtype) if device == "emulated" else get_backend(device, dtype)
 
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
 def test_labels_outside_the_classes_give_nan_rows_not_a_wild_read(device: str, dtype: str) -> None:
-    backend = get_backend(device, dtype)
+    backend = make_backend(device, dtype)
     z = np.random.default_rng(0).normal(size=(5, 10))
     labels = np.array([3, 10, -1, 9, 1000])
     loss, dz = backend.ops.softmax_cross_entropy(backend.asarray(z), backend.asarray(labels, dtype=np.int64))
@@ -42,7 +50,7 @@ def test_labels_outside_the_classes_give_nan_rows_not_a_wild_read(device: str, d
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
 def test_an_empty_batch_has_loss_zero_and_an_empty_gradient(device: str, dtype: str) -> None:
-    backend = get_backend(device, dtype)
+    backend = make_backend(device, dtype)
     z = backend.xp.zeros((0, 10), dtype=backend.dtype)
     loss, dz = backend.ops.softmax_cross_entropy(z, backend.xp.zeros(0, dtype=np.int64))
     assert backend.to_float(loss) == 0.0 and dz.shape == (0, 10) and dz.dtype == backend.dtype
@@ -53,7 +61,7 @@ def test_an_empty_batch_goes_through_every_layer(device: str, dtype: str) -> Non
     """No rows, after a real batch: forward in training and evaluation, loss 0, backward with zero
     gradients, no warning, and the batch norms' running averages untouched (a mean over no rows
     is NaN, which would have spoiled them for good)."""
-    backend = get_backend(device, dtype)
+    backend = make_backend(device, dtype)
     model = build_model(EVERY_LAYER, backend, np.random.default_rng(0))
     loss_fn = SoftmaxCrossEntropy(backend)
     x = backend.asarray(np.random.default_rng(1).normal(size=(6, 784)))
@@ -78,7 +86,7 @@ def test_an_empty_batch_goes_through_every_layer(device: str, dtype: str) -> Non
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
 def test_relu_backward_lets_nan_and_inf_through_as_the_product_does(device: str, dtype: str) -> None:
-    backend = get_backend(device, dtype)
+    backend = make_backend(device, dtype)
     dy = np.array([np.nan, np.nan, np.inf, np.inf, 2.0, 2.0, 3.0])
     y = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, np.nan])
     with np.errstate(invalid="ignore"):  # inf * 0, as the trainer runs it
@@ -92,7 +100,7 @@ def test_relu_backward_lets_nan_and_inf_through_as_the_product_does(device: str,
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
 def test_bias_relu_lets_nan_through(device: str, dtype: str) -> None:
-    backend = get_backend(device, dtype)
+    backend = make_backend(device, dtype)
     a = backend.asarray(np.array([[np.nan, -1.0, 2.0]]))
     y = backend.to_numpy(backend.ops.bias_relu(a, backend.asarray(np.array([0.0, 0.5, -3.0]))))
     assert np.isnan(y[0, 0]) and y[0, 1] == 0 and y[0, 2] == 0
@@ -101,7 +109,7 @@ def test_bias_relu_lets_nan_through(device: str, dtype: str) -> None:
 @pytest.mark.parametrize("device,dtype", DEVICES)
 def test_a_label_out_of_range_stops_training_naming_the_batch(device: str, dtype: str) -> None:
     """Data readers refuse such labels; if one slips through, the divergence guard names it."""
-    backend = get_backend(device, dtype)
+    backend = make_backend(device, dtype)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(64, 784), dtype=np.uint8)
     labels = (np.arange(64) % 10).astype(np.uint8)
