@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import emulated_cupy
 import numpy as np
 import pytest
 
@@ -72,9 +73,12 @@ def pytest_make_collect_report(collector: pytest.Collector):
             report.longrepr = f"{collector.nodeid} skipped, but {why}: {reason}"
 
 
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu), "emulated"])
 def backend(request: pytest.FixtureRequest):
-    """Each test taking `backend` runs on the CPU and, where a GPU is usable, on the GPU."""
+    """Each test taking `backend` runs on the CPU, on the GPU where one is usable, and with the
+    GPU's fused kernels emulated on the host (tests/emulated_cupy.py), everywhere."""
+    if request.param == "emulated":
+        return emulated_cupy.backend("float64")
     return get_backend(request.param, "float64")
 
 
