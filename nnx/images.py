@@ -134,9 +134,30 @@ def picture_pixels(picture: str | PathLike | Image.Image, centre: bool = False) 
     return image_to_digit(Path(picture)) if centre else load_digit_image(Path(picture))
 
 
+def _batch_of_784(array: np.ndarray) -> np.ndarray:
+    """(N, 784) from one image, (784,) or (28, 28), or a batch, (N, 784) or (N, 28, 28), also with a
+    channel axis of 1 as PyTorch ((N, 1, 28, 28)) and Keras ((N, 28, 28, 1)) hold images. Any other
+    shape is refused, even with a multiple of 784 values: a (28, 28, 3) colour image is not three
+    digits."""
+    shape = array.shape
+    if array.size == 0:
+        return array.reshape(0, 784)
+    if shape in ((784,), (28, 28), (28, 28, 1)):
+        return array.reshape(1, 784)
+    if (array.ndim == 2 and shape[1] == 784) or (array.ndim == 3 and shape[1:] == (28, 28)):
+        return array.reshape(-1, 784)
+    if array.ndim == 4 and shape[1:] in ((1, 28, 28), (28, 28, 1)):
+        return array.reshape(-1, 784)
+    colour = array.ndim in (3, 4) and shape[-1] in (3, 4)
+    hint = "; a colour image? pass it as a PIL image (or a file), which is turned grey" if colour else ""
+    raise NnxError(
+        f"images: shape {shape} is not one 28x28 image or a batch (N, 28, 28), (N, 784) or (N, 1, 28, 28){hint}"
+    )
+
+
 def as_pixels(images: Any, centre: bool = False) -> np.ndarray:
     """uint8 (N, 784) from what a notebook holds: one 28x28 image or 784 values, a batch (N, 28, 28)
-    or (N, 784); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds 1) rounded.
+    or (N, 784) (or (N, 1, 28, 28)); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds 1) rounded.
     Also an image file's path or a PIL image (or a list of them), prepared as `nnx predict FILE`
     does: any size, dark ink on light paper inverted; `centre` crops and centres them as MNIST's
     digits were (`nnx predict --mnist-style`)."""
@@ -149,11 +170,7 @@ def as_pixels(images: Any, centre: bool = False) -> np.ndarray:
     array = np.asarray(images)
     if array.dtype.kind not in "uif":
         raise NnxError(f"images: expected numbers, got {array.dtype}")
-    if array.size and array.size % 784:
-        raise NnxError(f"images: shape {array.shape} is not 28x28 images (a multiple of 784 values)")
-    if array.ndim == 1 or (array.ndim == 2 and array.shape == (28, 28)):
-        array = array.reshape(1, 784)
-    array = array.reshape(-1, 784)
+    array = _batch_of_784(array)
     if array.dtype == np.uint8:
         return np.ascontiguousarray(array)
     values = array.astype(np.float64)

@@ -54,6 +54,9 @@ def test_train_load_predict_evaluate(tiny_mnist: Path, tmp_path: Path) -> None:
     assert np.array_equal(as_floats.classes, batch.classes)
     flat = model.predict(images.reshape(len(images), 784))
     assert np.array_equal(flat.probabilities, batch.probabilities)
+    for channels in ((len(images), 1, 28, 28), (len(images), 28, 28, 1)):  # PyTorch's and Keras's layouts
+        assert np.array_equal(model.predict(images.reshape(channels)).probabilities, batch.probabilities)
+    assert model.predict(images[:0]).classes.shape == (0,)
 
     layers = model.summary()  # as nnx info shows them
     assert [row["layer"].split("(")[0] for row in layers] == ["linear", "relu", "linear"]
@@ -105,7 +108,10 @@ def nnx_images(folder: Path) -> np.ndarray:
 @pytest.mark.parametrize(
     "images,message",
     [
-        (np.zeros((3, 27, 27)), "not 28x28 images"),
+        (np.zeros((3, 27, 27)), r"shape \(3, 27, 27\) is not one 28x28 image or a batch"),
+        (np.zeros((28, 28, 3), dtype=np.uint8), r"\(28, 28, 3\) .*a colour image\? pass it as a PIL image"),
+        (np.zeros(2 * 784), r"shape \(1568,\) is not one 28x28 image"),
+        (np.zeros((56, 28)), r"shape \(56, 28\) is not one 28x28 image"),
         (np.full((1, 784), np.nan), "NaN"),
         (np.full((1, 784), 300.0), "expected 0-1 or 0-255"),
         (np.array(["a"] * 784), "expected numbers"),
