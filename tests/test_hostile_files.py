@@ -9,6 +9,7 @@ import io
 import json
 import resource
 import struct
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -209,6 +210,23 @@ def test_a_header_claiming_a_huge_layer_is_refused_before_allocating(tmp_path: P
     with pytest.raises(NnxError):
         load_model(path, get_backend("cpu"))
     assert peak_mb() - before < 50
+
+
+def test_a_network_too_large_in_total_is_refused_before_its_first_layer_allocates(monkeypatch) -> None:
+    """Each layer fits, the network does not (`--set model.hidden=[200000,200000]`): the whole
+    network's parameters are counted first. Before, the first layer's 157M weights were drawn
+    (2.5 GB, 7 s) and only the second was refused."""
+    backend = get_backend("cpu", "float32")
+    monkeypatch.setattr(type(backend), "memory_bytes", lambda self: 400 << 20)  # parameters: 100 MiB
+    spec = mlp_spec([784, 20_000, 20_000, 10])  # 15.7M parameters (63 MB) fit; with 400M more, not
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"layer 2 \(linear\): the network reaches 415,\d{3},\d{3} parameters"):
+            build_model(spec, backend, np.random.default_rng(0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated before the refusal"
 
 
 def test_an_array_whose_npy_header_disagrees_is_refused_before_it_is_read(tmp_path: Path) -> None:

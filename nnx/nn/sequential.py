@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -197,8 +197,9 @@ def build_model(
     shapes chain from the input (MNIST's 784 pixels, unless the first layer says another "in")
     to `classes` outputs when given. Sizes a layer can take from its input ("in" of linear and
     conv2d, "features" of batchnorm) may be left out."""
-    layers: list[Layer] = []
-    shapes: list[tuple[int, ...]] = []
+    # First every layer's shape, checks and parameter count, then the layers themselves: a network
+    # too large for this machine is refused before any of its layers allocates its weights.
+    plans: list[tuple[Callable[[np.random.Generator], Layer], tuple[int, ...]]] = []
     budget = ParameterBudget(backend)
     kept = 0  # elements per sample of the outputs that layers allocate (Sequential.kept_per_sample)
     first = spec[0] if spec else {}
@@ -209,20 +210,19 @@ def build_model(
         if kind == "conv2d" and len(shape) == 1:
             if shape != INPUT_SHAPE:
                 raise ValueError(f"{where}: needs an image, but its input is a flat vector of {shape[0]}")
-            layers.append(Reshape(backend, IMAGE_SHAPE))
             shape = IMAGE_SHAPE
-            shapes.append(shape)
-        budget.add(kind, item, shape, where)  # before the layer allocates anything
-        layer, shape = _build_layer(kind, item, shape, backend, rng, where)
-        layers.append(layer)
-        shapes.append(shape)
+            plans.append((lambda _rng: Reshape(backend, IMAGE_SHAPE), shape))
+        budget.add(kind, item, shape, where)
+        make, shape = _plan_layer(kind, item, shape, backend, where)
+        plans.append((make, shape))
         if kind in ALLOCATES_OUTPUT:
             kept += math.prod(shape)
     if classes is not None and shape != (classes,):
         raise ValueError(f"the last layer gives outputs of shape {shape}; MNIST needs {classes} (one per digit)")
-    if any(isinstance(layer, Softmax) for layer in layers[:-1]):
+    if any(item.get("type") == Softmax.kind for item in spec[:-1]):
         raise ValueError("softmax may only be the last layer")
-    return Sequential(layers, backend, kept, shapes)
+    layers = [make(rng) for make, _ in plans]  # in order: each draws its initial weights from rng
+    return Sequential(layers, backend, kept, [shape for _, shape in plans])
 
 
 def human_bytes(n_bytes: int) -> str:
@@ -237,8 +237,8 @@ ALLOCATES_OUTPUT = ("linear", "conv2d", "maxpool2d", "avgpool2d", "batchnorm")
 
 
 class ParameterBudget:
-    """Counts a network's parameters layer by layer before each is allocated, and refuses one that
-    would not fit: a model file (or config) declaring a 10^9-unit layer is an error with its
+    """Counts a network's parameters layer by layer before any is allocated, and refuses the layer
+    that makes them too many: a model file (or config) declaring a 10^9-unit layer is an error with its
     parameter count, not gigabytes allocated and a crash. The limit: a quarter of the memory the
     arrays live in (the GPU's, or the host's) for the parameters (training needs as much again for
     gradients, and more for the optimizer's state)."""
@@ -274,15 +274,18 @@ def _expect_in(item: dict[str, Any], key: str, actual: int, where: str) -> None:
         raise ValueError(f"{where}: {key} is {item[key]} but its input has {actual}")
 
 
-def _build_layer(
-    kind: Any, item: dict[str, Any], shape: tuple[int, ...], backend: Backend, rng: np.random.Generator, where: str
-) -> tuple[Layer, tuple[int, ...]]:
+def _plan_layer(
+    kind: Any, item: dict[str, Any], shape: tuple[int, ...], backend: Backend, where: str
+) -> tuple[Callable[[np.random.Generator], Layer], tuple[int, ...]]:
+    """(how to build the layer from an rng, its output shape), once its settings are checked
+    against its input `shape`; nothing is allocated yet."""
     if kind == "linear":
         if len(shape) != 1:
             raise ValueError(f"{where}: needs a flat input but gets shape {shape}; add a flatten layer before it")
         _expect_in(item, "in", shape[0], where)
         out = int(item["out"])
-        return Linear(backend, shape[0], out, item.get("init", "he"), rng), (out,)
+        init = item.get("init", "he")
+        return (lambda rng: Linear(backend, shape[0], out, init, rng)), (out,)
     if kind == "conv2d":
         if len(shape) != 3:
             raise ValueError(f"{where}: needs (channels, height, width) but gets shape {shape}")
@@ -292,7 +295,8 @@ def _build_layer(
         oh, ow = output_size(shape[1], k, stride, pad), output_size(shape[2], k, stride, pad)
         if oh < 1 or ow < 1:
             raise ValueError(f"{where}: a {k}x{k} kernel does not fit its {shape[1]}x{shape[2]} input")
-        return Conv2D(backend, shape[0], out, k, stride, pad, item.get("init", "he"), rng), (out, oh, ow)
+        init = item.get("init", "he")
+        return (lambda rng: Conv2D(backend, shape[0], out, k, stride, pad, init, rng)), (out, oh, ow)
     if kind in ("maxpool2d", "avgpool2d"):
         if len(shape) != 3:
             raise ValueError(f"{where}: needs (channels, height, width) but gets shape {shape}")
@@ -302,22 +306,24 @@ def _build_layer(
         oh, ow = output_size(shape[1], size, stride, 0), output_size(shape[2], size, stride, 0)
         if oh < 1 or ow < 1:
             raise ValueError(f"{where}: a {size}x{size} window does not fit its {shape[1]}x{shape[2]} input")
-        return cls(backend, size, stride), (shape[0], oh, ow)
+        return (lambda _rng: cls(backend, size, stride)), (shape[0], oh, ow)
     if kind == "flatten":
-        return Flatten(backend), (math.prod(shape),)
+        return (lambda _rng: Flatten(backend)), (math.prod(shape),)
     if kind == "reshape":
         target = tuple(int(s) for s in item["shape"])
         if math.prod(target) != math.prod(shape):
             raise ValueError(f"{where}: cannot reshape {shape} to {target}")
-        return Reshape(backend, target), target
+        return (lambda _rng: Reshape(backend, target)), target
     if kind == "dropout":
-        return Dropout(backend, float(item.get("p", 0.5))), shape
+        p = float(item.get("p", 0.5))
+        return (lambda _rng: Dropout(backend, p)), shape
     if kind == "batchnorm":
         _expect_in(item, "features", shape[0], where)
-        return BatchNorm(backend, shape[0], float(item.get("momentum", 0.1)), float(item.get("eps", 1e-5))), shape
+        momentum, eps = float(item.get("momentum", 0.1)), float(item.get("eps", 1e-5))
+        return (lambda _rng: BatchNorm(backend, shape[0], momentum, eps)), shape
     if kind in ACTIVATIONS:
         extra = {"alpha": float(item["alpha"])} if "alpha" in item else {}
-        return ACTIVATIONS[kind](backend, **extra), shape
+        return (lambda _rng: ACTIVATIONS[kind](backend, **extra)), shape
     raise ValueError(f"{where}: unknown layer type {kind!r}")
 
 
