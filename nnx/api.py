@@ -222,6 +222,8 @@ def _train(
     callbacks = list(callbacks) if root else []  # progress and the like: rank 0 reports for all
     if resume is not None:
         resume, config = Path(resume), resumable_config(Path(resume), overrides)
+        if isinstance(config, dict):
+            say(f"{resume / 'config.yaml'} is missing: resuming under the config {CHECKPOINT} keeps (written back)")
     config, source = resolve_config(config, overrides, assignments)
     if comm.size > 1:
         check_same_config(comm, config.model_dump(mode="json"))
@@ -552,12 +554,16 @@ def ensure_data(
         download_mnist(data_dir, mirrors, None, False, dataset)
 
 
-def resumable_config(run_dir: Path, overrides: dict[str, Any] | None) -> Path:
-    """The config.yaml of a run that --resume can continue (with these overrides), or the reason it cannot."""
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / CHECKPOINT).is_file():
+def resumable_config(run_dir: Path, overrides: dict[str, Any] | None) -> Path | dict[str, Any]:
+    """The config of a run that --resume can continue (with these overrides): its config.yaml, or,
+    when that file was lost, the copy its checkpoint keeps (the run writes config.yaml again); or
+    the reason it cannot be resumed."""
+    checkpoint, config = run_dir / CHECKPOINT, run_dir / "config.yaml"
+    saved = saved_config(checkpoint) if checkpoint.is_file() and not config.exists() else None
+    if not checkpoint.is_file() or not (config.is_file() or saved is not None):
         raise NnxError(f"{run_dir}: not a run directory with config.yaml and {CHECKPOINT} to resume")
     refuse_finished_run(run_dir, (overrides or {}).get("training.epochs"))
-    return run_dir / "config.yaml"
+    return config if saved is None else saved
 
 
 def refuse_finished_run(run_dir: Path, epochs: int | None) -> None:

@@ -122,6 +122,27 @@ def test_a_resume_says_what_changed_since_the_checkpoint(
     ) in resumed.output
 
 
+def test_a_run_whose_config_yaml_was_lost_resumes_under_its_checkpoints_copy(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.yaml deleted or lost with the checkpoint intact: the checkpoint keeps the config,
+    so the run continues under it, as if nothing was lost, and config.yaml is written again."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    args = ["--data-dir", tiny_mnist, "--set", "model.hidden=[16]", "--set", "training.validation=100", "--epochs", 2]
+    assert invoke("train", "-q", "--out", straight, *args).exit_code == 0
+    stop_at(monkeypatch, 1, 3)
+    assert invoke("train", "--out", stopped, *args).exit_code == 130
+    monkeypatch.undo()
+    kept = (stopped / "config.yaml").read_text()
+    (stopped / "config.yaml").unlink()
+    resumed = invoke("train", "--resume", stopped)
+    assert resumed.exit_code == 0, resumed.output
+    assert "config.yaml is missing: resuming under the config checkpoint.npz keeps" in resumed.output
+    assert "resuming at epoch 1, batch 3" in resumed.output and "changed since" not in resumed.output
+    assert (stopped / "config.yaml").read_text() == kept
+    assert arrays(straight / "model.npz") == arrays(stopped / "model.npz")
+
+
 def test_resume_needs_a_run_directory(tmp_path: Path) -> None:
     result = invoke("train", "--resume", tmp_path)
     assert result.exit_code == 2 and "not a run directory" in result.stderr
