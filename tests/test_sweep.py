@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,13 +218,32 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tiny_mnist: Path, t
     waiting = [t for t in study.get_trials() if t.state.name == "WAITING"]
     assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == first.params  # queued again
 
-    args[-1] = "training.epochs=2"  # the rest quickly (the study does not record epochs)
-    result = nnx(*args, cwd=tmp_path)
+    # Other fixed settings would make the trials incomparable: refused, naming them.
+    changed = nnx(*args[:-1], "training.epochs=2", cwd=tmp_path)
+    assert changed.returncode == 2, changed.stdout + changed.stderr
+    assert "error: sweep stop: its trials ran with other settings than these (training.epochs 200 -> 2)" in (
+        changed.stderr
+    )
+    assert changed.stderr.count("\n") == 1 and states(load(tmp_path, "stop"))["WAITING"] == 1
+    result = nnx(*args, cwd=tmp_path)  # the same command continues
     assert result.returncode == 0, result.stdout + result.stderr
     study = load(tmp_path, "stop")
     assert states(study) == {"FAIL": 1, "COMPLETE": 3}
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == 0]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE" and retried[0].params == first.params
+
+
+def test_a_sweep_continues_from_another_machines_data_folder_and_device(tiny_mnist: Path, tmp_path: Path) -> None:
+    """Where a worker finds its data and which device it trains on may differ between machines
+    sharing a study; only the settings its trials share are compared."""
+    path = sweep_file(tmp_path, "moved", 1, {"optimizer.lr": {"uniform": [0.01, 0.05]}})
+    first = nnx("sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    copy = shutil.copytree(tiny_mnist, tmp_path / "elsewhere")
+    args = ["--data-dir", copy, "--device", "cpu", "--trials", 2, *TINY, "--set", "training.epochs=1"]
+    again = nnx("sweep", path, *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert states(load(tmp_path, "moved")) == {"COMPLETE": 2}
 
 
 def test_sigterm_to_a_sweep_stops_its_workers_too(tiny_mnist: Path, tmp_path: Path) -> None:
@@ -291,8 +311,7 @@ def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, t
     killed = load(tmp_path, "kill").get_trials()[0]
     assert killed.state.name == "RUNNING"
     time.sleep(4)  # three heartbeats of silence: stale
-    args[-1] = "training.epochs=2"
-    result = nnx(*args, cwd=tmp_path)
+    result = nnx(*args, cwd=tmp_path)  # the same command continues
     assert result.returncode == 0, result.stdout + result.stderr
     study = load(tmp_path, "kill")
     trials = study.get_trials()

@@ -43,7 +43,7 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
     if storage is None:
         sweep_dir(spec.name).mkdir(parents=True, exist_ok=True)
         storage = default_storage(spec.name)
-    return file, spec, overrides, storage, open_storage(storage, spec.heartbeat), base.device
+    return file, spec, overrides, storage, open_storage(storage, spec.heartbeat), base
 
 
 def worker_gpus(workers: int, device: str) -> list[str | None]:
@@ -81,10 +81,10 @@ def run_sweep(
     cores = os.cpu_count() or 1
     if workers > 4 * cores:  # before _prepare writes anything: thousands of processes are a typo
         raise NnxError(f"--workers {workers}: more than 4 a core ({cores} cores here) would only thrash; use fewer")
-    file, spec, overrides, url, rdb, base_device = _prepare(file, trials, storage, device, assignments, data_dir)
+    file, spec, overrides, url, rdb, base = _prepare(file, trials, storage, device, assignments, data_dir)
     if worker_id is None:
         workers = _worker_count(workers, spec)
-    study = open_study(spec, rdb, worker_id or 0)
+    study = open_study(spec, rdb, worker_id or 0, base=base.model_dump(mode="json"))
     metric = spec.metric
     if worker_id is None:
         console.print(
@@ -105,7 +105,7 @@ def run_sweep(
         )
 
     if workers > 1 and worker_id is None:
-        gpus = worker_gpus(workers, base_device)
+        gpus = worker_gpus(workers, base.device)
         if any(gpus):
             console.print(f"workers' GPUs (CUDA_VISIBLE_DEVICES): {', '.join(map(str, gpus))}", markup=False)
         _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nnx.errors import ConfigError, NnxError
+from nnx.runs import config_differences, flatten
 from nnx.sweep.spec import SweepSpec
 from nnx.trainer import Callback, EpochMetrics, TrainingDivergedError
 
@@ -124,7 +125,11 @@ def budget(spec: SweepSpec) -> int:
     return spec.trials
 
 
-def open_study(spec: SweepSpec, storage: Any, worker: int = 0, create: bool = True) -> Any:
+def open_study(
+    spec: SweepSpec, storage: Any, worker: int = 0, create: bool = True, base: dict[str, Any] | None = None
+) -> Any:
+    """The sweep's study: created with the sweep file and the base config its trials share (`base`:
+    the resolved config with --set applied), or continued when both are the ones it began with."""
     optuna = import_optuna()
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
     if spec.name in names:
@@ -137,6 +142,7 @@ def open_study(spec: SweepSpec, storage: Any, worker: int = 0, create: bool = Tr
                 f"sweep {spec.name}: the study in this storage was started from a different sweep file; "
                 "give the new one another name"
             )
+        _check_same_base(spec, study.user_attrs.get("base"), base)
         return study
     if not create:
         raise ConfigError(f"no sweep named {spec.name} in this storage (it has: {', '.join(names) or 'none'})")
@@ -149,7 +155,35 @@ def open_study(spec: SweepSpec, storage: Any, worker: int = 0, create: bool = Tr
         load_if_exists=True,  # another worker may create it at the same moment
     )
     study.set_user_attr("sweep", spec.model_dump(mode="json", by_alias=True))
+    if base is not None and "base" not in study.user_attrs:  # (another worker may have set it first)
+        study.set_user_attr("base", _shared_settings(spec, base))
+    _check_same_base(spec, study.user_attrs.get("base"), base)
     return study
+
+
+# Where a worker runs and reads its data may differ between machines; the results do not.
+_PER_MACHINE = ("device", "data.dir", "data.mirrors")
+
+
+def _shared_settings(spec: SweepSpec, base: dict[str, Any]) -> dict[str, Any]:
+    """The base config's settings that every trial must share: all but the searched keys and where
+    each machine runs and finds its data, flattened to dotted keys."""
+    searched = tuple(spec.search) + tuple(f"{key}." for key in spec.search)
+    return {k: v for k, v in flatten(base).items() if not k.startswith(searched + _PER_MACHINE)}
+
+
+def _check_same_base(spec: SweepSpec, recorded: dict[str, Any] | None, base: dict[str, Any] | None) -> None:
+    """Trials run under other fixed settings (another --set training.epochs, data.limit, batch
+    size) are not comparable with the study's: refused, naming what differs."""
+    if recorded is None or base is None:  # a study from before nnx recorded it; or `show`
+        return
+    differences = config_differences([recorded, _shared_settings(spec, base)])
+    if differences:
+        changed = ", ".join(f"{key} {was} -> {now}" for key, (was, now) in differences.items())
+        raise ConfigError(
+            f"sweep {spec.name}: its trials ran with other settings than these ({changed}); continue it with "
+            "the --set values it began with, or give the sweep another name"
+        )
 
 
 def _comparable(recorded: dict[str, Any]) -> dict[str, Any]:
