@@ -237,6 +237,35 @@ def list_runs(root: Path, warn: Any = None) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda run: run["modified"])
 
 
+def unfinished_runs(root: Path) -> list[dict[str, Any]]:
+    """The run directories under `root` that have no summary.json yet: one being trained now
+    (`pid`: the process holding its lock), or one whose process died (`resumable` when its
+    checkpoint is there), each with the epochs it has done and was to do. Oldest first."""
+    import yaml
+
+    if not root.is_dir():
+        return []
+    runs = []
+    for path in root.iterdir():
+        if not (path / "config.yaml").is_file() or (path / "summary.json").exists():
+            continue
+        try:
+            done = len(read_metrics(path / "metrics.jsonl")) if (path / "metrics.jsonl").is_file() else 0
+        except NnxError:
+            done = None
+        try:
+            epochs = _read(path / "config.yaml", yaml.safe_load, dict)["training"]["epochs"]
+        except (NnxError, KeyError, TypeError):
+            epochs = None
+        files = [path / name for name in ("config.yaml", "metrics.jsonl", "checkpoint.npz") if (path / name).is_file()]
+        runs.append({
+            "path": path, "pid": locked_by(path), "resumable": (path / "checkpoint.npz").is_file(),
+            "epochs_done": done, "epochs": epochs if is_figure(epochs) else None,
+            "modified": max(f.stat().st_mtime for f in files),
+        })  # fmt: skip
+    return sorted(runs, key=lambda run: run["modified"])
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
     if not isinstance(data, dict):

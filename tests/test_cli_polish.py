@@ -254,6 +254,43 @@ def test_runs_sort_by_accuracy_or_time(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--sort loss: use finished, test, val, time" in result.stderr
 
 
+def test_runs_lists_stopped_training_and_dead_runs_too(tmp_path: Path, monkeypatch) -> None:
+    """A run being trained, or whose process died (kill -9, a crash, a reboot), has no summary.json:
+    `nnx runs` used to leave it out, and showed a run stopped by Ctrl-C like a finished one."""
+    from nnx.runs import RunLock
+
+    runs = tmp_path / "runs"
+    epoch = {"train_loss": 0.5, "train_accuracy": 0.9, "val_loss": None, "val_accuracy": None}
+    for name in ("done", "stopped", "training", "died", "died-early"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text("training:\n  epochs: 10\n")
+    (runs / "done" / "summary.json").write_text(json.dumps({"epochs": 10, "test_accuracy": 0.98}))
+    stopped = {"epochs": 4, "epochs_planned": 10, "interrupted": True, "test_accuracy": 0.9}
+    (runs / "stopped" / "summary.json").write_text(json.dumps(stopped))
+    for name, epochs in (("training", 3), ("died", 2)):
+        lines = [json.dumps({"epoch": e, **epoch}) for e in range(1, epochs + 1)]
+        (runs / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (runs / name / "checkpoint.npz").write_bytes(b"")
+    lock = RunLock(runs / "training")  # as `nnx train` holds it
+    try:
+        monkeypatch.setenv("COLUMNS", "120")
+        listed = invoke("runs", "--dir", runs)
+        rows = json.loads(invoke("runs", "--dir", runs, "--json").stdout)
+    finally:
+        lock.release()
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert next(line for line in lines if line.startswith("stopped ")).split()[4] == "4/10*"
+    assert next(line for line in lines if line.startswith("done ")).split()[4] == "10"
+    assert "*: stopped (Ctrl-C, SIGTERM) before its last epoch; `nnx train --resume RUN` continues it" in lines
+    assert f"training now: training (pid {os.getpid()}; 3 of 10 epochs done)" in lines
+    assert f"died: died (2 of 10 epochs done; `nnx train --resume {runs / 'died'}` continues it)" in lines
+    assert "died: died-early (before its first checkpoint; nothing to resume)" in lines
+    status = {Path(row["run"]).name: row["status"] for row in rows}
+    assert status == {"done": "finished", "stopped": "interrupted", "training": "training", "died": "died",
+                      "died-early": "died"}  # fmt: skip
+
+
 def test_dry_run_checks_everything_a_run_would_and_writes_nothing(
     tiny_mnist: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -15,7 +15,7 @@ from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.data.mnist import resolve_data_dir
 from nnx.errors import NnxError
-from nnx.runs import config_differences, is_figure, list_runs, read_run
+from nnx.runs import config_differences, is_figure, list_runs, read_run, unfinished_runs
 
 
 def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
@@ -65,12 +65,18 @@ def run_list(directory: Path, as_json: bool = False, sort: str = "finished") -> 
         figures = [run for run in runs if is_figure(run["summary"].get(key))]
         figures.sort(key=lambda run: run["summary"][key], reverse=higher)
         runs = figures + [run for run in runs if not is_figure(run["summary"].get(key))]
+    unfinished = unfinished_runs(directory)
     if as_json:
-        rows = [{"run": str(run["path"]), "modified": run["modified"], **run["summary"]} for run in runs]
+        rows = [{"run": str(run["path"]), "modified": run["modified"], "status": _status(run["summary"]),
+                 **run["summary"]} for run in runs]  # fmt: skip
+        rows += [{"run": str(run["path"]), "modified": run["modified"], "status": _unfinished_status(run),
+                  "epochs": run["epochs_done"], "epochs_planned": run["epochs"], "pid": run["pid"]}
+                 for run in unfinished]  # fmt: skip
         console.print(json.dumps(rows, indent=1), markup=False, highlight=False, soft_wrap=True)
         return
     if not runs:
         console.print(f"no finished runs in {directory}", markup=False)
+        _print_unfinished(console, unfinished)
         return
     # No rules and short cells (ep: epochs; val, test: accuracies), so that a list of runs stays
     # one line a run in 80 columns: run names are what users type next and are never cut or
@@ -95,13 +101,48 @@ def run_list(directory: Path, as_json: bool = False, sort: str = "finished") -> 
             "finished": time.strftime("%m-%d %H:%M", time.localtime(run["modified"])),
             "model": str(s.get("model_description", "-")),
             "device": str(s.get("device", "-")),
-            "ep": str(s.get("epochs", "-")),
+            "ep": _epochs(s),
             "val": _percent(s.get("best_val_accuracy")),
             "test": _percent(s.get("test_accuracy")),
             "time": _shown(s.get("train_seconds"), ".1f", " s"),
         }
         table.add_row(*(cells[column] for column in columns))
     console.print(table)
+    if any(run["summary"].get("interrupted") is True for run in runs):
+        console.print("*: stopped (Ctrl-C, SIGTERM) before its last epoch; `nnx train --resume RUN` continues it",
+                      markup=False)  # fmt: skip
+    _print_unfinished(console, unfinished)
+
+
+def _epochs(summary: dict[str, Any]) -> str:
+    """Epochs trained: "12", or "5/12*" for a run stopped before its last one."""
+    done = str(summary.get("epochs", "-"))
+    if summary.get("interrupted") is not True:
+        return done
+    planned = summary.get("epochs_planned")
+    return f"{done}/{planned}*" if is_figure(planned) else f"{done}*"
+
+
+def _status(summary: dict[str, Any]) -> str:
+    return "interrupted" if summary.get("interrupted") is True else "finished"
+
+
+def _unfinished_status(run: dict[str, Any]) -> str:
+    return "training" if run["pid"] else "died"
+
+
+def _print_unfinished(console: Any, unfinished: list[dict[str, Any]]) -> None:
+    """The runs without a summary: being trained now, or left by a process that died."""
+    for run in unfinished:
+        done, planned = run["epochs_done"], run["epochs"]
+        progress = f"{'?' if done is None else done} of {'?' if planned is None else planned} epochs done"
+        if run["pid"]:
+            line = f"training now: {run['path'].name} (pid {run['pid']}; {progress})"
+        elif run["resumable"]:
+            line = f"died: {run['path'].name} ({progress}; `nnx train --resume {run['path']}` continues it)"
+        else:
+            line = f"died: {run['path'].name} (before its first checkpoint; nothing to resume)"
+        console.print(line, markup=False)
 
 
 def _config_value(value: Any) -> str:
