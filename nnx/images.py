@@ -156,11 +156,11 @@ def _batch_of_784(array: np.ndarray) -> np.ndarray:
 
 
 def as_pixels(images: Any, centre: bool = False) -> np.ndarray:
-    """uint8 (N, 784) from what a notebook holds: one 28x28 image or 784 values, a batch (N, 28, 28)
-    or (N, 784) (or (N, 1, 28, 28)); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds 1) rounded.
-    Also an image file's path or a PIL image (or a list of them), prepared as `nnx predict FILE`
-    does: any size, dark ink on light paper inverted; `centre` crops and centres them as MNIST's
-    digits were (`nnx predict --mnist-style`)."""
+    """uint8 (N, 784) from what a notebook holds: one 28x28 image or 784 values, a batch (N, 28, 28),
+    (N, 784) or (N, 1, 28, 28); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds
+    1) rounded. Also an image file's path or a PIL image (or a list of them), prepared as `nnx
+    predict FILE` does: any size, dark ink on light paper inverted; `centre` crops and centres them
+    as MNIST's digits were (`nnx predict --mnist-style`)."""
     if _is_picture(images):
         images = [images]
     if isinstance(images, (list, tuple)) and images and all(_is_picture(item) for item in images):

@@ -238,10 +238,10 @@ ALLOCATES_OUTPUT = ("linear", "conv2d", "maxpool2d", "avgpool2d", "batchnorm")
 
 class ParameterBudget:
     """Counts a network's parameters layer by layer before any is allocated, and refuses the layer
-    that makes them too many: a model file (or config) declaring a 10^9-unit layer is an error with its
-    parameter count, not gigabytes allocated and a crash. The limit: a quarter of the memory the
-    arrays live in (the GPU's, or the host's) for the parameters (training needs as much again for
-    gradients, and more for the optimizer's state)."""
+    that makes them too many: a model file (or config) declaring a 10^9-unit layer is an error
+    with its parameter count, not gigabytes allocated and a crash. The limit: a quarter of the
+    memory the arrays live in (the GPU's, or the host's) for the parameters (training needs as
+    much again for gradients, and more for the optimizer's state)."""
 
     def __init__(self, backend: Backend) -> None:
         self.itemsize = np.dtype(backend.dtype).itemsize
