@@ -135,6 +135,10 @@ def _normalise_layer(index: int, item: Any) -> dict[str, Any]:
     return {"type": kind, **parsed.model_dump(exclude_none=True)}
 
 
+# ModelConfig's keys for the MLP of `hidden`, with their defaults (what a saved config holds).
+MLP_ONLY: dict[str, Any] = {"hidden": [64], "activation": "relu", "init": "he"}
+
+
 class ModelConfig(Strict):
     """An MLP by its hidden sizes, or any network as a list of layers (which then wins)."""
 
@@ -158,6 +162,22 @@ class ModelConfig(Strict):
         if not layers:
             raise ValueError("needs at least one layer")
         return [_normalise_layer(i, item) for i, item in enumerate(layers)]
+
+    @model_validator(mode="after")
+    def _one_network(self) -> ModelConfig:
+        """hidden, activation and init shape the MLP only: given beside `layers`, which wins, they
+        would be ignored without a word (`--set model.hidden=[128]` on a CNN config)."""
+        if self.layers is None:
+            return self
+        ignored = [name for name, default in MLP_ONLY.items()
+                   if name in self.model_fields_set and getattr(self, name) != default]  # fmt: skip
+        if ignored:
+            given = ", ".join(f"{name} {getattr(self, name)}" for name in ignored)
+            raise ValueError(
+                f"{given} would be ignored: model.layers gives the network (each layer its own init); "
+                "remove it, or set model.layers to null for an MLP"
+            )
+        return self
 
     def layer_specs(self) -> list[dict[str, Any]]:
         if self.layers is not None:
@@ -375,10 +395,68 @@ def load_config(
     """Read a config, apply `--set key.path=value` assignments in order, then typed flags
     (--epochs and friends, which win), and validate everything at once."""
     path = resolve_config_path(name_or_path)
+    raw, bases = _read_with_bases(path)
+    assigned = apply_overrides(raw, assignments, flags)
+    source = str(path) + (f" (on {', '.join(bases)})" if bases else "")  # an error may come from a base
+    return validate(raw, source, assigned), path
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config file's keys, on top of the config its `base:` names, if any (a built-in name, or a
+    path relative to the file): an experiment is its base plus what it changes. Sections merge key
+    by key and any other value (a list too) replaces the base's; a file that gives the network
+    (model.hidden or model.layers) replaces the base's network. Bases may have bases; a loop is
+    refused. The name defaults to the file's own, not its base's."""
+    return _read_with_bases(path)[0]
+
+
+def _read_with_bases(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """read_config_file's keys, and the files of the bases it stands on, nearest first."""
     raw = read_yaml(path)
     raw.setdefault("name", path.stem)
-    assigned = apply_overrides(raw, assignments, flags)
-    return validate(raw, str(path), assigned), path
+    seen, bases = [path.resolve()], []
+    while "base" in raw:
+        base = raw.pop("base")
+        base_path = _base_path(base, path)
+        if base_path.resolve() in seen:
+            chain = " -> ".join(p.name for p in [*seen, base_path.resolve()])
+            raise ConfigError(f"{path}: base: {base} leads back to a config already read ({chain})")
+        seen.append(base_path.resolve())
+        bases.append(base_path.name if base_path.parent == BUILTIN_CONFIGS else str(base_path))
+        raw = _merged(read_yaml(base_path), raw)
+        path = base_path
+    return raw, bases
+
+
+def _base_path(base: Any, path: Path) -> Path:
+    """The file `base:` names in the config file at `path`: a path (with a / or a .yaml suffix)
+    relative to that file's folder, or a built-in config's name."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: expected a built-in config's name or a YAML file's path, got {base!r}")
+    if "/" in base or base.endswith((".yaml", ".yml")):
+        candidate = path.parent / base
+        if not candidate.is_file():
+            raise ConfigError(f"{path}: base: {candidate}: no such config file")
+        return candidate
+    builtin = BUILTIN_CONFIGS / f"{base}.yaml"
+    if not builtin.is_file():
+        known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"{path}: base: {base}: no such built-in config ({known}; or a path to a .yaml file)")
+    return builtin
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`: sections merged key by key, anything else replaced."""
+    merged = dict(base)
+    if isinstance(base.get("model"), dict) and isinstance(top.get("model"), dict):
+        if "layers" in top["model"] or any(key in top["model"] for key in MLP_ONLY):  # another network
+            merged["model"] = {k: v for k, v in base["model"].items() if k != "layers" and k not in MLP_ONLY}
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_overrides(
@@ -401,4 +479,9 @@ def apply_overrides(
 
 
 def to_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML; a network given as `layers` without the MLP keys it does not use."""
+    data = config.model_dump(mode="json")
+    if data["model"].get("layers") is not None:
+        for key in MLP_ONLY:
+            data["model"].pop(key, None)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -162,3 +162,61 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     path.write_bytes("name: café\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_config(str(path))
+
+
+def test_a_config_file_can_stand_on_a_base(tmp_path: Path) -> None:
+    """`base:` a built-in name or a path relative to the file: the file's keys over the base's,
+    section by section; the name is the file's; a chain of bases is followed."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "slow.yaml").write_text("base: mnist_cnn\noptimizer: {lr: 0.002}\ntraining: {epochs: 2}\n")
+    (tmp_path / "mlp.yaml").write_text("base: exp/slow.yaml\nmodel: {hidden: [128, 64]}\n")
+    cnn, _ = load_config("mnist_cnn")
+    slow, _ = load_config(str(tmp_path / "exp" / "slow.yaml"))
+    assert slow.name == "slow" and slow.optimizer.lr == 0.002 and slow.training.epochs == 2
+    assert slow.model == cnn.model and slow.optimizer.name == cnn.optimizer.name == "adam"
+    assert slow.training.batch_size == cnn.training.batch_size  # the rest of the section: the base's
+    mlp, _ = load_config(str(tmp_path / "mlp.yaml"))  # a network given replaces the base's network
+    assert mlp.model.layers is None and mlp.model.hidden == [128, 64] and mlp.optimizer.lr == 0.002
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("base: nope\n", r"a.yaml: base: nope: no such built-in config \(fashion_cnn, .*; or a path to a .yaml file\)"),
+        ("base: ../none.yaml\n", r"a.yaml: base: .*none.yaml: no such config file"),
+        ("base: [1]\n", r"a.yaml: base: expected a built-in config's name or a YAML file's path, got \[1\]"),
+        ("base: b.yaml\n", r"b.yaml: base: a.yaml leads back to a config already read \(a.yaml -> b.yaml -> a.yaml\)"),
+        ("base: c.yaml\n", r"a.yaml \(on .*c.yaml, mnist_mlp.yaml\): training.epochz: unknown key"),
+    ],
+)
+def test_a_bad_base_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: mnist_mlp\ntraining: {epochz: 3}\n")  # the typo is in the base
+    (tmp_path / "a.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+def test_mlp_keys_beside_a_layer_list_are_refused_not_ignored() -> None:
+    """`--set model.hidden=[128]` on a CNN config trained the CNN as if nothing was said: the layer
+    list wins. A saved config (the defaults beside `layers`) still loads."""
+    for assignment, given in [("model.hidden=[128]", "hidden [128]"), ("model.init=xavier", "init xavier"),
+                              ("model.activation=tanh", "activation tanh")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(f"--set {assignment}: model: {given} would be ignored")):
+            load_config("mnist_cnn", [assignment])
+    mlp, _ = load_config("mnist_cnn", ["model.hidden=[128]", "model.layers=null"])
+    assert mlp.model.layers is None and mlp.model.hidden == [128]
+    saved, _ = load_config("mnist_cnn", ["model.hidden=[64]", "model.init=he", "model.activation=relu"])
+    assert saved.model.layers is not None
+
+
+def test_a_saved_config_reads_back_the_same(tmp_path: Path) -> None:
+    """What a run writes as config.yaml: a layer list without the MLP keys it would not use."""
+    from nnx.config import to_yaml
+
+    for name in ("mnist_cnn", "mnist_mlp"):
+        config, _ = load_config(name)
+        text = to_yaml(config)
+        assert ("hidden:" in text) == (config.model.layers is None) and "base:" not in text
+        again, _ = load_config(write(tmp_path, text))
+        assert again == config
