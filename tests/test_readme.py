@@ -18,7 +18,9 @@ def yaml_blocks() -> list[str]:
     return re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_every_yaml_block_in_the_readme_is_valid() -> None:
+def test_every_yaml_block_in_the_readme_is_valid(tmp_path: Path) -> None:
+    from nnx.config import load_config
+
     blocks = yaml_blocks()
     assert len(blocks) >= 2
     kinds = []
@@ -27,10 +29,14 @@ def test_every_yaml_block_in_the_readme_is_valid() -> None:
         if "search" in raw:
             SweepSpec.model_validate(raw)
             kinds.append("sweep")
+        elif "base" in raw:  # a config file on a base: read as `nnx train -c` reads it
+            (tmp_path / "experiment.yaml").write_text(block)
+            load_config(str(tmp_path / "experiment.yaml"))
+            kinds.append("config on a base")
         else:
             validate(raw, "README.md")
             kinds.append("config")
-    assert {"sweep", "config"} <= set(kinds)
+    assert {"sweep", "config", "config on a base"} <= set(kinds)
 
 
 @pytest.mark.mnist
