@@ -100,6 +100,22 @@ def test_a_sweep_file_yaml_cannot_load_is_a_config_error(tmp_path: Path, text: s
         read_sweep(tmp_path / "s.yaml")
 
 
+def test_a_set_on_a_searched_key_is_refused_not_overridden(tiny_mnist: Path, tmp_path: Path) -> None:
+    """Every trial sets the searched keys: a --set of one was silently replaced by the trials' values."""
+    from nnx.cli.sweep_cmd import _sets
+
+    path = sweep_file(tmp_path, "clash", 2, {"optimizer.lr": {"log_uniform": [0.001, 0.1]}})
+    result = nnx("sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "optimizer.lr=0.5", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == (
+        "error: --set optimizer.lr=0.5: the sweep searches optimizer.lr, whose value each trial sets; "
+        "take it out of --set or out of the search\n"
+    )
+    assert not (tmp_path / "runs").exists()
+    assert _sets("optimizer", {"lr": 0.5, "name": "adam"}, "optimizer.lr")  # a section that holds it
+    assert not _sets("optimizer", {"name": "adam"}, "optimizer.lr")  # one that does not
+    assert _sets("model.hidden", [8], "model.hidden") and not _sets("optimizer.lr_min", 1, "optimizer.lr")
+
+
 def test_trial_and_worker_counts_are_bounded_before_anything_starts(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "s", 2, {"optimizer.lr": {"uniform": [0.01, 0.1]}})
     for args, message in [

@@ -32,6 +32,7 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
     spec = read_sweep(file)
     if trials is not None:
         spec.trials = trials
+    _refuse_searched(spec, assignments)
     overrides = {k: v for k, v in {"device": device, "data.dir": str(data_dir) if data_dir else None}.items() if v}
     base, _ = resolve_config(spec.base, overrides, assignments)
     check_against_config(spec, file, base, lambda extra: resolve_config(spec.base, {**overrides, **extra}, assignments))
@@ -44,6 +45,33 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
         sweep_dir(spec.name).mkdir(parents=True, exist_ok=True)
         storage = default_storage(spec.name)
     return file, spec, overrides, storage, open_storage(storage, spec.heartbeat), base
+
+
+def _refuse_searched(spec: Any, assignments: list[str]) -> None:
+    """A --set on a key the sweep searches would be overridden by every trial's value, unsaid."""
+    from nnx.config import parse_assignment
+
+    for assignment in assignments:
+        key, value = parse_assignment(assignment)
+        for searched in spec.search:
+            if _sets(key, value, searched):
+                raise NnxError(
+                    f"--set {assignment}: the sweep searches {searched}, whose value each trial sets; "
+                    "take it out of --set or out of the search"
+                )
+
+
+def _sets(key: str, value: Any, searched: str) -> bool:
+    """Whether `--set key=value` sets the dotted key `searched` (or a key within it)."""
+    if key == searched or key.startswith(searched + "."):
+        return True
+    if not searched.startswith(key + "."):
+        return False
+    for part in searched[len(key) + 1 :].split("."):  # --set optimizer={lr: 0.5} sets optimizer.lr
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
 
 
 def worker_gpus(workers: int, device: str) -> list[str | None]:
