@@ -245,6 +245,15 @@ class TrainingConfig(Strict):
     # Logs other tools read, in the run directory: TensorBoard event files, metrics.csv.
     log: list[Literal["tensorboard", "csv"]] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> TrainingConfig:
+        """Said before training, not after the first epoch, which left a run without a checkpoint."""
+        if self.early_stopping is not None and self.validation == 0:
+            raise ValueError(
+                f"early_stopping on {self.early_stopping.metric} needs a validation split: set training.validation > 0"
+            )
+        return self
+
 
 class Config(Strict):
     name: str = "run"

@@ -220,3 +220,12 @@ def test_a_saved_config_reads_back_the_same(tmp_path: Path) -> None:
         assert ("hidden:" in text) == (config.model.layers is None) and "base:" not in text
         again, _ = load_config(write(tmp_path, text))
         assert again == config
+
+
+def test_early_stopping_without_a_validation_split_is_refused_before_training() -> None:
+    """It was said after the first epoch, leaving a run directory without a checkpoint."""
+    stopping = "training.early_stopping={metric: val_loss, patience: 2}"
+    with pytest.raises(ConfigError, match=re.escape("training: early_stopping on val_loss needs a validation split")):
+        load_config(None, ["training.validation=0", stopping])
+    config, _ = load_config(None, [stopping])  # the default split: fine
+    assert config.training.early_stopping.metric == "val_loss"
