@@ -32,7 +32,7 @@ from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
 from nnx.errors import DataError, NnxError
 from nnx.io import read_header, save_model
-from nnx.loggers import make_loggers
+from nnx.loggers import check_loggers, make_loggers
 from nnx.metrics import peak_rss_mb
 from nnx.nn import Sequential, build_model
 from nnx.optim import OPTIMIZERS, Optimizer, Schedule
@@ -225,6 +225,7 @@ def _train(
         if isinstance(config, dict):
             say(f"{resume / 'config.yaml'} is missing: resuming under the config {CHECKPOINT} keeps (written back)")
     config, source = resolve_config(config, overrides, assignments)
+    check_loggers(config.training.log)
     if comm.size > 1:
         check_same_config(comm, config.model_dump(mode="json"))
     backend = get_backend(_rank_device(config.device, comm), config.dtype, config.allow_tf32)
@@ -285,6 +286,7 @@ def check_train(
     if resume is not None:
         resume, config = Path(resume), resumable_config(Path(resume), overrides)
     config, source = resolve_config(config, overrides, assignments)
+    check_loggers(config.training.log)
     backend = get_backend(config.device, config.dtype, config.allow_tf32)
     dataset = get_dataset(config.data.dataset)
     data_dir = resolve_data_dir(None, config.data.dir, dataset.name)

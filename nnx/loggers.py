@@ -52,7 +52,7 @@ class TensorBoardLogger(Callback):
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
-            raise NnxError("training.log: tensorboard needs tensorboardX: pip install 'nnx[log]'") from None
+            raise NnxError(TENSORBOARD_MISSING) from None
         self.writer = SummaryWriter(logdir=str(run_dir))
         self.samples = 0
         if config_yaml:  # indented four spaces: a code block in the Markdown TensorBoard renders
@@ -75,6 +75,17 @@ class TensorBoardLogger(Callback):
 
     def on_train_end(self, result: TrainResult) -> None:
         self.writer.close()
+
+
+TENSORBOARD_MISSING = "training.log: tensorboard needs tensorboardX: pip install 'nnx[log]'"
+
+
+def check_loggers(names: list[str]) -> None:
+    """What the loggers need, checked before a run directory is made (not after, leaving one)."""
+    import importlib.util
+
+    if "tensorboard" in names and importlib.util.find_spec("tensorboardX") is None:
+        raise NnxError(TENSORBOARD_MISSING)
 
 
 def make_loggers(names: list[str], run_dir: Path, history: list[EpochMetrics], config_yaml: str = "") -> list[Callback]:

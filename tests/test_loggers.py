@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,18 @@ def test_tensorboard_and_csv_logs_hold_every_epoch(tiny_mnist: Path, tmp_path: P
 def test_an_unknown_log_is_a_config_error(tiny_mnist: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--data-dir", str(tiny_mnist), "--set", "training.log=[wandb]"])
     assert result.exit_code == 2 and "training.log.0: Input should be 'tensorboard' or 'csv'" in result.output
+
+
+def test_tensorboard_without_tensorboardx_is_refused_before_the_run_directory(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was said once config.yaml was written, leaving a run directory that never trained."""
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed
+    run = tmp_path / "r"
+    args = ["train", "--data-dir", str(tiny_mnist), "--set", "training.log=[tensorboard]", "--out", str(run)]
+    for extra in ([], ["--dry-run"]):
+        result = CliRunner().invoke(app, args + extra)
+        assert result.exit_code == 2 and result.stderr.strip() == (
+            "error: training.log: tensorboard needs tensorboardX: pip install 'nnx[log]'"
+        ), result.output
+        assert not run.exists()
