@@ -27,6 +27,8 @@ def read_grey(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file or its bytes as uint8 greyscale; transparent pixels count as white paper.
     The size the image declares is checked against `max_pixels` before anything is decoded."""
     name = "upload" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes) and Path(source).exists() and not Path(source).is_file():
+        raise DataError(f"{name}: not an image file (a folder, FIFO or device)")  # a FIFO would block
     try:
         with warnings.catch_warnings():  # PIL's own bomb warning: the stricter limit below decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

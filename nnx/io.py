@@ -222,6 +222,8 @@ def model_file(path: Path) -> Path:
     """`path`, or the model.npz inside it when it is a run directory."""
     path = Path(path)
     if not path.is_dir():
+        if path.exists() and not path.is_file():  # a FIFO or a device would block the read, or never end
+            raise ModelFileError(f"{path}: not a regular file; give a model file or a run directory")
         return path
     if not (path / "model.npz").is_file():
         raise ModelFileError(f"{path}: a directory without a model.npz; give a model file or a run directory")

@@ -200,6 +200,34 @@ def test_model_reader_on_arbitrary_bytes(tmp_path: Path, data: bytes) -> None:
     only_nnx_errors(load_model, path, get_backend("cpu"))
 
 
+NOT_A_MODEL = "{fifo}: not a regular file; give a model file or a run directory"
+
+
+@pytest.mark.parametrize(
+    "command,message",
+    [
+        (["evaluate", "{fifo}"], NOT_A_MODEL),
+        (["info", "{fifo}"], NOT_A_MODEL),
+        (["export", "{fifo}", "-o", "{tmp}/m.onnx"], NOT_A_MODEL),
+        (["predict", "{model}", "{fifo}"], "{fifo}: not an image file (a folder, FIFO or device)"),
+    ],
+)
+def test_a_fifo_given_as_a_model_or_an_image_is_refused_not_waited_on(tmp_path: Path, command, message) -> None:
+    """A named pipe (or /dev/zero) opened for reading blocks until a writer comes, forever here:
+    `nnx evaluate`, `info`, `export` and `predict` hung on one. In a subprocess, so that a
+    regression fails on the timeout instead of hanging the tests."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    names = {"fifo": str(fifo), "tmp": str(tmp_path), "model": str(model_file(tmp_path / "m.npz"))}
+    args = [part.format(**names) for part in command]
+    result = subprocess.run([sys.executable, "-m", "nnx", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr == f"error: {message.format(**names)}\n"
+
+
 def test_a_header_claiming_a_huge_layer_is_refused_before_allocating(tmp_path: Path) -> None:
     path = model_file(tmp_path / "m.npz")
     with np.load(path, allow_pickle=False) as npz:
