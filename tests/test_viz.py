@@ -137,3 +137,27 @@ def test_compare_never_plots_over_a_users_file(plotted_run: Path, tiny_mnist: Pa
         assert image.info.get("Software") == "nnx"
     result = invoke("runs", "compare", plotted_run, other, "--plot", tmp_path)
     assert result.exit_code == 2 and "is a directory" in result.stderr
+
+
+def test_plots_of_a_run_trained_on_csv_files_use_its_csv_test_set(tiny_mnist: Path, tmp_path: Path) -> None:
+    """data.train_csv / test_csv: the plots and report used the MNIST folder's test set instead,
+    so the report said "8793 of 10000 test images right" under a test accuracy measured on 500."""
+    from nnx.data.mnist import load_mnist
+
+    train, test = load_mnist(tiny_mnist, 0).train, load_test(tiny_mnist)
+    csv = {}
+    for name, images, labels in (("train", train.images, train.labels), ("test", test.images, test.labels)):
+        rows = np.column_stack([labels[:150], images[:150].reshape(150, -1)])  # 150 rows, not the folder's 200
+        csv[name] = tmp_path / f"{name}.csv"
+        np.savetxt(csv[name], rows, fmt="%d", delimiter=",")
+    run = tmp_path / "run"
+    args = ["train", "-q", "--plots", "--data-dir", str(tiny_mnist), "--epochs", "1", "--out", str(run),
+            "--set", f"data.train_csv={csv['train']}", "--set", f"data.test_csv={csv['test']}",
+            "--set", "training.validation=50"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = read_run(run)["summary"]
+    for plotted in (result, CliRunner().invoke(app, ["plot", str(run)])):  # --plots, then nnx plot
+        assert plotted.exit_code == 0, plotted.output
+        right = re.search(r"(\d+) of (\d+) test images right", (run / "report.html").read_text())
+        assert right and int(right[2]) == 150 and int(right[1]) / 150 == summary["test_accuracy"]

@@ -72,7 +72,9 @@ def run_train(
     if plots and not result.interrupted:
         from nnx.viz.report import make_plots
 
-        written = make_plots(run_dir, Path(run.config.data.dir), "cpu")  # data.dir as resolved for the dataset
+        data = run.config.data  # data.dir as resolved for the dataset; CSV files when it trained on them
+        csv = (Path(data.train_csv), Path(data.test_csv)) if data.train_csv and data.test_csv else None
+        written = make_plots(run_dir, Path(data.dir), "cpu", csv)
         console.print(f"plots and report: {', '.join(p.name for p in written)} in {run_dir}", markup=False)
     if result.interrupted:
         kept = ["config.yaml"]

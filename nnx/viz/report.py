@@ -27,14 +27,15 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     return read_metrics(path)
 
 
-def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu") -> list[Path]:
-    """Write the four PNGs and report.html into `run_dir`; returns their paths."""
+def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu", csv: tuple[Path, Path] | None = None) -> list[Path]:
+    """Write the four PNGs and report.html into `run_dir`; returns their paths. The test set is
+    the run's: `csv` (its data.train_csv and test_csv) when it trained on CSV files."""
     history = read_history(run_dir)
     model_path = run_dir / "model.npz"
     loaded = open_model(model_path, device)
     classes = class_names(loaded.header)
     backend = loaded.model.backend
-    test = load_test(data_dir)
+    test = load_test(data_dir, csv)
     images = backend.asarray(test.images)
     probabilities = predict_probabilities(loaded.model, images, loaded.preprocess, backend)
     confusion = confusion_matrix(test.labels.astype("int64"), probabilities.argmax(axis=1), get_backend("cpu"))
