@@ -266,6 +266,29 @@ def unfinished_runs(root: Path) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda run: run["modified"])
 
 
+def run_test_set(run: Path) -> tuple[Path | None, tuple[Path, Path] | None]:
+    """Where a run directory's test set is, from its config.yaml: (its data folder, when it is
+    still there; its CSV files, when it trained on data.train_csv and test_csv). (None, None) when
+    the config says neither or cannot be read. A missing CSV test file is an NnxError naming it."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None, None
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict):
+        return None, None
+    folder = data.get("dir")
+    folder = Path(folder) if isinstance(folder, str) and Path(folder).is_dir() else None
+    train, test = data.get("train_csv"), data.get("test_csv")
+    if not (isinstance(train, str) and isinstance(test, str)):
+        return folder, None
+    if not Path(test).is_file():
+        raise NnxError(f"{test}: the CSV test set {run} was trained with is not there; give --data-dir")
+    return folder, (Path(train), Path(test))
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
     if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -140,8 +141,8 @@ def test_compare_never_plots_over_a_users_file(plotted_run: Path, tiny_mnist: Pa
 
 
 def test_plots_of_a_run_trained_on_csv_files_use_its_csv_test_set(tiny_mnist: Path, tmp_path: Path) -> None:
-    """data.train_csv / test_csv: the plots and report used the MNIST folder's test set instead,
-    so the report said "8793 of 10000 test images right" under a test accuracy measured on 500."""
+    """data.train_csv / test_csv: the plots, the report and `nnx evaluate RUN` used the MNIST
+    folder's test set instead ("8793 of 10000 test images right" under an accuracy measured on 500)."""
     from nnx.data.mnist import load_mnist
 
     train, test = load_mnist(tiny_mnist, 0).train, load_test(tiny_mnist)
@@ -161,3 +162,7 @@ def test_plots_of_a_run_trained_on_csv_files_use_its_csv_test_set(tiny_mnist: Pa
         assert plotted.exit_code == 0, plotted.output
         right = re.search(r"(\d+) of (\d+) test images right", (run / "report.html").read_text())
         assert right and int(right[2]) == 150 and int(right[1]) / 150 == summary["test_accuracy"]
+    evaluated = CliRunner().invoke(app, ["evaluate", str(run), "--json"])  # a run: on the run's test set
+    assert evaluated.exit_code == 0, evaluated.output
+    data = json.loads(evaluated.stdout)
+    assert data["test_images"] == 150 and data["accuracy"] == summary["test_accuracy"]

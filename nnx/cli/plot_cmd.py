@@ -15,7 +15,7 @@ from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.data.mnist import resolve_data_dir
 from nnx.errors import NnxError
-from nnx.runs import config_differences, is_figure, list_runs, read_run, unfinished_runs
+from nnx.runs import config_differences, is_figure, list_runs, read_run, run_test_set, unfinished_runs
 
 
 def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
@@ -27,28 +27,12 @@ def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
     elif not run.exists():
         raise NnxError(f"{run}: no such run directory")
     dataset = _run_dataset(run)
-    data = _run_data(run)
-    csv = None
-    if data.get("train_csv") and data.get("test_csv") and data_dir is None:  # its own test set
-        csv = (Path(data["train_csv"]), Path(data["test_csv"]))
-        if not csv[1].is_file():
-            raise NnxError(f"{csv[1]}: the CSV test set {run} was trained with is gone; give --data-dir")
-    trained_on = data.get("dir") if isinstance(data.get("dir"), str) and Path(data["dir"]).is_dir() else None
-    folder = resolve_data_dir(data_dir, trained_on, dataset)  # the run's own folder, where it is still there
+    trained_on, csv = run_test_set(run) if data_dir is None else (None, None)  # the run's own test set
+    folder = resolve_data_dir(data_dir, trained_on, dataset)
     if csv is None:
         ensure_data(folder, console, dataset=dataset)
     for path in make_plots(run, folder, device, csv):
         console.print(f"wrote {path}", markup=False)
-
-
-def _run_data(run: Path) -> dict[str, Any]:
-    """The data section of a run's config.yaml ({} when it has none, or it cannot be read)."""
-    try:
-        config = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    data = config.get("data") if isinstance(config, dict) else None
-    return data if isinstance(data, dict) else {}
 
 
 def _run_dataset(run: Path) -> str:
