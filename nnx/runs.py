@@ -257,9 +257,13 @@ def unfinished_runs(root: Path) -> list[dict[str, Any]]:
             epochs = _read(path / "config.yaml", yaml.safe_load, dict)["training"]["epochs"]
         except (NnxError, KeyError, TypeError):
             epochs = None
+        try:
+            pid = locked_by(path)
+        except OSError:  # a lock file this user may not read: another user's run, as far as we can tell
+            pid = "?"
         files = [path / name for name in ("config.yaml", "metrics.jsonl", "checkpoint.npz") if (path / name).is_file()]
         runs.append({
-            "path": path, "pid": locked_by(path), "resumable": (path / "checkpoint.npz").is_file(),
+            "path": path, "pid": pid, "resumable": (path / "checkpoint.npz").is_file(),
             "epochs_done": done, "epochs": epochs if is_figure(epochs) else None,
             "modified": max(f.stat().st_mtime for f in files),
         })  # fmt: skip
