@@ -338,3 +338,19 @@ def test_info_on_a_model_shows_what_it_holds_and_its_layers(tiny_mnist: Path, tm
     empty.mkdir()
     result = invoke("info", empty)
     assert result.exit_code == 2 and "a directory without a model.npz" in result.stderr
+
+
+def test_runs_lists_a_run_whose_lock_it_may_not_read(tmp_path: Path, monkeypatch) -> None:
+    import nnx.runs
+
+    run = tmp_path / "runs" / "theirs"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("training:\n  epochs: 3\n")
+
+    def unreadable(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path / ".lock"))
+
+    monkeypatch.setattr(nnx.runs, "locked_by", unreadable)
+    listed = invoke("runs", "--dir", tmp_path / "runs")
+    assert listed.exit_code == 0, listed.output
+    assert "training now: theirs (pid ?; 0 of 3 epochs done)" in listed.output
