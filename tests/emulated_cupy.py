@@ -18,6 +18,7 @@ code, nvcc's own choice of what to fuse. Those need the real GPU run.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import importlib
@@ -92,6 +93,7 @@ def compile_library(source: str) -> ctypes.CDLL:
     if key not in _libraries:
         if not _build_dir:
             _build_dir.append(Path(tempfile.mkdtemp(prefix="nnx-emulated-cupy-")))
+            atexit.register(shutil.rmtree, _build_dir[0], True)  # the libraries stay loaded until then
         cc = compiler()
         if cc is None:
             raise RuntimeError("no C++ compiler (c++ or g++) to emulate CuPy's kernels with")
