@@ -609,17 +609,18 @@ class Prediction:
 class Model:
     """A trained network ready to use in a notebook or a script: `nnx.load(path)`.
 
-    `predict(images)` takes uint8 pixels (a 28x28 image, a batch (N, 28, 28) or (N, 784)), floats
-    (0-1, or 0-255 when any value exceeds 1), or image files and PIL images; NumPy out.
-    `evaluate()` runs the test set; `export(path)` writes ONNX or safetensors; `summary()` lists
-    the layers."""
+    `predict(images)` takes uint8 pixels (a 28x28 image, a batch (N, 28, 28), (N, 784) or
+    (N, 1, 28, 28)), floats (0-1, or 0-255 when any value exceeds 1), or image files and PIL
+    images; NumPy out. `evaluate()` runs the test set; `export(path)` writes ONNX or safetensors;
+    `summary()` lists the layers."""
 
-    def __init__(self, loaded: Any, path: Path) -> None:
+    def __init__(self, loaded: Any, path: Path, run_dir: Path | None = None) -> None:
         self.network: Sequential = loaded.model
         self.preprocess: Preprocess = loaded.preprocess
         self.header: dict[str, Any] = loaded.header
         self.backend: Backend = loaded.model.backend
         self.path = path
+        self.run_dir = run_dir  # loaded from a run directory: evaluate() uses the run's own data
 
     def __repr__(self) -> str:
         return f"nnx.Model({self.network.describe()}, {self.network.count_parameters():,} parameters, {self.path})"
@@ -639,8 +640,8 @@ class Model:
         return class_names(self.header)
 
     def predict(self, images: Any, batch_size: int = 500, mnist_style: bool = False) -> Prediction:
-        """Classes and probabilities of uint8 pixels or floats (one 28x28 image, a batch (N, 28, 28)
-        or (N, 784)), or of image files or PIL images of any size, prepared as `nnx predict FILE`
+        """Classes and probabilities of uint8 pixels or floats (one 28x28 image, a batch (N, 28, 28),
+        (N, 784) or (N, 1, 28, 28)), or of image files or PIL images of any size, prepared as `nnx predict FILE`
         prepares them (`mnist_style`: cropped and centred, as --mnist-style)."""
         from nnx.images import as_pixels
         from nnx.metrics import predict_probabilities
@@ -660,15 +661,18 @@ class Model:
 
     def evaluate(self, split: str = "test", data_dir: str | Path | None = None) -> dict[str, Any]:
         """Loss, accuracy, per-class accuracy and the confusion matrix on MNIST's test set (or
-        "train": all 60,000 training images)."""
+        "train": all 60,000 training images). A model loaded from a run directory is measured on
+        the run's own data (its CSV files, its data folder), as `nnx evaluate RUN` does."""
         from nnx.data.mnist import load_test
         from nnx.metrics import confusion_matrix, per_class_accuracy
+        from nnx.runs import run_test_set
 
-        folder = resolve_data_dir(Path(data_dir) if data_dir else None, None, self.header.get("dataset", "mnist"))
+        trained_on, csv = run_test_set(self.run_dir) if self.run_dir and not data_dir else (None, None)
+        folder = resolve_data_dir(Path(data_dir) if data_dir else None, trained_on, self.header.get("dataset", "mnist"))
         if split == "test":
-            data = load_test(folder)
+            data = load_test(folder, csv)
         elif split == "train":
-            data = load_mnist(folder, 0).train
+            data = load_mnist(folder, 0, csv).train
         else:
             raise NnxError(f"split {split!r}: use 'test' or 'train'")
         device_data = DeviceSplit(data, self.backend)
@@ -683,5 +687,6 @@ def load(path: str | Path, device: str = "cpu") -> Model:
     `device`, ready to predict."""
     from nnx.io import model_file, open_model
 
-    path = model_file(Path(path))
-    return Model(open_model(path, device), path)
+    given = Path(path)
+    path = model_file(given)
+    return Model(open_model(path, device), path, run_dir=given if given.is_dir() else None)

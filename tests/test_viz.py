@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import nnx
 from nnx.backend import get_backend
 from nnx.cli.app import app
 from nnx.data.mnist import load_test
@@ -166,3 +167,5 @@ def test_plots_of_a_run_trained_on_csv_files_use_its_csv_test_set(tiny_mnist: Pa
     assert evaluated.exit_code == 0, evaluated.output
     data = json.loads(evaluated.stdout)
     assert data["test_images"] == 150 and data["accuracy"] == summary["test_accuracy"]
+    from_python = nnx.load(run).evaluate()  # the Python API, given the run directory, as well
+    assert from_python["confusion"].sum() == 150 and from_python["accuracy"] == summary["test_accuracy"]
