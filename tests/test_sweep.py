@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nnx.runs import read_run
+
 optuna = pytest.importorskip("optuna")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +116,19 @@ def test_a_set_on_a_searched_key_is_refused_not_overridden(tiny_mnist: Path, tmp
     assert _sets("optimizer", {"lr": 0.5, "name": "adam"}, "optimizer.lr")  # a section that holds it
     assert not _sets("optimizer", {"name": "adam"}, "optimizer.lr")  # one that does not
     assert _sets("model.hidden", [8], "model.hidden") and not _sets("optimizer.lr_min", 1, "optimizer.lr")
+
+
+def test_a_sweeps_base_file_is_found_beside_the_sweep_file(tiny_mnist: Path, tmp_path: Path) -> None:
+    """`base: small.yaml` in experiments/sweep.yaml: beside it, as a config file's own `base:` is
+    read (it was looked for in the working directory only)."""
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (folder / "small.yaml").write_text("base: mnist_mlp\nmodel: {hidden: [8]}\ntraining: {epochs: 1}\n")
+    path = sweep_file(folder, "beside", 1, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, base="small.yaml")
+    result = nnx("sweep", path, "--data-dir", tiny_mnist, "--set", "training.validation=100", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = read_run(tmp_path / "runs" / "beside" / "trial-0000")
+    assert run["summary"]["model_description"] == "784-8-10" and run["config"]["name"] == "small"
 
 
 def test_trial_and_worker_counts_are_bounded_before_anything_starts(tiny_mnist: Path, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
     overrides, every searched value, the data, the storage."""
     from nnx.api import resolve_config
     from nnx.data.mnist import missing_files, resolve_data_dir
-    from nnx.sweep.spec import check_against_config, read_sweep, resolve_sweep_path
+    from nnx.sweep.spec import base_config, check_against_config, read_sweep, resolve_sweep_path
     from nnx.sweep.study import default_storage, open_storage, sweep_dir
 
     file = resolve_sweep_path(file)
@@ -34,8 +34,9 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
         spec.trials = trials
     _refuse_searched(spec, assignments)
     overrides = {k: v for k, v in {"device": device, "data.dir": str(data_dir) if data_dir else None}.items() if v}
-    base, _ = resolve_config(spec.base, overrides, assignments)
-    check_against_config(spec, file, base, lambda extra: resolve_config(spec.base, {**overrides, **extra}, assignments))
+    start = base_config(spec, file)
+    base, _ = resolve_config(start, overrides, assignments)
+    check_against_config(spec, file, base, lambda extra: resolve_config(start, {**overrides, **extra}, assignments))
     folder = resolve_data_dir(None, base.data.dir)
     missing = missing_files(folder)
     if missing:
@@ -103,6 +104,7 @@ def run_sweep(
     data_dir: Path | None,
     worker_id: int | None,
 ) -> None:
+    from nnx.sweep.spec import base_config
     from nnx.sweep.study import Worker, count, open_study, shown_url, sweep_dir
 
     console = stdout_console()
@@ -139,7 +141,7 @@ def run_sweep(
         _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console)
     else:
         try:
-            counts = Worker(spec, study, overrides, assignments, report).run()
+            counts = Worker(spec, study, overrides, assignments, report, base_config(spec, file)).run()
         except KeyboardInterrupt:
             if worker_id is None:
                 console.print(_stopped(spec, file), markup=False)

@@ -1,7 +1,7 @@
 """The sweep file: what to search, validated at the edge like a config.
 
     name: cnn_lr
-    base: mnist_cnn            # a config path or built-in name
+    base: mnist_cnn            # a built-in name, or a config path (beside this file first)
     metric: val_accuracy       # val_accuracy, val_loss or test_accuracy
     direction: maximize        # default: maximize for accuracies, minimize for val_loss
     trials: 40
@@ -142,6 +142,16 @@ def resolve_sweep_path(name_or_path: str | Path) -> Path:
         return builtin
     known = ", ".join(sorted(p.stem for p in (BUILTIN_CONFIGS / "sweeps").glob("*.yaml")))
     raise ConfigError(f"{name_or_path}: no such sweep file (built-in sweeps: {known})")
+
+
+def base_config(spec: SweepSpec, path: Path) -> str:
+    """The config a sweep's trials start from: its `base` beside the sweep file at `path` when it
+    names a file there (as a config file's own `base:` is read), else as written (a built-in name,
+    or a path from the working directory)."""
+    beside = path.parent / spec.base
+    if ("/" in spec.base or spec.base.endswith((".yaml", ".yml"))) and beside.is_file():
+        return str(beside)
+    return spec.base
 
 
 def read_sweep(path: Path) -> SweepSpec:

@@ -274,8 +274,10 @@ class Worker:
         overrides: dict[str, Any],
         assignments: list[str],
         on_trial_end: Callable[[Any, Counts], None] | None = None,
+        base: str | None = None,
     ) -> None:
         self.spec, self.study = spec, study
+        self.base = base or spec.base  # the base config's name or path, as spec.base_config finds it
         self.overrides, self.assignments = overrides, assignments
         self.on_trial_end = on_trial_end or (lambda trial, counts: None)
         self.budget = budget(spec)
@@ -334,7 +336,7 @@ class Worker:
         pruner = PruneOnEpoch(trial, self.spec.pruning_metric)
         try:
             run = api.train(
-                self.spec.base,
+                self.base,
                 {**self.overrides, **params},
                 assignments=self.assignments,
                 out=run_dir,
