@@ -310,12 +310,12 @@ class Trainer:
                 result.interrupted = True
                 break
             metrics = self._finish_epoch(state, validation, train_loss, float(epoch_correct) / seen, seen)
+            stop_early = self._should_stop_early(state, metrics)
+            self._checkpoint(state)  # before the callbacks: one that fails (a user's logger) loses no epoch
             self._emit("on_epoch_end", metrics)
-            if self._should_stop_early(state, metrics):
+            if stop_early:
                 result.stopped_early = True
-                self._checkpoint(state)
                 break
-            self._checkpoint(state)
         if self.stop_requested and not result.stopped_early:
             result.interrupted = state.epoch <= epochs
             self._checkpoint(state)

@@ -143,6 +143,26 @@ def test_a_run_whose_config_yaml_was_lost_resumes_under_its_checkpoints_copy(
     assert arrays(straight / "model.npz") == arrays(stopped / "model.npz")
 
 
+def test_a_callback_that_fails_at_an_epochs_end_loses_no_epoch(tiny_mnist: Path, tmp_path: Path) -> None:
+    """A user's logger raising in on_epoch_end: the epoch it was told of is in the checkpoint
+    already, so the resume starts after it (it started at that epoch again)."""
+    import nnx
+
+    class BrokenLogger(Callback):
+        def on_epoch_end(self, metrics) -> None:
+            if metrics.epoch == 2:
+                raise RuntimeError("my logger broke")
+
+    run = tmp_path / "r"
+    overrides = {"training.epochs": 3, "training.validation": 100, "model.hidden": [16], "data.dir": str(tiny_mnist)}
+    with pytest.raises(RuntimeError, match="my logger broke"):
+        nnx.train(None, overrides, out=run, callbacks=[BrokenLogger()])
+    resumed = invoke("train", "--resume", run)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming at epoch 3, batch 0" in resumed.output
+    assert [m["epoch"] for m in metrics_without_time(run)] == [1, 2, 3]
+
+
 def test_resume_needs_a_run_directory(tmp_path: Path) -> None:
     result = invoke("train", "--resume", tmp_path)
     assert result.exit_code == 2 and "not a run directory" in result.stderr
