@@ -641,8 +641,8 @@ class Model:
 
     def predict(self, images: Any, batch_size: int = 500, mnist_style: bool = False) -> Prediction:
         """Classes and probabilities of uint8 pixels or floats (one 28x28 image, a batch (N, 28, 28),
-        (N, 784) or (N, 1, 28, 28)), or of image files or PIL images of any size, prepared as `nnx predict FILE`
-        prepares them (`mnist_style`: cropped and centred, as --mnist-style)."""
+        (N, 784) or (N, 1, 28, 28)), or of image files or PIL images of any size, prepared as `nnx
+        predict FILE` prepares them (`mnist_style`: cropped and centred, as --mnist-style)."""
         from nnx.images import as_pixels
         from nnx.metrics import predict_probabilities
 
@@ -665,10 +665,9 @@ class Model:
         the run's own data (its CSV files, its data folder), as `nnx evaluate RUN` does."""
         from nnx.data.mnist import load_test
         from nnx.metrics import confusion_matrix, per_class_accuracy
-        from nnx.runs import run_test_set
+        from nnx.runs import test_data
 
-        trained_on, csv = run_test_set(self.run_dir) if self.run_dir and not data_dir else (None, None)
-        folder = resolve_data_dir(Path(data_dir) if data_dir else None, trained_on, self.header.get("dataset", "mnist"))
+        folder, csv = test_data(self.run_dir, Path(data_dir) if data_dir else None, self.header.get("dataset", "mnist"))
         if split == "test":
             data = load_test(folder, csv)
         elif split == "train":

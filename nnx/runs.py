@@ -277,10 +277,9 @@ def run_test_set(run: Path) -> tuple[Path | None, tuple[Path, Path] | None]:
     import yaml
 
     try:
-        config = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        data = _read(run / "config.yaml", yaml.safe_load, dict).get("data")
+    except NnxError:
         return None, None
-    data = config.get("data") if isinstance(config, dict) else None
     if not isinstance(data, dict):
         return None, None
     folder = data.get("dir")
@@ -291,6 +290,16 @@ def run_test_set(run: Path) -> tuple[Path | None, tuple[Path, Path] | None]:
     if not Path(test).is_file():
         raise NnxError(f"{test}: the CSV test set {run} was trained with is not there; give --data-dir")
     return folder, (Path(train), Path(test))
+
+
+def test_data(run: Path | None, data_dir: Path | None, dataset: str) -> tuple[Path, tuple[Path, Path] | None]:
+    """(folder, CSV files or None) of the test set a model is measured on: --data-dir when given;
+    else, for a run directory, the run's own (its CSV files, its folder while it is there); else
+    the usual folder of `dataset` (resolve_data_dir)."""
+    from nnx.data.mnist import resolve_data_dir
+
+    trained_on, csv = run_test_set(run) if run is not None and data_dir is None else (None, None)
+    return resolve_data_dir(data_dir, trained_on, dataset), csv
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

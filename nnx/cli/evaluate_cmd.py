@@ -12,10 +12,10 @@ from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.cli.render import class_label, digit_text, probability_table
 from nnx.data.datasets import class_names
-from nnx.data.mnist import load_test, resolve_data_dir
+from nnx.data.mnist import load_test
 from nnx.io import model_file, open_model
 from nnx.metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy, predict_probabilities
-from nnx.runs import run_test_set
+from nnx.runs import test_data
 from nnx.trainer import DeviceSplit, evaluate
 
 
@@ -23,14 +23,13 @@ def run_evaluate(
     model_path: Path, data_dir: Path | None, device: str, quiet: bool, show_errors: int = 2, as_json: bool = False
 ) -> None:
     console = stdout_console()
-    # A run directory: its model.npz, on the test set the run was measured on (its CSV files, its folder).
-    trained_on, csv = run_test_set(model_path) if model_path.is_dir() and data_dir is None else (None, None)
+    run = model_path if model_path.is_dir() else None  # measured on the run's own test set
     model_path = model_file(model_path)
     loaded = open_model(model_path, device)
     backend = loaded.model.backend
     dataset = loaded.header.get("dataset", "mnist")
     classes = class_names(loaded.header)
-    folder = resolve_data_dir(data_dir, trained_on, dataset)
+    folder, csv = test_data(run, data_dir, dataset)
     if csv is None:
         ensure_data(folder, stderr_console() if as_json else console, dataset=dataset)  # stdout: the JSON alone
     host_test = load_test(folder, csv)

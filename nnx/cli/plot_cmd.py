@@ -13,9 +13,8 @@ from rich.table import Table
 from nnx.atomic import check_replaceable
 from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
-from nnx.data.mnist import resolve_data_dir
 from nnx.errors import NnxError
-from nnx.runs import config_differences, is_figure, list_runs, read_run, run_test_set, unfinished_runs
+from nnx.runs import config_differences, is_figure, list_runs, read_run, test_data, unfinished_runs
 
 
 def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
@@ -27,8 +26,7 @@ def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
     elif not run.exists():
         raise NnxError(f"{run}: no such run directory")
     dataset = _run_dataset(run)
-    trained_on, csv = run_test_set(run) if data_dir is None else (None, None)  # the run's own test set
-    folder = resolve_data_dir(data_dir, trained_on, dataset)
+    folder, csv = test_data(run, data_dir, dataset)  # the run's own test set, unless --data-dir
     if csv is None:
         ensure_data(folder, console, dataset=dataset)
     for path in make_plots(run, folder, device, csv):

@@ -70,11 +70,11 @@ def run_train(
         return
     _print_summary(console, summary, result, run.config.training.epochs, run.backend, run_dir, quiet)
     if plots and not result.interrupted:
+        from nnx.runs import test_data
         from nnx.viz.report import make_plots
 
-        data = run.config.data  # data.dir as resolved for the dataset; CSV files when it trained on them
-        csv = (Path(data.train_csv), Path(data.test_csv)) if data.train_csv and data.test_csv else None
-        written = make_plots(run_dir, Path(data.dir), "cpu", csv)
+        folder, csv = test_data(run_dir, None, run.config.data.dataset)  # the run's own test set
+        written = make_plots(run_dir, folder, "cpu", csv)
         console.print(f"plots and report: {', '.join(p.name for p in written)} in {run_dir}", markup=False)
     if result.interrupted:
         kept = ["config.yaml"]
