@@ -15,6 +15,9 @@ from nnx.errors import ConfigError
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "mnist_mlp"
+# A folder name is at most 255 bytes on common file systems; the run's time stamp and a suffix
+# take up to 24 of them.
+NAME_BYTES = 200
 
 
 class Strict(BaseModel):
@@ -274,6 +277,19 @@ class Config(Strict):
         if d in ("cpu", "gpu", "auto") or (d.startswith("gpu:") and d[4:].isdigit()):
             return d
         raise ValueError("expected cpu, gpu, gpu:N or auto")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        """It names the run's folder (runs/<time>-<name>): one folder name, not a path ("../x" made
+        the run outside runs/, "a/b" a folder inside another)."""
+        if not name.strip():
+            raise ValueError("expected a name for the run's folder, got an empty one")
+        if "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError("it names the run's folder: no '/', '\\' or control characters")
+        if len(name.encode()) > NAME_BYTES:
+            raise ValueError(f"it names the run's folder: at most {NAME_BYTES} bytes")
+        return name
 
 
 def _describe(error: dict[str, Any], prefix: str = "") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -229,3 +230,26 @@ def test_early_stopping_without_a_validation_split_is_refused_before_training() 
         load_config(None, ["training.validation=0", stopping])
     config, _ = load_config(None, [stopping])  # the default split: fine
     assert config.training.early_stopping.metric == "val_loss"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../../x", "no '/'"),  # made the run outside runs/
+        ("a/b", "no '/'"),  # a folder inside another
+        ("a\\b", "no '/'"),
+        ("a\tb", "control characters"),
+        ("  ", "empty"),
+        ("x" * 201, "at most 200 bytes"),
+    ],
+)
+def test_a_run_name_is_one_folder_name(name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^--set .*name: .*{re.escape(message)}"):
+        load_config(None, [f"name={json.dumps(name)}"])  # YAML reads JSON's escapes
+
+
+def test_a_run_name_may_be_any_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "my net (v2), ünïcode.yaml"
+    path.write_text("base: mnist_mlp\n")
+    config, _ = load_config(str(path), [])
+    assert config.name == "my net (v2), ünïcode"
