@@ -159,6 +159,10 @@ def test_export_format_follows_the_output_name(every_layer_model: Path, tmp_path
     )
     assert result.exit_code == 2 and "a .safetensors name for --format onnx" in result.output
     assert not (tmp_path / "x.safetensors").exists()
+    for args in (["-o", str(tmp_path / "x.npz")], ["-f", "onnx", "-o", str(tmp_path / "x.NPZ")]):
+        result = CliRunner().invoke(app, ["export", str(every_layer_model), *args])
+        assert result.exit_code == 2 and ".npz is nnx's own model file" in result.output, result.output
+    assert not list(tmp_path.glob("x.*"))
 
 
 def test_a_loaded_model_exports_from_python(every_layer_model: Path, tmp_path: Path) -> None:

@@ -14,6 +14,10 @@ def choose_format(output: Path | None, fmt: str | None) -> str:
     """The format to write: `fmt`, or else the output's suffix (.onnx, .safetensors), else ONNX; a
     format that contradicts the name is refused (a .safetensors file holding ONNX fools every reader)."""
     named = output.suffix.lower().removeprefix(".") if output else ""
+    if named == "npz":  # ONNX bytes in a .npz would pass for an nnx model file until loaded
+        raise NnxError(
+            f"{output}: .npz is nnx's own model file, which this model already is; name it .onnx or .safetensors"
+        )
     fmt = fmt if fmt is not None else (named if named in FORMATS else "onnx")
     if fmt not in FORMATS:
         raise NnxError(f"--format {fmt}: unknown (use {', '.join(FORMATS)})")
