@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 import nnx
 from nnx.cli.app import app
+from nnx.data.csvfile import read_csv
 from nnx.data.mnist import load_test
+from nnx.errors import DataError
 from nnx.trainer import Callback
 
 runner = CliRunner()
@@ -183,6 +185,25 @@ def test_predict_csv_row(trained: Path, tiny_mnist: Path, tmp_path: Path) -> Non
     result = invoke("predict", trained / "model.npz", csv, "--row", 1)
     assert result.exit_code == 0, result.output
     assert f"row 1: predicted {int(test.labels[1])}" in result.output and "correct" in result.output
+
+
+def test_predict_csv_rows_without_labels(trained: Path, tiny_mnist: Path, tmp_path: Path) -> None:
+    """Pixels alone, as Kaggle's digit-recognizer test.csv holds them (pixel0..pixel783): were refused."""
+    test = load_test(tiny_mnist)
+    csv = tmp_path / "test.csv"
+    rows = [",".join(map(str, test.images[i].tolist())) for i in (0, 1)]
+    csv.write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + "\n".join(rows) + "\n")
+    expected = nnx.load(trained).predict(test.images[1]).classes[0]
+    answer = json.loads(invoke("predict", trained, csv, "--row", 1, "--json").stdout)[0]
+    assert answer["label"] is None and answer["predicted"] == expected
+    csv.write_text("1,2,3\n")
+    assert "expected 785 (label then 784 pixels) or 784 (pixels alone)" in assert_one_line_error(
+        invoke("predict", trained, csv)
+    )
+    train = tmp_path / "train.csv"
+    train.write_text(rows[0] + "\n")
+    with pytest.raises(DataError, match="rows have 784 fields, expected 785"):  # training data needs its labels
+        read_csv(train)
 
 
 def test_predict_bad_inputs(trained: Path, tmp_path: Path) -> None:

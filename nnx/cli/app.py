@@ -130,7 +130,10 @@ def predict(
     model: Annotated[Path, typer.Argument(help="A model file, or a run directory (its model.npz).")],
     inputs: Annotated[
         list[Path] | None,
-        typer.Argument(help="A PNG/JPEG image or a CSV file (seed format); several: a line for each."),
+        typer.Argument(
+            help="A PNG/JPEG image, or a CSV file (rows: label then 784 pixels, or the pixels alone); "
+            "several: a line for each."
+        ),
     ] = None,
     test_index: Annotated[int | None, typer.Option(help="Use this MNIST test image instead.")] = None,
     row: Annotated[int, typer.Option(help="Which data row of a CSV file.")] = 0,

@@ -42,10 +42,10 @@ def _read_input(
             f"{get_dataset(dataset).title} test image {test_index}",
         )
     if input.suffix.lower() == ".csv":
-        images, labels = read_csv(input)
+        images, labels = read_csv(input, unlabelled=True)
         if not 0 <= row < len(images):
             raise NnxError(f"--row {row}: {input} has data rows 0-{len(images) - 1}")
-        return images[row], int(labels[row]), f"{input} row {row}"
+        return images[row], None if labels is None else int(labels[row]), f"{input} row {row}"
     return (image_to_digit(input) if mnist_style else load_digit_image(input)), None, str(input)
 
 

@@ -1,6 +1,7 @@
 """Reader for the seed project's CSV format: one image a row, the label then 784 pixels 0-255.
 
-A header row is optional (detected by its first field not being a number).
+A header row is optional (detected by its first field not being a number). Images to classify may
+come without labels, 784 pixels a row (Kaggle's digit-recognizer test.csv is such a file).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ MAX_CSV_BYTES = 1 << 30
 _NOT_A_NUMBER_TABLE = re.compile(r"[^0-9,+\- \t\n]")
 
 
-def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 784), labels uint8 (N,))."""
+def read_csv(path: Path, unlabelled: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images uint8 (N, 784), labels uint8 (N,)). With `unlabelled`, rows of 784 pixels alone are
+    read too, and give labels None."""
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
@@ -56,16 +58,24 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         table = np.loadtxt(rows, delimiter=",", dtype=np.int64, ndmin=2)
     except ValueError as exc:
         raise DataError(f"{path}: not a table of integers ({exc})") from None
+    if unlabelled and table.shape[1] == PIXELS:
+        return _pixels(table, path), None
     if table.shape[1] != PIXELS + 1:
+        either = f" or {PIXELS} (pixels alone)" if unlabelled else ""
         raise DataError(
-            f"{path}: rows have {table.shape[1]} fields, expected {PIXELS + 1} (label then {PIXELS} pixels)"
+            f"{path}: rows have {table.shape[1]} fields, expected {PIXELS + 1} (label then {PIXELS} pixels){either}"
         )
-    labels, pixels = table[:, 0], table[:, 1:]
-    if pixels.min() < 0 or pixels.max() > 255:
-        row, _ = np.argwhere((pixels < 0) | (pixels > 255))[0]
-        raise DataError(f"{path}: data row {row + 1} has a pixel outside 0-255")
+    labels, pixels = table[:, 0], _pixels(table[:, 1:], path)
     if labels.min() < 0:
         raise DataError(f"{path}: data row {int(np.argmin(labels)) + 1} has a negative label")
     labels = labels.astype(np.int64)
     check_labels(labels, path)
-    return pixels.astype(np.uint8), labels.astype(np.uint8)
+    return pixels, labels.astype(np.uint8)
+
+
+def _pixels(table: np.ndarray, path: Path) -> np.ndarray:
+    """The (N, 784) pixel fields as uint8, each checked to be in 0-255."""
+    if table.min() < 0 or table.max() > 255:
+        row, _ = np.argwhere((table < 0) | (table > 255))[0]
+        raise DataError(f"{path}: data row {row + 1} has a pixel outside 0-255")
+    return table.astype(np.uint8)
