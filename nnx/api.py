@@ -26,7 +26,7 @@ from nnx.atomic import WriteError
 from nnx.augment import ShiftRotate
 from nnx.backend import Backend, get_backend
 from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, saved_config
-from nnx.config import Config, apply_overrides, load_config, to_yaml, validate
+from nnx.config import Config, apply_overrides, check_overrides, load_config, to_yaml, validate
 from nnx.cpu_ops import usable_cpus
 from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
@@ -114,11 +114,12 @@ def resolve_config(
     """(validated config, where it came from). `config` is a YAML path, a built-in name, a Config,
     a dict shaped like a config file, or None (the default); `assignments` are `--set key=value`
     strings, `overrides` typed values by dotted key, applied after them."""
+    assignments = [assignments] if isinstance(assignments, str) else list(assignments)  # not one a character
     if isinstance(config, (Config, dict)):
         raw = config.model_dump() if isinstance(config, Config) else copy.deepcopy(config)
         source = f"config {raw.get('name', 'dict')!r}"
-        return validate(raw, source, apply_overrides(raw, list(assignments), overrides)), source
-    resolved, path = load_config(str(config) if config is not None else None, list(assignments), overrides)
+        return validate(raw, source, apply_overrides(raw, assignments, overrides)), source
+    resolved, path = load_config(str(config) if config is not None else None, assignments, overrides)
     return resolved, path.name
 
 
@@ -560,6 +561,7 @@ def resumable_config(run_dir: Path, overrides: dict[str, Any] | None) -> Path | 
     """The config of a run that --resume can continue (with these overrides): its config.yaml, or,
     when that file was lost, the copy its checkpoint keeps (the run writes config.yaml again); or
     the reason it cannot be resumed."""
+    check_overrides(overrides)
     checkpoint, config = run_dir / CHECKPOINT, run_dir / "config.yaml"
     saved = saved_config(checkpoint) if checkpoint.is_file() and not config.exists() else None
     if not checkpoint.is_file() or not (config.is_file() or saved is not None):

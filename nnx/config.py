@@ -489,6 +489,7 @@ def apply_overrides(
 ) -> dict[str, str]:
     """Set `--set key.path=value` assignments in order, then typed flags (which win), on `raw`;
     returns how each key was given, for `validate` to name it in errors."""
+    check_overrides(flags)
     assigned = {}
     for assignment in assignments:
         key, value = parse_assignment(assignment)
@@ -501,6 +502,16 @@ def apply_overrides(
             set_key(raw, key, value)
             assigned[key] = f"{FLAGS[key]} {value}" if key in FLAGS else f"{key}={value!r}"
     return assigned
+
+
+def check_overrides(overrides: Any) -> None:
+    """From Python, `overrides` is a dict; a string there failed deep inside with AttributeError."""
+    if overrides is not None and not isinstance(overrides, dict):
+        kind = type(overrides).__name__
+        raise ConfigError(
+            f"overrides: expected a dict by dotted key ({{'training.epochs': 3}}), got a {kind}; "
+            "'training.epochs=3' strings go in assignments="
+        )
 
 
 def to_yaml(config: Config) -> str:

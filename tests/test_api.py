@@ -135,3 +135,12 @@ def test_a_config_can_be_a_dict_and_is_validated_like_a_file(tiny_mnist: Path, t
         nnx.train(config, {1: 2})
     with pytest.raises(NnxError, match="overrides: 'training..epochs' is not a dotted key"):
         nnx.train(config, {"training..epochs": 2})
+
+
+def test_overrides_of_the_wrong_kind_are_said_and_a_lone_assignment_is_one(tiny_mnist: Path, tmp_path: Path) -> None:
+    """A string as overrides failed with AttributeError; one as assignments was read a character at a time."""
+    for resume in (None, tmp_path):
+        with pytest.raises(NnxError, match="overrides: expected a dict by dotted key .* got a str; .* assignments="):
+            nnx.train("mnist_mlp", "training.epochs=1", resume=resume)
+    plan = nnx.api.check_train("mnist_mlp", {"data.dir": str(tiny_mnist)}, assignments="training.epochs=3")
+    assert plan["config"].training.epochs == 3
