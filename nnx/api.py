@@ -95,10 +95,12 @@ def build_model_for(config: Config, backend: Backend) -> Sequential:
         raise NnxError(f"model.layers: {exc}") from None
 
 
-def build_optimizer(config: Config, model: Sequential, backend: Backend) -> Optimizer:
+def build_optimizer(config: Config, model: Sequential | None, backend: Backend) -> Optimizer:
+    """The config's optimizer over the model's parameters (over none without a model: what it
+    would keep, without allocating it)."""
     o = config.optimizer
     common = {"weight_decay": o.weight_decay, "ops": backend.ops, "clip_norm": o.clip_norm}
-    params = model.flat_parameters()
+    params = model.flat_parameters() if model is not None else []
     if o.name == "sgd":
         return OPTIMIZERS["sgd"](params, o.lr, o.momentum, o.nesterov, **common)
     if o.name == "rmsprop":
@@ -248,7 +250,8 @@ def _train(
     mnist = load_mnist(data_dir, config.training.validation, csv)
     if config.data.limit is not None:
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
-    _check_batch_fits(model, config, -(-min(config.training.batch_size, len(mnist.train)) // comm.size))
+    rows = -(-min(config.training.batch_size, len(mnist.train)) // comm.size)
+    _check_batch_fits(model, config, rows, len(optimizer.state))
 
     lock = None
     if root:
@@ -263,10 +266,10 @@ def _train(
             lock.release()
 
 
-def _check_batch_fits(model: Sequential, config: Config, rows: int) -> None:
-    """A batch of `rows` (this process's share) whose activations cannot fit the device is refused."""
+def _check_batch_fits(model: Sequential, config: Config, rows: int, state_arrays: int) -> None:
+    """Training on batches of `rows` (this process's share) that cannot fit the device is refused."""
     try:
-        model.check_batch_fits(rows)
+        model.check_batch_fits(rows, state_arrays)
     except ValueError as exc:
         raise NnxError(
             f"training.batch_size {config.training.batch_size}: {exc}; use smaller batches or layers"
@@ -293,10 +296,13 @@ def check_train(
     data_dir = resolve_data_dir(None, config.data.dir, dataset.name)
     config.data.dir = str(data_dir)
     model = build_model_for(config, backend)
+    state_arrays = len(build_optimizer(config, None, backend).state)  # arrays of the parameters' size
     rows = config.training.batch_size
     if not config.data.train_csv:  # MNIST and its kin: 60,000 training images, less validation and limit
         rows = min(rows, 60_000 - config.training.validation, config.data.limit or rows)
-    _check_batch_fits(model, config, max(rows, 1))
+    rows = max(rows, 1)
+    _check_batch_fits(model, config, rows, state_arrays)
+    activations, weights = model.training_bytes(rows, state_arrays)
     missing = [] if config.data.train_csv else missing_files(data_dir)
     if missing and not download:
         ensure_data(data_dir, False, None, lambda line: None, dataset.name)  # the error train would raise
@@ -307,7 +313,8 @@ def check_train(
         "model": model.describe(),
         "network": model,
         "parameters": model.count_parameters(),
-        "batch_bytes": rows * model.kept_per_sample * np.dtype(backend.dtype).itemsize,
+        "batch_bytes": activations,
+        "weights_bytes": weights,  # parameters, gradients and the optimizer's state
         "data_dir": data_dir,
         "missing": missing,
         "changes": _changes_since(resume, config) if resume is not None else "",

@@ -37,8 +37,10 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def predict_probabilities(
     model: Any, images: Any, preprocess: Any, backend: Backend, batch_size: int = 500
 ) -> np.ndarray:
-    """Class probabilities (host float64 (N, 10)) for uint8 images already on the backend."""
+    """Class probabilities (host float64 (N, 10)) for uint8 images already on the backend, in
+    batches of `batch_size` (fewer where the device's memory asks: `Sequential.inference_rows`)."""
     chunks = []
+    batch_size = model.inference_rows(batch_size)
     for start in range(0, len(images), batch_size):
         logits = model.logits(preprocess(images[start : start + batch_size], backend), training=False)
         chunks.append(backend.to_numpy(logits).astype(np.float64))

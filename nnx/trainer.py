@@ -157,7 +157,8 @@ def evaluate(
     batch_size: int = EVAL_BATCH,
     comm: Communicator | None = None,
 ) -> tuple[float, float, Any]:
-    """(mean loss, accuracy, predicted classes as a device array) over a whole split.
+    """(mean loss, accuracy, predicted classes as a device array) over a whole split, in batches of
+    `batch_size` (fewer where the device's memory asks: `Sequential.inference_rows`).
 
     With a communicator of several ranks, each evaluates its contiguous shard and the sums are
     reduced: every rank gets the whole split's loss and accuracy, and its own shard's predictions."""
@@ -167,6 +168,7 @@ def evaluate(
     loss_fn = SoftmaxCrossEntropy(backend)
     loss_sum = xp.zeros((), dtype=backend.dtype)
     predictions = xp.empty(hi - lo, dtype=np.int64)
+    batch_size = model.inference_rows(batch_size)
     for start in range(lo, hi, batch_size):
         stop = min(start + batch_size, hi)
         z = model.logits(preprocess(data.images[start:stop], backend), training=False)

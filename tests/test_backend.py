@@ -85,7 +85,8 @@ def test_scatter_add_accumulates_duplicates(backend) -> None:
 
 def test_a_batch_is_measured_against_the_devices_memory(backend) -> None:
     """memory_bytes is the device's whole memory (the GPU's on a GPU); check_batch_fits refuses
-    the first batch size whose kept activations exceed it, and nothing below."""
+    the first batch size whose kept activations, beside the parameters, their gradients and the
+    optimizer's state, exceed it, and nothing below."""
     from nnx.nn import build_model
 
     spec = [
@@ -98,7 +99,11 @@ def test_a_batch_is_measured_against_the_devices_memory(backend) -> None:
     assert model.kept_per_sample == 8 * 26 * 26 + 10
     memory = backend.memory_bytes()
     assert memory > 1 << 30
-    per_image = model.kept_per_sample * np.dtype(backend.dtype).itemsize
-    model.check_batch_fits(memory // per_image)  # no array is allocated: the check is arithmetic
-    with pytest.raises(ValueError, match=r"keeps at least .* of activations in this network, more than all"):
-        model.check_batch_fits(memory // per_image + 1)
+    itemsize = np.dtype(backend.dtype).itemsize
+    per_image = model.kept_per_sample * itemsize
+    for state_arrays in (0, 2):  # plain SGD; Adam's two moments
+        weights = model.count_parameters() * (2 + state_arrays) * itemsize
+        most = (memory - weights) // per_image
+        model.check_batch_fits(most, state_arrays)  # no array is allocated: the check is arithmetic
+        with pytest.raises(ValueError, match=r"keeps at least .* of activations in this network, beside .* for its "):
+            model.check_batch_fits(most + 1, state_arrays)

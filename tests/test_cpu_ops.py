@@ -412,3 +412,55 @@ def test_threads_are_counted_where_there_is_no_affinity_mask(monkeypatch: pytest
     monkeypatch.setattr(cpu_ops, "blas_pools", lambda: [])
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert cpu_ops.usable_cpus() == 6 and cpu_ops.default_threads() == 6
+
+
+@pytest.mark.parametrize("own_threads", [False, True])
+def test_a_long_update_goes_in_pieces_with_small_scratch(monkeypatch: pytest.MonkeyPatch, own_threads: bool) -> None:
+    """The scratch arrays were as long as all the parameters (three more copies of a large
+    network); in pieces of UPDATE_PIECE_ELEMENTS they stay that short, and every bit is the same."""
+    monkeypatch.setattr(cpu_ops, "UPDATE_PIECE_ELEMENTS", 7)
+    monkeypatch.setattr(cpu_ops, "SERIAL_ELEMENTS", 0)
+    monkeypatch.setattr(cpu_ops, "CHUNK_ELEMENTS", 400)
+    ops, ref = CpuOps(threads=2, own_threads=own_threads), Ops(np)
+    rng = np.random.default_rng(1)
+    p, g, m, v = (rng.normal(size=301).astype(np.float32) for _ in range(4))
+    v = np.abs(v)
+    for name, buffers, args in [
+        ("sgd_update", "m", (0.01, 0.9, True, 0.01)),
+        ("adam_update", "mv", (0.01, 0.9, 0.999, 1e-8, 3, 0.01, True)),
+        ("rmsprop_update", "v", (0.01, 0.9, 1e-8, 0.0)),
+    ]:
+        states = [{"p": p.copy(), "m": m.copy(), "v": v.copy()} for _ in range(2)]
+        for o, state in zip((ops, ref), states, strict=True):
+            getattr(o, name)(state["p"], g, *(state[b] for b in buffers), *args)
+        for key in "pmv":
+            assert np.array_equal(states[0][key], states[1][key]), (name, key)
+    if not own_threads:  # in this thread: the only one that ran it
+        assert [len(b) for b in ops._local.scratch[np.dtype(np.float32)]] == [7, 7, 7]
+        assert max(v.size for k, views in ops._local.scratch.items() if isinstance(k, tuple) for v in views) == 7
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from Linux's /proc")
+def test_building_a_large_network_takes_about_twice_its_parameters(tmp_path) -> None:
+    """The weights were drawn whole in float64 and every gradient filled with zeros: 4x the
+    parameters' bytes at the peak, so a network the parameter budget allowed (a quarter of the
+    memory) could be killed while being built. Drawn a block at a time, gradients left to the
+    system's zero pages: 2x. Measured in a fresh process (its peak RSS)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from nnx.backend import get_backend\n"
+        "from nnx.nn import build_model\n"
+        "def peak():  # VmHWM: this process's own peak (ru_maxrss counts the forked parent's before exec)\n"
+        "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM'))\n"
+        "    return int(line.split()[1]) * 1024\n"
+        "backend = get_backend('cpu')\n"
+        "before = peak()\n"
+        "model = build_model([{'type': 'linear', 'out': 60000}, {'type': 'relu'}, {'type': 'linear', 'out': 10}],"
+        " backend, np.random.default_rng(0))\n"
+        "print((peak() - before) / (model.count_parameters() * 4))\n"
+    )
+    ratio = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert 0.9 < ratio < 2.3, ratio

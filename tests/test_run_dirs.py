@@ -164,28 +164,43 @@ def test_a_batch_whose_activations_cannot_fit_is_refused_before_the_run_starts(
     tiny_mnist: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """mnist_cnn keeps 47,178 activations per image (the outputs of its convolutions, pools and
-    linear layers): 23 MiB for 128 images in float32. On a device of 16 MiB that is refused with
-    one line before any run directory exists; 64 images (11.5 MiB) train."""
+    linear layers): 23 MiB for 128 images in float32, beside 6.4 MiB for its 421,642 parameters,
+    their gradients and Adam's two moments. On a device of 20 MiB that is refused with one line
+    before any run directory exists; 64 images (11.5 MiB) train, and evaluate in batches that fit."""
     from nnx.api import build_model_for
     from nnx.backend import Backend, get_backend
     from nnx.config import load_config
+    from nnx.nn.sequential import Sequential
 
     config, _ = load_config("mnist_cnn")
     model = build_model_for(config, get_backend("cpu"))
     assert model.kept_per_sample == 32 * 28 * 28 + 32 * 14 * 14 + 64 * 14 * 14 + 64 * 7 * 7 + 128 + 10
-    monkeypatch.setattr(Backend, "memory_bytes", lambda self: 16 << 20)
+    assert model.count_parameters() == 421_642 and config.optimizer.name == "adam"
+    monkeypatch.setattr(Backend, "memory_bytes", lambda self: 20 << 20)
     out = tmp_path / "run"
     result = invoke("train", "-c", "mnist_cnn", "--data-dir", tiny_mnist, *TINY, "--batch-size", "128", "--out", out)
     assert result.exit_code == 2, result.output
     message = (
         "error: training.batch_size 128: a batch of 128 images keeps at least 23.0 MiB of activations in this "
-        "network, more than all 16.0 MiB of this machine's memory; use smaller batches or layers"
+        "network, beside 6.4 MiB for its 421,642 parameters, their gradients and the optimizer's state: more "
+        "than all 20.0 MiB of this machine's memory; use smaller batches or layers"
     )
     assert message in " ".join(result.output.split()) and not out.exists(), result.output
+    evaluated_rows = []
+    logits = Sequential.logits
+
+    def counted(self, x, training=False):
+        if not training:
+            evaluated_rows.append(len(x))
+        return logits(self, x, training)
+
+    monkeypatch.setattr(Sequential, "logits", counted)
     small = invoke(
         "train", "-q", "-c", "mnist_cnn", "--data-dir", tiny_mnist, *TINY, "--batch-size", "64", "--out", out
     )
     assert small.exit_code == 0, small.output
+    # (20 MiB - 4 x 421,642 x 4 bytes) // (2 x 47,178 x 4 bytes): 500 images at a time had needed 180 MiB
+    assert max(evaluated_rows) == (20 * 2**20 - 4 * 421_642 * 4) // (2 * 47_178 * 4) == 37, evaluated_rows
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -92,9 +92,10 @@ class Conv2D(Layer):
         self.kernel, self.stride, self.padding, self.init = kernel, stride, padding, init
         rng = rng if rng is not None else np.random.default_rng(0)
         fan_in = in_channels * kernel * kernel
-        W = init_weight(rng, fan_in, out_channels, init).T.copy().reshape(out_channels, in_channels, kernel, kernel)
+        W = init_weight(rng, fan_in, out_channels, init, backend.dtype).T.copy()
+        W = W.reshape(out_channels, in_channels, kernel, kernel)
         self.params = {"W": backend.asarray(W), "b": self.xp.zeros(out_channels, dtype=backend.dtype)}
-        self.grads = {k: self.xp.zeros_like(v) for k, v in self.params.items()}
+        self.grads = {k: self.xp.zeros(v.shape, dtype=v.dtype) for k, v in self.params.items()}
         self.fuse_relu = False  # set by Sequential when a ReLU follows, as for Linear
         self.by_winograd = False  # chosen by the backend's ops at each forward
         self.tiles: Any = None  # Winograd's transformed input, kept by a training forward for dW

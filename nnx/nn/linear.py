@@ -33,9 +33,9 @@ class Linear(Layer):
         self.out_features = out_features
         self.init = init
         rng = rng if rng is not None else np.random.default_rng(0)
-        W = init_weight(rng, in_features, out_features, init)
+        W = init_weight(rng, in_features, out_features, init, backend.dtype)
         self.params = {"W": backend.asarray(W), "b": self.xp.zeros(out_features, dtype=backend.dtype)}
-        self.grads = {k: self.xp.zeros_like(v) for k, v in self.params.items()}
+        self.grads = {k: self.xp.zeros(v.shape, dtype=v.dtype) for k, v in self.params.items()}
         self.fuse_relu = False
 
     def forward(self, x: Any, training: bool = False) -> Any:

@@ -65,7 +65,7 @@ class BatchNorm(Layer):
         xp, dtype = self.xp, backend.dtype
         self.features, self.momentum, self.eps = features, momentum, eps
         self.params = {"gamma": xp.ones(features, dtype=dtype), "beta": xp.zeros(features, dtype=dtype)}
-        self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+        self.grads = {k: xp.zeros(v.shape, dtype=v.dtype) for k, v in self.params.items()}
         self.buffers = {"running_mean": xp.zeros(features, dtype=dtype), "running_var": xp.ones(features, dtype=dtype)}
         self.sum_across: Any = None  # set by the trainer for synchronised statistics
 

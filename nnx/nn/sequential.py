@@ -64,17 +64,34 @@ class Sequential:
         self.logit_layers = layers[:-1] if layers and isinstance(layers[-1], Softmax) else layers
         self.random_layers = [(i, layer) for i, layer in enumerate(layers) if layer.uses_random]
 
-    def check_batch_fits(self, rows: int) -> None:
-        """Refuse a batch whose activations alone exceed the memory of the device, before it
-        allocates them and dies of a MemoryError (or the kernel's OOM killer) halfway through."""
-        need = rows * self.kept_per_sample * np.dtype(self.backend.dtype).itemsize
+    def check_batch_fits(self, rows: int, state_arrays: int = 0) -> None:
+        """Refuse training on batches of `rows` when the memory it keeps at least (a batch's
+        activations, and the parameters with their gradients and the optimizer's `state_arrays`
+        arrays of their size) exceeds the device's, before it allocates them and dies of a
+        MemoryError (or the kernel's OOM killer) halfway through."""
+        activations, weights = self.training_bytes(rows, state_arrays)
         have = self.backend.memory_bytes()
-        if need > have:
+        if activations + weights > have:
             where = f"{self.backend.name}'s memory" if self.backend.is_gpu else "this machine's memory"
             raise ValueError(
-                f"a batch of {rows:,} images keeps at least {human_bytes(need)} of activations in this "
-                f"network, more than all {human_bytes(have)} of {where}"
+                f"a batch of {rows:,} images keeps at least {human_bytes(activations)} of activations in this "
+                f"network, beside {human_bytes(weights)} for its {self.count_parameters():,} parameters, their "
+                f"gradients and the optimizer's state: more than all {human_bytes(have)} of {where}"
             )
+
+    def inference_rows(self, limit: int) -> int:
+        """At most `limit` rows, fewer where a batch of them could not fit beside the parameters
+        (theirs, their gradients' and an optimizer's two arrays of state, during training): the
+        network's kept activations, twice over for what its layers allocate on the way. A network
+        that trains on batches of 20 evaluated 500 images at a time, and was killed for it."""
+        itemsize = np.dtype(self.backend.dtype).itemsize
+        room = self.backend.memory_bytes() - 4 * self.count_parameters() * itemsize
+        return int(min(max(room // max(2 * self.kept_per_sample * itemsize, 1), 1), limit))
+
+    def training_bytes(self, rows: int, state_arrays: int = 0) -> tuple[int, int]:
+        """(a batch's kept activations, the parameters + gradients + optimizer state) in bytes."""
+        itemsize = np.dtype(self.backend.dtype).itemsize
+        return rows * self.kept_per_sample * itemsize, self.count_parameters() * (2 + state_arrays) * itemsize
 
     def _flatten(self) -> tuple[Any, Any]:
         xp = self.backend.xp
