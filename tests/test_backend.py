@@ -85,8 +85,9 @@ def test_scatter_add_accumulates_duplicates(backend) -> None:
 
 def test_a_batch_is_measured_against_the_devices_memory(backend) -> None:
     """memory_bytes is the device's whole memory (the GPU's on a GPU); check_batch_fits refuses
-    the first batch size whose kept activations, beside the parameters, their gradients and the
-    optimizer's state, exceed it, and nothing below."""
+    the first batch size whose activations and gradients at a step's peak (the kept outputs, and the
+    largest output's gradient with one working copy), beside the parameters, their gradients and
+    the optimizer's state, exceed it, and nothing below."""
     from nnx.nn import build_model
 
     spec = [
@@ -96,14 +97,17 @@ def test_a_batch_is_measured_against_the_devices_memory(backend) -> None:
         {"type": "linear", "out": 10},
     ]
     model = build_model(spec, backend, np.random.default_rng(0))
-    assert model.kept_per_sample == 8 * 26 * 26 + 10
+    assert model.kept_per_sample == 8 * 26 * 26 * 2 + 10  # the flatten copies the channels-last images
+    assert model.step_per_sample == model.kept_per_sample + 2 * 8 * 26 * 26
     memory = backend.memory_bytes()
     assert memory > 1 << 30
     itemsize = np.dtype(backend.dtype).itemsize
-    per_image = model.kept_per_sample * itemsize
+    per_image = model.step_per_sample * itemsize
     for state_arrays in (0, 2):  # plain SGD; Adam's two moments
         weights = model.count_parameters() * (2 + state_arrays) * itemsize
         most = (memory - weights) // per_image
         model.check_batch_fits(most, state_arrays)  # no array is allocated: the check is arithmetic
-        with pytest.raises(ValueError, match=r"keeps at least .* of activations in this network, beside .* for its "):
+        with pytest.raises(
+            ValueError, match=r"needs at least .* for its activations and gradients in this network, beside .* for its "
+        ):
             model.check_batch_fits(most + 1, state_arrays)

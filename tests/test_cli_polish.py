@@ -299,7 +299,10 @@ def test_dry_run_checks_everything_a_run_would_and_writes_nothing(
     assert result.exit_code == 0, result.output
     out = result.output
     assert "lr: 0.01" in out and "# model 784-conv32-conv64-128-10 (421,642 parameters)" in out
-    assert "# a batch keeps at least 23.0 MiB of activations" in out and f"# data {tiny_mnist}: present" in out
+    assert (
+        "# a batch needs at least 49.1 MiB for activations and gradients, beside 6.4 MiB" in out
+        and f"# data {tiny_mnist}: present" in out
+    )
     assert "linear(in=3136, out=128, init=he)" in out and "401,536" in out  # the layer table
     assert "# dry run: nothing trained, nothing written" in out and not (tmp_path / "runs").exists()
     # What would stop the run stops the dry run, with the same line.

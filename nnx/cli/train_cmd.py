@@ -109,7 +109,7 @@ def run_dry_run(
     lines = [
         f"device {plan['device']}",
         f"model {plan['model']} ({plan['parameters']:,} parameters)",
-        f"a batch keeps at least {human_bytes(plan['batch_bytes'])} of activations, beside "
+        f"a batch needs at least {human_bytes(plan['batch_bytes'])} for activations and gradients, beside "
         f"{human_bytes(plan['weights_bytes'])} of parameters, gradients and optimizer state",
         data,
     ] + ([plan["changes"]] if plan["changes"] else [])

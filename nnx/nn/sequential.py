@@ -40,9 +40,14 @@ class Sequential:
         # Each layer's output shape for one image (build_model works them out), for `summary`.
         self.output_shapes = output_shapes
         # Activation elements one sample keeps from the forward pass to the backward (the outputs
-        # of the layers that allocate one; ReLUs, flattens and the like may not): a lower bound,
-        # so that a batch refused by check_batch_fits could never have trained.
+        # of the layers that allocate one; ReLUs, flattens and the like may not).
         self.kept_per_sample = kept_per_sample
+        # What one sample holds at a step's peak, estimated low (check_batch_fits): the kept
+        # outputs, and at the largest output its gradient and one working copy of that (a ReLU's
+        # dx, a convolution's dY laid out for its product). A conv2d of 100,000 channels, passed
+        # by the kept outputs alone, was killed by the OOM killer in its first backward.
+        largest = max((math.prod(shape) for shape in output_shapes or []), default=0)
+        self.step_per_sample = kept_per_sample + 2 * largest
         # Nothing before the first layer with parameters needs dL/dx: skip computing it.
         for layer in layers:
             layer.compute_dx = False
@@ -65,18 +70,18 @@ class Sequential:
         self.random_layers = [(i, layer) for i, layer in enumerate(layers) if layer.uses_random]
 
     def check_batch_fits(self, rows: int, state_arrays: int = 0) -> None:
-        """Refuse training on batches of `rows` when the memory it keeps at least (a batch's
-        activations, and the parameters with their gradients and the optimizer's `state_arrays`
-        arrays of their size) exceeds the device's, before it allocates them and dies of a
-        MemoryError (or the kernel's OOM killer) halfway through."""
+        """Refuse training on batches of `rows` when the memory a step holds at least (a batch's
+        activations and gradients, `step_per_sample`, and the parameters with their gradients and
+        the optimizer's `state_arrays` arrays of their size) exceeds the device's, before it
+        allocates them and dies of a MemoryError (or the kernel's OOM killer) halfway through."""
         activations, weights = self.training_bytes(rows, state_arrays)
         have = self.backend.memory_bytes()
         if activations + weights > have:
             where = f"{self.backend.name}'s memory" if self.backend.is_gpu else "this machine's memory"
             raise ValueError(
-                f"a batch of {rows:,} images keeps at least {human_bytes(activations)} of activations in this "
-                f"network, beside {human_bytes(weights)} for its {self.count_parameters():,} parameters, their "
-                f"gradients and the optimizer's state: more than all {human_bytes(have)} of {where}"
+                f"a batch of {rows:,} images needs at least {human_bytes(activations)} for its activations and "
+                f"gradients in this network, beside {human_bytes(weights)} for its {self.count_parameters():,} "
+                f"parameters, their gradients and the optimizer's state: more than all {human_bytes(have)} of {where}"
             )
 
     def inference_rows(self, limit: int) -> int:
@@ -89,9 +94,10 @@ class Sequential:
         return int(min(max(room // max(2 * self.kept_per_sample * itemsize, 1), 1), limit))
 
     def training_bytes(self, rows: int, state_arrays: int = 0) -> tuple[int, int]:
-        """(a batch's kept activations, the parameters + gradients + optimizer state) in bytes."""
+        """(a batch's activations and gradients at a step's peak, the parameters + their gradients +
+        the optimizer's state) in bytes."""
         itemsize = np.dtype(self.backend.dtype).itemsize
-        return rows * self.kept_per_sample * itemsize, self.count_parameters() * (2 + state_arrays) * itemsize
+        return rows * self.step_per_sample * itemsize, self.count_parameters() * (2 + state_arrays) * itemsize
 
     def _flatten(self) -> tuple[Any, Any]:
         xp = self.backend.xp
@@ -230,10 +236,11 @@ def build_model(
             shape = IMAGE_SHAPE
             plans.append((lambda _rng: Reshape(backend, IMAGE_SHAPE), shape))
         budget.add(kind, item, shape, where)
-        make, shape = _plan_layer(kind, item, shape, backend, where)
-        plans.append((make, shape))
-        if kind in ALLOCATES_OUTPUT:
-            kept += math.prod(shape)
+        make, output = _plan_layer(kind, item, shape, backend, where)
+        plans.append((make, output))
+        if kind in ALLOCATES_OUTPUT or (kind == "flatten" and len(shape) == 3):
+            kept += math.prod(output)
+        shape = output
     if classes is not None and shape != (classes,):
         raise ValueError(f"the last layer gives outputs of shape {shape}; MNIST needs {classes} (one per digit)")
     if any(item.get("type") == Softmax.kind for item in spec[:-1]):
@@ -249,7 +256,8 @@ def human_bytes(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:,.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:,.1f} KiB"
 
 
-# Layers whose forward always allocates a new output array of their output's shape.
+# Layers whose forward always allocates a new output array of their output's shape. A flatten
+# does too when it flattens images: they are views in channels-last memory, which a reshape copies.
 ALLOCATES_OUTPUT = ("linear", "conv2d", "maxpool2d", "avgpool2d", "batchnorm")
 
 
