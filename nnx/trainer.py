@@ -249,6 +249,13 @@ class Trainer:
             epoch = state.epoch
             self._emit("on_epoch_start", epoch)
             order = backend.asarray(epoch_order(seed, epoch, n))
+            # A run resumed mid-epoch under another batch size goes on from the image it stopped at
+            # (batch 7,898 of batch size 1 was past the end of an epoch of batches of 128, which
+            # then ended with 12,102 of its images never seen). Otherwise `offset` is 0.
+            offset = 0
+            if state.seen != state.batch * batch_size:
+                offset, state.batch = state.seen % batch_size, state.seen // batch_size
+            batches_now = math.ceil((n - offset) / batch_size)
             # A resumed epoch's partial sums are global: one rank carries them, the others start at 0.
             loss_sum = xp.asarray(state.loss_sum if comm.is_root else 0.0, dtype=backend.dtype)
             correct = xp.asarray(state.correct if comm.is_root else 0, dtype=np.int64)
@@ -258,9 +265,9 @@ class Trainer:
             window = xp.zeros(DIVERGENCE_CHECK_EVERY, dtype=backend.dtype)
             window_start = state.batch
             started = time.perf_counter()
-            for batch in range(state.batch, batches):
+            for batch in range(state.batch, batches_now):
                 self.optimizer.lr = self.schedule.lr(base_lr, (epoch - 1) * batches + batch, epochs * batches, batches)
-                idx = order[batch * batch_size : (batch + 1) * batch_size]
+                idx = order[offset + batch * batch_size : offset + (batch + 1) * batch_size]
                 global_rows = len(idx)
                 lo, hi = shard(global_rows, comm.rank, comm.size)
                 idx = idx[lo:hi]  # this rank's rows of the global batch (all of them on one process)
@@ -307,7 +314,7 @@ class Trainer:
                 epoch_loss, epoch_correct = comm.allreduce_host([epoch_loss, epoch_correct])
                 self._average_buffers()
             train_loss = epoch_loss / max(seen, 1)
-            if state.batch < batches:  # stopped mid-epoch: keep the partial accumulators
+            if state.batch < batches_now:  # stopped mid-epoch: keep the partial accumulators
                 state.loss_sum, state.correct, state.seen = float(epoch_loss), int(epoch_correct), seen
                 result.interrupted = True
                 break

@@ -122,6 +122,33 @@ def test_a_resume_says_what_changed_since_the_checkpoint(
     ) in resumed.output
 
 
+@pytest.mark.parametrize("new_batch", [40, 128, 150])
+def test_a_resume_with_another_batch_size_goes_on_from_the_image_it_stopped_at(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_batch: int
+) -> None:
+    """Stopped after 3 batches of 50 (150 of the epoch's 500 images), resumed with batches of
+    another size: the epoch goes on from image 150 and ends at image 500, each image once. The
+    batch count had been kept: with batches of 40 images 120-149 were trained twice; with batches
+    of 128, batch 3 (images 384-...) skipped 150-383."""
+    import nnx
+
+    run = tmp_path / "r"
+    stop_at(monkeypatch, 1, 3)
+    args = ["--set", "model.hidden=[16]", "--set", "training.validation=100", "--epochs", 2, "--batch-size", 50]
+    assert invoke("train", "--data-dir", tiny_mnist, "--out", run, *args).exit_code == 130
+    monkeypatch.undo()
+    seen: dict[int, list[int]] = {}
+
+    class Record(Callback):
+        def on_batch_end(self, progress) -> None:
+            seen.setdefault(progress.epoch, []).append(progress.samples)
+
+    resumed = nnx.train(resume=run, overrides={"training.batch_size": new_batch}, callbacks=[Record()])
+    first = [150 + k * new_batch for k in range(1, -(-350 // new_batch))] + [500]
+    assert seen[1] == first and seen[2][-1] == 500, seen
+    assert resumed.summary["epochs"] == 2 and resumed.history[0].epoch == 1
+
+
 def test_a_run_whose_config_yaml_was_lost_resumes_under_its_checkpoints_copy(
     tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
