@@ -343,10 +343,37 @@ def resolve_config_path(name_or_path: str | None) -> Path:
     raise ConfigError(f"{shown}: no such config file (built-in configs: {known})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: the second silently replaced
+    the first (a second `optimizer:` section dropped the lr set in the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`, which keys may override
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"{key}: given twice" + (f", at lines {first} and {line}" if first != line else ""),
+                    key_node.start_mark,
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def parse_yaml(text: str, where: str) -> Any:
-    """yaml.safe_load(text), with every way it fails a ConfigError naming `where`."""
+    """yaml.safe_load(text), with every way it fails a ConfigError naming `where`; a key given
+    twice in one mapping is refused."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""

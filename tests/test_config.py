@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nnx.config import BUILTIN_CONFIGS, load_config
+from nnx.config import BUILTIN_CONFIGS, load_config, parse_yaml
 from nnx.errors import ConfigError
 
 
@@ -253,3 +253,22 @@ def test_a_run_name_may_be_any_file_name(tmp_path: Path) -> None:
     path.write_text("base: mnist_mlp\n")
     config, _ = load_config(str(path), [])
     assert config.name == "my net (v2), ünïcode"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("optimizer:\n  lr: 0.3\ntraining:\n  epochs: 1\noptimizer:\n  momentum: 0.5\n",
+         "line 5 (optimizer: given twice, at lines 1 and 5)"),
+        ("optimizer: {lr: 0.3, lr: 0.2}\n", "line 1 (lr: given twice)"),
+    ],
+)  # fmt: skip
+def test_a_key_given_twice_is_refused_not_replaced(tmp_path: Path, text: str, message: str) -> None:
+    """YAML keeps the last of two equal keys: the second optimizer: section dropped lr: 0.3."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: invalid YAML at {message}")):
+        load_config(str(path))
+    path.write_text("defaults: &d {lr: 0.3, momentum: 0.5}\noptimizer:\n  <<: *d\n  lr: 0.2\n")
+    merged = parse_yaml(path.read_text(), "merge")  # a merge key's values may be overridden
+    assert merged["optimizer"] == {"lr": 0.2, "momentum": 0.5}
