@@ -18,6 +18,8 @@ DEFAULT_CONFIG = "mnist_mlp"
 # A folder name is at most 255 bytes on common file systems; the run's time stamp and a suffix
 # take up to 24 of them.
 NAME_BYTES = 200
+# Config and sweep files are a few KB; anything this large is the wrong file.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class Strict(BaseModel):
@@ -385,8 +387,16 @@ def parse_yaml(text: str, where: str) -> Any:
 
 
 def read_file_text(path: Path) -> str:
+    """A config or sweep file's text: UTF-8, at most MAX_CONFIG_BYTES (a wrong path, a data file,
+    was read whole and parsed: 400 MB took 100 s and 1.9 GB before its error)."""
     try:
-        return path.read_bytes().decode("utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: over {MAX_CONFIG_BYTES:,} bytes, which no config needs; is it the file you meant?"
+            )
+        return data.decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError as exc:

@@ -272,3 +272,15 @@ def test_a_key_given_twice_is_refused_not_replaced(tmp_path: Path, text: str, me
     path.write_text("defaults: &d {lr: 0.3, momentum: 0.5}\noptimizer:\n  <<: *d\n  lr: 0.2\n")
     merged = parse_yaml(path.read_text(), "merge")  # a merge key's values may be overridden
     assert merged["optimizer"] == {"lr": 0.2, "momentum": 0.5}
+
+
+def test_a_file_too_large_to_be_a_config_is_refused_unread(tmp_path: Path) -> None:
+    """A 400 MB file given as a config was read and parsed whole: 100 s and 1.9 GB, then an error."""
+    from nnx.config import MAX_CONFIG_BYTES
+
+    path = tmp_path / "data.yaml"
+    path.write_text("name: big\n" + "#" * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: over 1,048,576 bytes, which no config needs"):
+        load_config(str(path))
+    path.write_text("name: big\n" + "#" * (MAX_CONFIG_BYTES - 20))
+    assert load_config(str(path))[0].name == "big"
