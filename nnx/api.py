@@ -38,7 +38,7 @@ from nnx.nn import Sequential, build_model
 from nnx.optim import OPTIMIZERS, Optimizer, Schedule
 from nnx.parallel import Communicator, MPIComm, NCCLComm, RanksDisagreeError, Single, check_same_config
 from nnx.preprocess import Preprocess
-from nnx.runs import RunLock, RunWriter, config_differences, new_run_dir, read_json
+from nnx.runs import RunLock, RunWriter, check_out, config_differences, new_run_dir, read_json
 from nnx.trainer import (
     Callback,
     DeviceSplit,
@@ -177,10 +177,7 @@ def train(
     if threads is not None:
         from threadpoolctl import threadpool_limits
 
-        cpus = usable_cpus()
-        if not 1 <= threads <= cpus:  # more threads than CPUs: BLAS's spinning threads starve each other
-            raise NnxError(f"--threads {threads}: this process may use {cpus} CPU(s); give 1 to {cpus}")
-
+        check_threads(threads)
         limits = threadpool_limits(limits=threads)
     try:
         with limits:
@@ -283,10 +280,16 @@ def check_train(
     assignments: Sequence[str] = (),
     resume: str | Path | None = None,
     download: bool = True,
+    out: str | Path | None = None,
+    force: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """What `train` would run, checked as `train` checks it but training and writing nothing (`nnx
-    train --dry-run`): the config with its overrides, the device, the network, a batch's memory and
-    the data. Raises the error `train` would raise before its first batch."""
+    train --dry-run`): the config with its overrides, the device, the network, a batch's memory,
+    the data and the run's folder (`out`, `force`). Raises the error `train` would raise before its
+    first batch."""
+    if threads is not None:
+        check_threads(threads)
     if resume is not None:
         resume, config = Path(resume), resumable_config(Path(resume), overrides)
     config, source = resolve_config(config, overrides, assignments)
@@ -303,6 +306,10 @@ def check_train(
     rows = max(rows, 1)
     _check_batch_fits(model, config, rows, state_arrays)
     activations, weights = model.training_bytes(rows, state_arrays)
+    if not config.data.train_csv:
+        check_data_folder(data_dir)
+    if resume is None:
+        check_out(config, str(out) if out else None, force)
     missing = [] if config.data.train_csv else missing_files(data_dir)
     if missing and not download:
         ensure_data(data_dir, False, None, lambda line: None, dataset.name)  # the error train would raise
@@ -534,6 +541,18 @@ def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Commun
     return TrainState.from_dict(state_dict)
 
 
+def check_threads(threads: int) -> None:
+    cpus = usable_cpus()
+    if not 1 <= threads <= cpus:  # more threads than CPUs: BLAS's spinning threads starve each other
+        raise NnxError(f"--threads {threads}: this process may use {cpus} CPU(s); give 1 to {cpus}")
+
+
+def check_data_folder(data_dir: Path) -> None:
+    """A data folder that is there as something else: "missing", and a download that cannot land."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a folder; point --data-dir, data.dir or $NNX_DATA_DIR at the data's folder")
+
+
 def ensure_data(
     data_dir: Path,
     download: bool,
@@ -545,8 +564,7 @@ def ensure_data(
     """Download what `dataset` lacks in `data_dir` (through `fetch(data_dir, dataset)` when given,
     `fetch(data_dir, dataset, mirrors)` when the config names its own), or say how to get it when
     downloading is off."""
-    if data_dir.exists() and not data_dir.is_dir():  # else "missing", and a download that cannot land
-        raise DataError(f"{data_dir}: not a folder; point --data-dir, data.dir or $NNX_DATA_DIR at the data's folder")
+    check_data_folder(data_dir)
     missing = missing_files(data_dir)
     if not missing:
         return

@@ -22,6 +22,26 @@ def new_run_dir(config: Config, out: str | None, force: bool = False) -> Path:
     """--out, the config's output, or runs/<timestamp>-<name>. Never reuses a run (finished or
     stopped), and never writes into a folder of the user's files unless `force` (which deletes
     nothing)."""
+    chosen = check_out(config, out, force)
+    if chosen:
+        path = chosen
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{stamp}-{config.name}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = Path("runs") / f"{stamp}-{config.name}-{suffix}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NnxError(f"{path}: cannot create the run directory ({exc.strerror})") from None
+    return path
+
+
+def check_out(config: Config, out: str | None, force: bool = False) -> Path | None:
+    """The folder --out (or the config's output) names, once checked that a run may be written
+    there (new_run_dir's refusals, nothing created); None when neither names one."""
     chosen = out or config.output
     if chosen:
         path = Path(chosen)
@@ -49,18 +69,8 @@ def new_run_dir(config: Config, out: str | None, force: bool = False) -> Path:
                 f"{path}: holds files nnx did not write ({shown}); choose another --out, or add --force to write "
                 "the run beside them (nothing is deleted)"
             )
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{stamp}-{config.name}"
-        suffix = 1
-        while path.exists():
-            suffix += 1
-            path = Path("runs") / f"{stamp}-{config.name}-{suffix}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NnxError(f"{path}: cannot create the run directory ({exc.strerror})") from None
-    return path
+        return path
+    return None
 
 
 def _temporary(name: str) -> bool:

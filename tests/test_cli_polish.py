@@ -324,6 +324,25 @@ def test_dry_run_checks_everything_a_run_would_and_writes_nothing(
     assert resumed.exit_code == 0, resumed.output
     assert "# changed since the checkpoint: training.epochs 1 -> 5" in resumed.output
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamp
+    # What stopped `nnx train` with one line while the dry run said all was well: the run's folder,
+    # --threads, a data folder that is a file. Now the same line, from both.
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    theirs = tmp_path / "theirs"
+    (theirs / "notes").mkdir(parents=True)
+    for args, message in [
+        (["--out", run], "already holds a trained model; choose another --out"),
+        (["--out", a_file], "is a file, not a directory"),
+        (["--out", theirs], "holds files nnx did not write (notes)"),
+        (["--threads", "100000"], "--threads 100000: this process may use"),
+        (["--data-dir", a_file], "not a folder; point --data-dir"),
+    ]:
+        for dry in (["--dry-run"], []):
+            data = [] if "--data-dir" in args else ["--data-dir", tiny_mnist]
+            failed = invoke("train", *dry, "-q", *args, *data, *TINY)
+            assert failed.exit_code == 2 and message in failed.stderr, (dry, args, failed.output)
+    assert invoke("train", "--dry-run", "--out", theirs, "--force", "--data-dir", tiny_mnist).exit_code == 0
+    assert a_file.read_text() == "mine" and sorted(p.name for p in theirs.iterdir()) == ["notes"]
 
 
 def test_info_on_a_model_shows_what_it_holds_and_its_layers(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:

@@ -103,7 +103,7 @@ def train(
         "data.dir": str(data_dir) if data_dir else None,
     }
     if dry_run:
-        run_dry_run(config, set_ or [], flags, resume, download)
+        run_dry_run(config, set_ or [], flags, resume, download, out, force, threads, plots)
         return
     run_train(config, set_ or [], flags, out, download, quiet, resume, plots, distributed, threads, force)
 

@@ -92,14 +92,28 @@ def run_train(
 
 
 def run_dry_run(
-    config_name: str | None, assignments: list[str], flags: dict[str, Any], resume: Path | None, download: bool
+    config_name: str | None,
+    assignments: list[str],
+    flags: dict[str, Any],
+    resume: Path | None,
+    download: bool,
+    out: Path | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    plots: bool = False,
 ) -> None:
-    """`nnx train --dry-run`: what a run would be, checked as `nnx train` checks it, and nothing written."""
+    """`nnx train --dry-run`: what a run would be, checked as `nnx train` checks it (its --out,
+    --threads and --plots too), and nothing written."""
     from nnx.cli.render import layer_table
     from nnx.config import to_yaml
     from nnx.nn.sequential import human_bytes
 
-    plan = check_train(config_name, flags, assignments=assignments, resume=resume, download=download)
+    if plots:
+        require_matplotlib()
+    plan = check_train(
+        config_name, flags, assignments=assignments, resume=resume, download=download, out=out, force=force,
+        threads=threads,
+    )  # fmt: skip
     console = stdout_console()
     console.print(f"# {plan['source']}, as nnx train would run it", markup=False)
     console.print(to_yaml(plan["config"]), markup=False, end="")
