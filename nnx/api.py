@@ -38,7 +38,7 @@ from nnx.nn import Sequential, build_model
 from nnx.optim import OPTIMIZERS, Optimizer, Schedule
 from nnx.parallel import Communicator, MPIComm, NCCLComm, RanksDisagreeError, Single, check_same_config
 from nnx.preprocess import Preprocess
-from nnx.runs import RunLock, RunWriter, check_out, config_differences, new_run_dir, read_json
+from nnx.runs import RunLock, RunWriter, check_not_locked, check_out, config_differences, new_run_dir, read_json
 from nnx.trainer import (
     Callback,
     DeviceSplit,
@@ -310,6 +310,8 @@ def check_train(
         check_data_folder(data_dir)
     if resume is None:
         check_out(config, str(out) if out else None, force)
+    else:
+        check_not_locked(resume)
     missing = [] if config.data.train_csv else missing_files(data_dir)
     if missing and not download:
         ensure_data(data_dir, False, None, lambda line: None, dataset.name)  # the error train would raise

@@ -45,11 +45,7 @@ def check_out(config: Config, out: str | None, force: bool = False) -> Path | No
     chosen = out or config.output
     if chosen:
         path = Path(chosen)
-        holder = locked_by(path)
-        if holder is not None:
-            raise NnxError(
-                f"{path}: another nnx process (pid {holder}) is writing this run; wait for it, or choose another --out"
-            )
+        check_not_locked(path)
         if (path / "model.npz").exists():
             raise NnxError(f"{path}: already holds a trained model; choose another --out")
         if (path / "checkpoint.npz").exists():
@@ -94,6 +90,19 @@ def locked_by(path: Path) -> str | None:
     return None
 
 
+def check_not_locked(path: Path) -> None:
+    """Refuse a run directory another process is training in (RunLock's refusal, taking no lock)."""
+    holder = locked_by(path)
+    if holder is not None:
+        raise _busy(path, holder)
+
+
+def _busy(path: Path, holder: str) -> NnxError:
+    return NnxError(
+        f"{path}: another nnx process (pid {holder}) is writing this run; wait for it, or choose another --out"
+    )
+
+
 class RunLock:
     """A run directory belongs to one process at a time: an exclusive fcntl lock on its .lock file,
     held while the run trains and released (by the OS too) when the process ends."""
@@ -108,9 +117,7 @@ class RunLock:
             self.file.seek(0)
             holder = self.file.read().strip() or "another process"
             self.file.close()
-            raise NnxError(
-                f"{path}: another nnx process (pid {holder}) is writing this run; wait for it, or choose another --out"
-            ) from None
+            raise _busy(path, holder) from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(str(os.getpid()))

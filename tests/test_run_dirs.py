@@ -57,6 +57,10 @@ def test_a_second_process_on_the_same_run_fails_at_once(tiny_mnist: Path, tmp_pa
         assert time.monotonic() - started < 20
         assert second.returncode == 2
         assert f"another nnx process (pid {first.pid}) is writing this run" in second.stderr
+        for dry in (["--out", str(run)], ["--resume", str(run)]):  # the dry run says so too
+            checked = subprocess.run([sys.executable, *args[:3], "--dry-run", *dry], capture_output=True, text=True)
+            assert checked.returncode == 2, (dry, checked.stdout, checked.stderr)
+            assert f"another nnx process (pid {first.pid}) is writing this run" in checked.stderr
     finally:
         first.kill()
         first.wait()
