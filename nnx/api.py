@@ -675,6 +675,8 @@ class Model:
         from nnx.images import as_pixels
         from nnx.metrics import predict_probabilities
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise NnxError(f"batch_size: expected a whole number >= 1, got {batch_size!r}")  # -1 gave no predictions
         pixels = as_pixels(images, mnist_style)
         probabilities = predict_probabilities(
             self.network, self.backend.asarray(pixels), self.preprocess, self.backend, batch_size

@@ -144,3 +144,13 @@ def test_overrides_of_the_wrong_kind_are_said_and_a_lone_assignment_is_one(tiny_
             nnx.train("mnist_mlp", "training.epochs=1", resume=resume)
     plan = nnx.api.check_train("mnist_mlp", {"data.dir": str(tiny_mnist)}, assignments="training.epochs=3")
     assert plan["config"].training.epochs == 3
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, None, True])
+def test_predict_refuses_a_batch_size_that_is_not_a_count(tiny_mnist: Path, tmp_path: Path, batch_size) -> None:
+    """-1 returned no predictions at all, 0 and None raised from deep inside."""
+    run = nnx.train({"training": {"epochs": 1, "validation": 100}}, {"data.dir": str(tiny_mnist)}, out=tmp_path / "r")
+    model = nnx.load(run.path)
+    with pytest.raises(NnxError, match=r"^batch_size: expected a whole number >= 1, got "):
+        model.predict(np.zeros((3, 784), np.uint8), batch_size=batch_size)
+    assert len(model.predict(np.zeros((3, 784), np.uint8), batch_size=np.int64(2)).classes) == 3
