@@ -162,7 +162,14 @@ def as_pixels(images: Any, centre: bool = False) -> np.ndarray:
     (N, 784) or (N, 1, 28, 28); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds
     1) rounded. Also an image file's path or a PIL image (or a list of them), prepared as `nnx
     predict FILE` does: any size, dark ink on light paper inverted; `centre` crops and centres them
-    as MNIST's digits were (`nnx predict --mnist-style`)."""
+    as MNIST's digits were (`nnx predict --mnist-style`). A CSV file's path gives all its data rows
+    (label then 784 pixels, or the pixels alone; `nnx predict FILE.csv --all-rows`)."""
+    if isinstance(images, (str, Path)) and Path(images).suffix.lower() == ".csv":
+        from nnx.data.csvfile import read_csv
+
+        if centre:
+            raise NnxError("mnist_style: for image files and PIL images; a CSV file's rows are MNIST-style pixels")
+        return read_csv(Path(images), unlabelled=True)[0]
     if _is_picture(images):
         images = [images]
     if isinstance(images, (list, tuple)) and images and all(_is_picture(item) for item in images):

@@ -196,6 +196,13 @@ def test_predict_csv_rows_without_labels(trained: Path, tiny_mnist: Path, tmp_pa
     expected = nnx.load(trained).predict(test.images[1]).classes[0]
     answer = json.loads(invoke("predict", trained, csv, "--row", 1, "--json").stdout)[0]
     assert answer["label"] is None and answer["predicted"] == expected
+    every = json.loads(invoke("predict", trained, csv, "--all-rows", "--json").stdout)
+    assert [a["input"] for a in every] == [f"{csv} row 0", f"{csv} row 1"]
+    assert [a["predicted"] for a in every] == nnx.load(trained).predict(str(csv)).classes.tolist()  # the API too
+    assert every[1]["predicted"] == expected
+    assert "give one of --row N and --all-rows" in assert_one_line_error(
+        invoke("predict", trained, csv, "--all-rows", "--row", 1)
+    )
     csv.write_text("1,2,3\n")
     assert "expected 785 (label then 784 pixels) or 784 (pixels alone)" in assert_one_line_error(
         invoke("predict", trained, csv)

@@ -136,7 +136,8 @@ def predict(
         ),
     ] = None,
     test_index: Annotated[int | None, typer.Option(help="Use this MNIST test image instead.")] = None,
-    row: Annotated[int, typer.Option(help="Which data row of a CSV file.")] = 0,
+    row: Annotated[int | None, typer.Option(help="Which data row of a CSV file (default 0).")] = None,
+    all_rows: Annotated[bool, typer.Option("--all-rows", help="Every data row of the CSV files: a line each.")] = False,
     mnist_style: Annotated[
         bool,
         typer.Option(help="Prepare an image as MNIST's digits were: crop, fit 20x20, centre by mass (for drawings)."),
@@ -149,7 +150,7 @@ def predict(
     inputs: a line for each)."""
     from nnx.cli.predict_cmd import run_predict
 
-    run_predict(model, inputs or [], test_index, row, data_dir, device or "cpu", mnist_style, as_json)
+    run_predict(model, inputs or [], test_index, row, data_dir, device or "cpu", mnist_style, as_json, all_rows)
 
 
 @app.command()

@@ -16,18 +16,19 @@ from nnx.data.mnist import load_test, resolve_data_dir
 from nnx.errors import NnxError
 from nnx.images import image_to_digit, load_digit_image
 from nnx.io import open_model
-from nnx.metrics import softmax
+from nnx.metrics import predict_probabilities
 
 
 def _read_input(
     input: Path | None,
     test_index: int | None,
-    row: int,
+    row: int | None,
     data_dir: Path | None,
     mnist_style: bool = False,
     dataset: str = "mnist",
-) -> tuple[np.ndarray, int | None, str]:
-    """(pixels uint8 (784,), true label if known, description)."""
+) -> list[tuple[np.ndarray, int | None, str]]:
+    """[(pixels uint8 (784,), true label if known, description)]: one image, or with `row` None
+    every data row of a CSV file."""
     if (input is None) == (test_index is None):
         raise NnxError("give exactly one of: an input file (PNG/JPEG/CSV) or --test-index N")
     if test_index is not None:
@@ -36,28 +37,32 @@ def _read_input(
         test = load_test(folder)
         if not 0 <= test_index < len(test):
             raise NnxError(f"--test-index {test_index}: the test set has images 0-{len(test) - 1}")
-        return (
-            test.images[test_index],
-            int(test.labels[test_index]),
-            f"{get_dataset(dataset).title} test image {test_index}",
-        )
+        return [
+            (
+                test.images[test_index],
+                int(test.labels[test_index]),
+                f"{get_dataset(dataset).title} test image {test_index}",
+            )
+        ]
     if input.suffix.lower() == ".csv":
         images, labels = read_csv(input, unlabelled=True)
-        if not 0 <= row < len(images):
+        if row is not None and not 0 <= row < len(images):
             raise NnxError(f"--row {row}: {input} has data rows 0-{len(images) - 1}")
-        return images[row], None if labels is None else int(labels[row]), f"{input} row {row}"
-    return (image_to_digit(input) if mnist_style else load_digit_image(input)), None, str(input)
+        rows = range(len(images)) if row is None else [row]
+        return [(images[i], None if labels is None else int(labels[i]), f"{input} row {i}") for i in rows]
+    return [((image_to_digit(input) if mnist_style else load_digit_image(input)), None, str(input))]
 
 
 def run_predict(
     model_path: Path,
     inputs: list[Path],
     test_index: int | None,
-    row: int,
+    row: int | None,
     data_dir: Path | None,
     device: str,
     mnist_style: bool = False,
     as_json: bool = False,
+    all_rows: bool = False,
 ) -> None:
     console = stdout_console()
     loaded = open_model(model_path, device)
@@ -66,10 +71,17 @@ def run_predict(
     classes = class_names(loaded.header)
     if len(inputs) > 1 and test_index is not None:
         raise NnxError("give exactly one of: input files (PNG/JPEG/CSV) or --test-index N")
-    # Every input read (and refused) before any is classified, then one batch.
-    read = [_read_input(path, test_index, row, data_dir, mnist_style, dataset) for path in inputs or [None]]
-    x = loaded.preprocess(backend.asarray(np.stack([pixels for pixels, _, _ in read])), backend)
-    probabilities = softmax(backend.to_numpy(loaded.model.logits(x, training=False)).astype(np.float64))
+    if all_rows and row is not None:
+        raise NnxError("give one of --row N and --all-rows")
+    if all_rows and not any(path.suffix.lower() == ".csv" for path in inputs):
+        raise NnxError("--all-rows: for CSV files; give one")
+    row = None if all_rows else row or 0
+    # Every input read (and refused) before any is classified, then in batches.
+    read = []
+    for path in inputs or [None]:
+        read += _read_input(path, test_index, row, data_dir, mnist_style, dataset)
+    images = backend.asarray(np.stack([pixels for pixels, _, _ in read]))
+    probabilities = predict_probabilities(loaded.model, images, loaded.preprocess, backend)
     if as_json:
         answers = [
             {"input": source, "predicted": int(p.argmax()), "class": classes[int(p.argmax())],
