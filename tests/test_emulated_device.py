@@ -1,0 +1,223 @@
+"""`--device gpu` end to end, on the emulated device (tests/emulated_device.py): every path a GPU run
+takes (the backend's GPU branches, the fused kernels, the trainer, metrics, checkpoints, model
+files, the CLI) with device arrays that refuse to mix with host arrays, as CuPy's do."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import emulated_cupy
+import emulated_device
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import nnx
+from nnx.cli.app import app
+from nnx.data.mnist import load_test
+from nnx.trainer import Callback
+
+CNN = """
+name: cnn
+model:
+  layers:
+    - conv2d: {out: 4, kernel: 3, padding: 1}
+    - batchnorm
+    - relu
+    - maxpool2d: {size: 2}
+    - conv2d: {out: 4, kernel: 3}
+    - relu
+    - avgpool2d: {size: 2}
+    - flatten
+    - dropout: {p: 0.3}
+    - linear: {out: 16}
+    - gelu
+    - linear: {out: 10}
+    - softmax
+optimizer: {name: adam, lr: 0.003, clip_norm: 5.0}
+schedule: {name: onecycle}
+training:
+  epochs: 2
+  batch_size: 50
+  validation: 100
+  augment: {enabled: true}
+  log: [csv]
+"""
+
+
+def invoke(*args: object) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def device():
+    """`import cupy` finds the emulated device for the test's length."""
+    if emulated_cupy.compiler() is None:
+        pytest.skip("no C++ compiler (c++ or g++) to emulate the GPU's kernels with")
+    with emulated_device.installed() as cupy:
+        yield cupy
+
+
+def test_device_arrays_keep_apart_from_host_arrays(device) -> None:
+    """The emulation is only worth its runs if it refuses what CuPy refuses."""
+    a = device.asarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    host = np.ones(3, dtype=np.float32)
+    for mix in (lambda: a + host, lambda: host * a, lambda: np.maximum(a, host), lambda: device.maximum(a, host)):
+        with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
+            mix()
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(a)
+    with pytest.raises(TypeError):
+        np.concatenate([a, host[None]])
+    total = a.sum()
+    assert isinstance(total, device.ndarray) and total.shape == () and float(total) == 15.0
+    assert isinstance(a[0, 1], device.ndarray) and int(a[0, 1]) == 1
+    assert isinstance(a.get(), np.ndarray) and a.get().tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
+        a[0] = host
+    a[0] = device.zeros(3, dtype=np.float32)
+    a += 1
+    assert a.get().tolist() == [[1, 1, 1], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("network", ["mlp", "cnn"])
+def test_nnx_train_device_gpu_end_to_end(device, tiny_mnist: Path, tmp_path: Path, network: str) -> None:
+    config = ["-c", tmp_path / "cnn.yaml"] if network == "cnn" else ["--set", "training.validation=100"]
+    (tmp_path / "cnn.yaml").write_text(CNN)
+    run, cpu_run = tmp_path / "run", tmp_path / "cpu"
+    for device_name, out in (("gpu", run), ("cpu", cpu_run)):
+        result = invoke("train", "-q", *config, "--device", device_name, "--epochs", 2, "--data-dir", tiny_mnist,
+                        "--out", out)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["device"] == "gpu:0" and "Emulated GPU" in summary["device_description"]
+    assert summary["epochs"] == 2
+    # The same run as the CPU's, to float32 rounding: the same weights, batches, masks and updates.
+    cpu = json.loads((cpu_run / "summary.json").read_text())
+    assert abs(summary["test_accuracy"] - cpu["test_accuracy"]) <= 1 / 200
+    assert summary["test_loss"] == pytest.approx(cpu["test_loss"], rel=1e-3)
+    assert (run / "checkpoint.npz").is_file() and (run / "metrics.csv").is_file() == (network == "cnn")
+    # The model file holds host arrays: it loads anywhere, and the CPU measures what the device did.
+    on_cpu = json.loads(invoke("evaluate", run, "--device", "cpu", "--json", "--data-dir", tiny_mnist).stdout)
+    on_gpu = json.loads(invoke("evaluate", run, "--device", "gpu", "--json", "--data-dir", tiny_mnist).stdout)
+    assert on_gpu["accuracy"] == summary["test_accuracy"]
+    assert abs(on_cpu["accuracy"] - on_gpu["accuracy"]) <= 1 / 200  # one image of 200 at most: float32 rounding
+    predicted = invoke("predict", run, "--device", "gpu", "--test-index", 3, "--data-dir", tiny_mnist, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    test = load_test(tiny_mnist)
+    model = nnx.load(run, device="gpu")
+    prediction = model.predict(test.images[:20])
+    assert isinstance(prediction.classes, np.ndarray) and isinstance(prediction.probabilities, np.ndarray)
+    assert (prediction.classes == nnx.load(run).predict(test.images[:20]).classes).mean() >= 0.95
+    assert model.evaluate(data_dir=tiny_mnist)["accuracy"] == summary["test_accuracy"]
+
+
+def test_a_run_stopped_on_the_device_resumes_bitwise(device, tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    import nnx.cli.train_cmd as train_cmd
+
+    (tmp_path / "cnn.yaml").write_text(CNN)
+    args = ["-c", tmp_path / "cnn.yaml", "--device", "gpu", "--data-dir", tiny_mnist]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert invoke("train", "-q", *args, "--out", straight).exit_code == 0
+
+    class PressCtrlC(Callback):
+        def on_batch_end(self, progress) -> None:
+            if (progress.epoch, progress.batch) == (2, 3):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_cmd, "make_progress", lambda *a: [PressCtrlC()])
+    assert invoke("train", *args, "--out", stopped).exit_code == 130
+    monkeypatch.undo()
+    resumed = invoke("train", "-q", "--resume", stopped)
+    assert resumed.exit_code == 0, resumed.output
+    with np.load(straight / "model.npz") as a, np.load(stopped / "model.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files if k != "__header__")
+
+
+def test_nnx_info_reports_the_device(device) -> None:
+    result = invoke("info")
+    assert result.exit_code == 0, result.output
+    assert "Emulated GPU" in result.output and "usable" in result.output
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["--set", "optimizer={name: sgd, lr: 0.05, momentum: 0.9, nesterov: false, weight_decay: 0.001}"],
+        ["--set", "optimizer={name: sgd, lr: 0.05, momentum: 0.0}", "--dtype", "float64"],
+        ["--set", "optimizer={name: adamw, lr: 0.003, weight_decay: 0.01}", "--set", "schedule.name=cosine"],
+        ["--set", "optimizer={name: rmsprop, lr: 0.001, clip_norm: 1.0}", "--set", "schedule={name: step}"],
+        ["--set", "training.early_stopping={patience: 1}", "--set", "model.activation=tanh", "--epochs", 4],
+        ["--set", "model.layers=[{linear: {out: 32}}, leaky_relu, {dropout: {p: 0.2}}, {linear: {out: 32}}, elu,"
+         " batchnorm, sigmoid, {linear: {out: 10}}]"],
+    ],
+    ids=["sgd-decay", "plain-sgd-float64", "adamw-cosine", "rmsprop-clip-step", "early-stopping-tanh", "layers"],
+)  # fmt: skip
+def test_every_optimizer_and_layer_trains_on_the_device_as_on_the_cpu(
+    device, tiny_mnist: Path, tmp_path: Path, settings: list
+) -> None:
+    summaries = []
+    for device_name in ("gpu", "cpu"):
+        out = tmp_path / device_name
+        args = ["train", "-q", "--device", device_name, "--data-dir", tiny_mnist, "--out", out, "--epochs", 2]
+        result = invoke(*args, "--set", "training.validation=100", *settings)
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads((out / "summary.json").read_text()))
+    gpu, cpu = summaries
+    assert abs(gpu["test_accuracy"] - cpu["test_accuracy"]) <= 1 / 200 and gpu["epochs"] == cpu["epochs"]
+    assert gpu["test_loss"] == pytest.approx(cpu["test_loss"], rel=1e-3 if gpu["dtype"] == "float32" else 1e-9)
+
+
+def test_plots_and_the_server_run_a_device_model(device, tiny_mnist: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from nnx.web.server import create_app
+
+    run = tmp_path / "run"
+    args = [
+        "--device",
+        "gpu",
+        "--data-dir",
+        tiny_mnist,
+        "--out",
+        run,
+        "--epochs",
+        1,
+        "--set",
+        "training.validation=100",
+    ]
+    assert invoke("train", "-q", *args, "--plots").exit_code == 0
+    assert (run / "report.html").is_file() and (run / "misclassified.png").is_file()
+    replotted = invoke("plot", run, "--device", "gpu", "--data-dir", tiny_mnist)
+    assert replotted.exit_code == 0, replotted.output
+    client = TestClient(create_app(run / "model.npz", device="gpu"))
+    digit = load_test(tiny_mnist).images[0].reshape(28, 28)
+    answer = client.post("/api/predict", json={"pixels": digit.tolist(), "preprocess": False})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["class"] == int(nnx.load(run).predict(digit).classes[0])
+
+
+@pytest.mark.parametrize("network", ["mlp", "cnn"])
+def test_a_training_step_copies_nothing_between_host_and_device(
+    device, tiny_mnist: Path, tmp_path: Path, network: str
+) -> None:
+    """No host index array, no float() of a loss, no batch fetched: between one batch's end and the
+    next's, not one copy either way (an epoch's order goes over once, its sums come back once)."""
+    import yaml
+
+    config = yaml.safe_load(CNN) if network == "cnn" else {"training": {"epochs": 2, "validation": 100}}
+    copies: dict[int, list[int]] = {}
+
+    class Count(Callback):
+        def on_batch_end(self, progress) -> None:
+            copies.setdefault(progress.epoch, []).append(len(emulated_device.TRANSFERS))
+
+    overrides = {"device": "gpu", "data.dir": str(tiny_mnist), "training.log": []}
+    nnx.train(config, overrides, out=tmp_path / "run", callbacks=[Count()])
+    assert len(copies) == 2 and all(len(counts) >= 8 for counts in copies.values()), copies
+    assert all(len(set(counts)) == 1 for counts in copies.values()), {e: sorted(set(c)) for e, c in copies.items()}
