@@ -38,7 +38,7 @@ from nnx.preprocess import Preprocess
 from nnx.trainer import Callback, DeviceSplit, Trainer, epoch_order, evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kernels import cpu_kernels  # noqa: E402
+from kernels import cpu_kernels, torch_on  # noqa: E402
 
 PRE = Preprocess.named("standard")
 LR = 1e-3
@@ -101,8 +101,7 @@ class TorchCNN:
         self, device: str, train: Split, lr: float = LR, config_name: str = "mnist_cnn", seed: int = 0,
         batch: int = BATCH,
     ) -> None:  # fmt: skip
-        import torch
-
+        torch = torch_on("cuda" if str(device).startswith("cuda") else "cpu")
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         self.torch, self.dev, self.batch = torch, torch.device(device), batch
@@ -175,7 +174,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         theirs = torch_seconds("cuda" if device == "gpu" else "cpu", train, args.repeats)
         theirs = theirs * scale if theirs else None
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
-        shown = f"{theirs:.2f}" if theirs else "not installed"
+        shown = f"{theirs:.2f}" if theirs else "not installed, or without CUDA"
         print(f"| {device} | {ours:.2f} | {shown} | {ratio} |", flush=True)
         results[device] = {"nnx": ours, "torch": theirs}
     return results
@@ -297,7 +296,7 @@ def time_to(args: argparse.Namespace) -> dict[str, Any]:
             "PyTorch eager, augmentation off", *torch_time_to("cuda" if args.device == "gpu" else "cpu", mnist, target)
         )
     except ImportError:
-        print("| PyTorch eager | not installed | |")
+        print("| PyTorch eager | not installed, or without CUDA | |")
     # Fewer, larger steps (472 of 512 images): made for a GPU, where a step costs launches more than arithmetic.
     clock = nnx_time_to(args.device, mnist, target, True, "mnist_fast_gpu")
     show("nnx, configs/mnist_fast_gpu.yaml (augmentation on)", clock.reached, clock.accuracies)

@@ -35,7 +35,7 @@ from nnx.preprocess import Preprocess
 from nnx.trainer import Callback, DeviceSplit, Trainer, epoch_order, evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kernels import cpu_kernels  # noqa: E402
+from kernels import cpu_kernels, torch_on  # noqa: E402
 
 LR, MOMENTUM = 0.02, 0.9
 CASES = [([784, 64, 10], 64), ([784, 64, 10], 1024), ([784, 1024, 1024, 10], 1024)]
@@ -105,8 +105,7 @@ def torch_run(
     """(seconds per epoch, test accuracy per epoch when `test` is given), PyTorch eager; with a
     `target`, stops at the first epoch whose test accuracy reaches it. `order_of(e)` gives epoch
     e's batch order (0-based e); by default that of nnx_epochs (seed e, epoch 1)."""
-    import torch
-
+    torch = torch_on(device)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device(device)
@@ -147,10 +146,9 @@ def torch_run(
 
 def torch_epochs(device: str, sizes: list[int], batch: int, train, epochs: int) -> list[float] | None:
     try:
-        import torch  # noqa: F401
-    except ImportError:
+        return torch_run(device, sizes, batch, train, epochs + 1)[0][1:]  # the first epoch warms up
+    except ImportError:  # no PyTorch, or none with CUDA
         return None
-    return torch_run(device, sizes, batch, train, epochs + 1)[0][1:]  # the first epoch warms up
 
 
 def torch_time_to_accuracy(device: str, mnist, target: float = 0.975) -> float | None:

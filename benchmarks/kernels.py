@@ -29,3 +29,14 @@ def cpu_kernels() -> str:
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
     caps = [f"{name}={os.environ[name]}" for name in TORCH_CAPS if name in os.environ]
     return text + f"; PyTorch {torch.__version__}: {capability}" + (f" ({', '.join(caps)})" if caps else "")
+
+
+def torch_on(device: str):  # noqa: ANN201 (torch may not be installed)
+    """PyTorch, for `device` ("cpu" or "cuda"): ImportError when it is not installed, or has no
+    usable CUDA for "cuda" (a CPU-only wheel on a GPU machine), which the tables show as a
+    missing contender instead of a crash."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ImportError(f"PyTorch {torch.__version__} has no usable CUDA")
+    return torch

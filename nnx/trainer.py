@@ -236,6 +236,8 @@ class Trainer:
         backend, xp, model, loss_fn, comm = self.backend, self.backend.xp, self.model, self.loss_fn, self.comm
         state = state or TrainState()
         n = len(train)
+        if n == 0:  # (an epoch of nothing divided its accuracy by zero)
+            raise NnxError("no training images to fit on")
         batches = math.ceil(n / batch_size)
         if comm.size > 1 and 0 < n % batch_size < comm.size:
             raise NnxError(

@@ -221,3 +221,65 @@ def test_a_training_step_copies_nothing_between_host_and_device(
     nnx.train(config, overrides, out=tmp_path / "run", callbacks=[Count()])
     assert len(copies) == 2 and all(len(counts) >= 8 for counts in copies.values()), copies
     assert all(len(set(counts)) == 1 for counts in copies.values()), {e: sorted(set(c)) for e, c in copies.items()}
+
+
+def small_mnist(load_mnist, train: int = 1500, test: int = 500):  # noqa: ANN201
+    """load_mnist cut to a few images of each split, for the benchmarks' code paths (not figures)."""
+    from nnx.data.mnist import Split
+
+    def load(*args, **kwargs):  # noqa: ANN202
+        mnist = load_mnist(*args, **kwargs)
+        cut = {name: getattr(mnist, name) for name in ("train", "test")}
+        for name, n in (("train", train), ("test", test)):  # validation whole: cnn.py trains on train + it - 5000
+            setattr(mnist, name, Split(cut[name].images[:n], cut[name].labels[:n]))
+        return mnist
+
+    return load
+
+
+def test_the_gpu_checks_benchmarks_run_on_the_device(
+    device, mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """What scripts/gpu_check.sh runs after the tests (benchmarks/gpu_mlp.py, cnn.py gpu and
+    profile_layers.py --device gpu), on a few images and one epoch: a mistake in a benchmark's GPU
+    path would otherwise first show on a lent GPU, costing minutes of it. PyTorch has no CUDA here:
+    its columns are left out, as on a GPU machine whose PyTorch has none."""
+    import sys
+
+    from nnx.config import load_config
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    monkeypatch.setenv("NNX_DATA_DIR", str(mnist_dir))
+    for name in ("gpu_mlp", "cnn", "profile_layers"):
+        sys.modules.pop(name, None)
+    import cnn
+    import gpu_mlp
+    import profile_layers
+
+    monkeypatch.setattr(gpu_mlp, "CASES", [([784, 64, 10], 64), ([784, 128, 128, 10], 256)])
+    monkeypatch.setattr(gpu_mlp, "load_mnist", small_mnist(gpu_mlp.load_mnist))
+    monkeypatch.setattr(sys, "argv", ["gpu_mlp.py", "--epochs", "1", "--no-cpu", "--json", str(tmp_path / "mlp.json")])
+    gpu_mlp.main()
+    mlp = json.loads((tmp_path / "mlp.json").read_text())
+    assert "Emulated GPU" in mlp["gpu"] and all(row["nnx_gpu"] > 0 and "torch_gpu" not in row for row in mlp["rows"])
+    assert len(mlp["gpu_test_accuracies"]) >= 1 and mlp["torch_time_to_97_5"] is None
+
+    def one_epoch(name: str, assignments: tuple = ()):  # noqa: ANN202
+        return load_config(name, [*assignments, "training.epochs=1"])
+
+    monkeypatch.setattr(cnn, "load_mnist", small_mnist(cnn.load_mnist))
+    monkeypatch.setattr(cnn, "load_config", one_epoch)
+    monkeypatch.setattr(sys, "argv", ["cnn.py", "gpu", "--json", str(tmp_path / "cnn.json")])
+    cnn.main()
+    results = json.loads((tmp_path / "cnn.json").read_text())
+    assert results["speed"]["gpu"]["nnx"] > 0 and results["speed"]["gpu"]["torch"] is None
+    assert len(results["time_to_99"]) == 3 and all(
+        len(row["accuracies"]) == 1 for row in results["time_to_99"].values()
+    )
+
+    monkeypatch.setattr(profile_layers, "load_mnist", small_mnist(profile_layers.load_mnist))
+    monkeypatch.setattr(sys, "argv", ["profile_layers.py", "--device", "gpu", "--batches", "3", "--config",
+                                      "mnist_cnn", "mnist_mlp"])  # fmt: skip
+    profile_layers.main()
+    out = capsys.readouterr().out
+    assert "| mnist_cnn on gpu, per batch | ms on the GPU |" in out and "| mnist_mlp on gpu, per batch |" in out

@@ -144,3 +144,18 @@ def test_batch_progress_averages_cover_the_rows_they_sum(tiny_mnist: Path) -> No
     recorder = Rows()
     train_tiny(tiny_mnist, epochs=1, callbacks=[recorder])
     assert recorder.seen and all(samples == rows > 0 for samples, rows in recorder.seen)
+
+
+def test_fitting_no_images_is_said() -> None:
+    """An empty split trained an epoch of nothing, then divided its accuracy by zero."""
+    import pytest
+
+    from nnx.data.mnist import Split
+    from nnx.errors import NnxError
+
+    backend = get_backend("cpu")
+    model = build_model(mlp_spec([784, 8, 10]), backend, np.random.default_rng(0))
+    trainer = Trainer(model, SGD(model.flat_parameters(), lr=0.1, ops=backend.ops), backend, Preprocess())
+    empty = DeviceSplit(Split(np.zeros((0, 784), np.uint8), np.zeros(0, np.uint8)), backend)
+    with pytest.raises(NnxError, match="no training images to fit on"):
+        trainer.fit(empty, None, 1, 64, seed=0)
