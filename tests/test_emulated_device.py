@@ -13,6 +13,8 @@ import emulated_cupy
 import emulated_device
 import numpy as np
 import pytest
+import yaml
+from test_resume import RICH_CONFIG
 from typer.testing import CliRunner
 
 import nnx
@@ -20,32 +22,18 @@ from nnx.cli.app import app
 from nnx.data.mnist import load_test
 from nnx.trainer import Callback
 
-CNN = """
-name: cnn
-model:
-  layers:
-    - conv2d: {out: 4, kernel: 3, padding: 1}
-    - batchnorm
-    - relu
-    - maxpool2d: {size: 2}
-    - conv2d: {out: 4, kernel: 3}
-    - relu
-    - avgpool2d: {size: 2}
-    - flatten
-    - dropout: {p: 0.3}
-    - linear: {out: 16}
-    - gelu
-    - linear: {out: 10}
-    - softmax
-optimizer: {name: adam, lr: 0.003, clip_norm: 5.0}
-schedule: {name: onecycle}
-training:
-  epochs: 2
-  batch_size: 50
-  validation: 100
-  augment: {enabled: true}
-  log: [csv]
-"""
+
+def _cnn() -> str:
+    """test_resume's network with every source of randomness and state, plus a second convolution,
+    an average pool and the CSV logger."""
+    config = yaml.safe_load(RICH_CONFIG)
+    config["name"] = "cnn"
+    config["model"]["layers"][4:4] = [{"conv2d": {"out": 4, "kernel": 3}}, "relu", {"avgpool2d": {"size": 2}}]
+    config["training"].update(epochs=2, log=["csv"])
+    return yaml.safe_dump(config)
+
+
+CNN = _cnn()
 
 
 def invoke(*args: object) -> object:
@@ -208,8 +196,6 @@ def test_a_training_step_copies_nothing_between_host_and_device(
 ) -> None:
     """No host index array, no float() of a loss, no batch fetched: between one batch's end and the
     next's, not one copy either way (an epoch's order goes over once, its sums come back once)."""
-    import yaml
-
     config = yaml.safe_load(CNN) if network == "cnn" else {"training": {"epochs": 2, "validation": 100}}
     copies: dict[int, list[int]] = {}
 
