@@ -269,3 +269,20 @@ def test_the_gpu_checks_benchmarks_run_on_the_device(
     profile_layers.main()
     out = capsys.readouterr().out
     assert "| mnist_cnn on gpu, per batch | ms on the GPU |" in out and "| mnist_mlp on gpu, per batch |" in out
+
+
+def test_a_sweep_runs_its_trials_on_the_device(
+    device, tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials report each epoch's validation accuracy to Optuna (the pruner's callback reads it)."""
+    pytest.importorskip("optuna")
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: dev\nbase: mnist_mlp\ntrials: 2\nsearch:\n  optimizer.lr: {log_uniform: [0.01, 0.1]}\n")
+    sets = ["device=gpu", "training.epochs=2", "training.validation=100", f"data.dir={tiny_mnist}"]
+    result = invoke("sweep", sweep, *(part for s in sets for part in ("--set", s)))
+    assert result.exit_code == 0, result.output
+    assert "2/2 done (pruned 0, failed 0)" in result.output
+    trials = sorted((tmp_path / "runs" / "dev").glob("trial-*"))
+    assert len(trials) == 2
+    assert all(json.loads((trial / "summary.json").read_text())["device"] == "gpu:0" for trial in trials)
