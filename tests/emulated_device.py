@@ -27,7 +27,9 @@ here, launches, device memory. Those are the real GPU run's (scripts/gpu_check.s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import operator
+import os
 import sys
 import time
 import types
@@ -38,6 +40,8 @@ import emulated_cupy
 import numpy as np
 
 DEVICE_NAME = "Emulated GPU"
+# How many devices `cupy.cuda.runtime.getDeviceCount()` reports (data-parallel ranks each take one).
+DEVICES = int(os.environ.get("NNX_EMULATED_GPUS", "1"))
 # Every copy between host and device, in order ("to device", "to host"): a test can tell that a
 # training step makes none (CuPy would make them silently: a host index array, a float() read).
 TRANSFERS: list[str] = []
@@ -173,6 +177,11 @@ class DeviceArray:
             )
         return _wrap(attribute)
 
+    @property
+    def data(self) -> types.SimpleNamespace:
+        """CuPy's MemoryPointer: `.ptr`, the address of the array's memory (NCCL takes it)."""
+        return types.SimpleNamespace(ptr=self._a.ctypes.data)
+
     # shape and friends are plain values; T and the like go through __getattr__.
     shape = property(lambda self: self._a.shape)
     dtype = property(lambda self: self._a.dtype)
@@ -258,7 +267,7 @@ class _Device:
         self.id = index
 
     def use(self) -> None:
-        if self.id != 0:
+        if not 0 <= self.id < DEVICES:
             raise RuntimeError(f"cudaErrorInvalidDevice: device {self.id}")
 
     mem_info = property(lambda self: (DEVICE_MEMORY, DEVICE_MEMORY))
@@ -300,7 +309,7 @@ class _RawKernel(emulated_cupy.RawKernel):
 def cupy_module() -> types.ModuleType:
     cupy = types.ModuleType("cupy", __doc__)
     runtime = types.SimpleNamespace(
-        getDeviceCount=lambda: 1, getDeviceProperties=_properties, runtimeGetVersion=lambda: 13000,
+        getDeviceCount=lambda: DEVICES, getDeviceProperties=_properties, runtimeGetVersion=lambda: 13000,
         driverGetVersion=lambda: 13000,
     )  # fmt: skip
     cuda = types.ModuleType("cupy.cuda")
@@ -309,6 +318,7 @@ def cupy_module() -> types.ModuleType:
     cuda.get_current_stream = _Stream  # type: ignore[attr-defined]
     cuda.Event = _Event  # type: ignore[attr-defined]
     cuda.get_elapsed_time = lambda start, end: (end.time - start.time) * 1e3  # type: ignore[attr-defined]
+    cuda.nccl = nccl_module()  # type: ignore[attr-defined]
     special = {
         "ndarray": DeviceArray, "cuda": cuda, "ElementwiseKernel": _ElementwiseKernel, "RawKernel": _RawKernel,
         "get_default_memory_pool": _Pool, "asarray": _from_host(np.asarray), "array": _from_host(np.array),
@@ -327,6 +337,40 @@ def cupy_module() -> types.ModuleType:
     return cupy
 
 
+NCCL_TYPES = {0: np.float32, 1: np.float64}
+
+
+class _NcclCommunicator:
+    """cupy.cuda.nccl.NcclCommunicator over MPI: allReduce reads and writes the device memory at
+    the addresses it is given, as NCCL does, and sums it across the ranks with MPI."""
+
+    def __init__(self, size: int, unique_id: Any, rank: int) -> None:
+        from mpi4py import MPI
+
+        self.comm = MPI.COMM_WORLD
+        if (self.comm.Get_size(), self.comm.Get_rank()) != (size, rank):
+            raise RuntimeError(f"NcclCommunicator({size}, rank {rank}) in an MPI world of {self.comm.Get_size()}")
+        self.unique_id = unique_id
+
+    def allReduce(self, send: int, receive: int, count: int, datatype: int, op: int, stream: int) -> None:  # noqa: N802
+        from mpi4py import MPI
+
+        if op != 0:
+            raise ValueError(f"only NCCL_SUM is emulated, not op {op}")
+        c_type = np.ctypeslib.as_ctypes_type(NCCL_TYPES[datatype])
+        buffers = [np.ctypeslib.as_array(ctypes.cast(address, ctypes.POINTER(c_type)), (count,))
+                   for address in (send, receive)]  # fmt: skip
+        self.comm.Allreduce(MPI.IN_PLACE if send == receive else buffers[0], buffers[1], op=MPI.SUM)
+
+
+def nccl_module() -> types.ModuleType:
+    nccl = types.ModuleType("cupy.cuda.nccl")
+    nccl.NCCL_FLOAT32, nccl.NCCL_FLOAT64, nccl.NCCL_SUM = 0, 1, 0  # type: ignore[attr-defined]
+    nccl.get_unique_id = lambda: tuple(np.random.default_rng().integers(0, 256, 128).tolist())  # type: ignore[attr-defined]
+    nccl.NcclCommunicator = _NcclCommunicator  # type: ignore[attr-defined]
+    return nccl
+
+
 def cupyx_module() -> types.ModuleType:
     cupyx = types.ModuleType("cupyx")
 
@@ -341,13 +385,21 @@ def cupyx_module() -> types.ModuleType:
 def installed() -> Iterator[types.ModuleType]:
     """`import cupy` finds the emulated device within the block (and nnx.gpu_kernels is imported
     against it afresh); sys.modules is as it was after."""
-    names = ("cupy", "cupyx", "nnx.gpu_kernels")
+    names = ("cupy", "cupy.cuda", "cupy.cuda.nccl", "cupyx", "nnx.gpu_kernels")
     saved = {name: sys.modules.pop(name) for name in names if name in sys.modules}
     cupy = cupy_module()
-    sys.modules.update({"cupy": cupy, "cupyx": cupyx_module()})
+    cuda = cupy.cuda
+    sys.modules.update({"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.nccl": cuda.nccl, "cupyx": cupyx_module()})
     try:
         yield cupy
     finally:
         for name in names:
             sys.modules.pop(name, None)
         sys.modules.update(saved)
+
+
+if __name__ == "__main__":  # `python tests/emulated_device.py train ...`: nnx's CLI on the emulated device
+    with installed():
+        from nnx.cli.app import app
+
+        app(prog_name="nnx")

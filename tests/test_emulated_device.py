@@ -286,3 +286,33 @@ def test_a_sweep_runs_its_trials_on_the_device(
     trials = sorted((tmp_path / "runs" / "dev").glob("trial-*"))
     assert len(trials) == 2
     assert all(json.loads((trial / "summary.json").read_text())["device"] == "gpu:0" for trial in trials)
+
+
+def test_two_ranks_on_two_emulated_gpus_train_as_one_process(tiny_mnist: Path, tmp_path: Path) -> None:
+    """The NCCL path of data-parallel training (nnx.parallel.NCCLComm), which a lent machine with
+    one GPU cannot run: `mpiexec -n 2` on two emulated devices, gradients summed by the emulated
+    NCCL (MPI over the arrays' memory), against one process on one; float64, within 1e-10. Each
+    process runs nnx's CLI under the emulation (`python tests/emulated_device.py train ...`)."""
+    pytest.importorskip("mpi4py")
+    import subprocess
+    import sys
+
+    from test_parallel import env, mpiexec
+
+    from nnx.io import read_header
+
+    if emulated_cupy.compiler() is None:
+        pytest.skip("no C++ compiler (c++ or g++) to emulate the GPU's kernels with")
+    nnx_on_device = [sys.executable, str(Path(emulated_device.__file__)), "train", "-q", "--device", "gpu", "--dtype",
+                     "float64", "--epochs", "1", "--batch-size", "50", "--set", "training.validation=100",
+                     "--data-dir", str(tiny_mnist)]  # fmt: skip
+    for command in ([*nnx_on_device, "--out", "one"],
+                    [mpiexec(), "-n", "2", *nnx_on_device, "--distributed", "--out", "two"],
+                    [mpiexec(), "-n", "1", *nnx_on_device, "--distributed", "--out", "one-rank"]):  # fmt: skip
+        result = subprocess.run(command, cwd=tmp_path, env=dict(env(), NNX_EMULATED_GPUS="2"), capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+    one, two, one_rank = (read_header(tmp_path / run / "model.npz")[1] for run in ("one", "two", "one-rank"))
+    worst = max(float(np.abs(one[k] - two[k]).max() / max(np.abs(one[k]).max(), 1e-300)) for k in one)
+    assert worst < 1e-10 and json.loads((tmp_path / "two" / "summary.json").read_text())["ranks"] == 2
+    assert all(np.array_equal(one[k], one_rank[k]) for k in one)  # one rank through NCCL: the very same bits
