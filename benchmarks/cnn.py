@@ -101,7 +101,7 @@ class TorchCNN:
         self, device: str, train: Split, lr: float = LR, config_name: str = "mnist_cnn", seed: int = 0,
         batch: int = BATCH,
     ) -> None:  # fmt: skip
-        torch = torch_on("cuda" if str(device).startswith("cuda") else "cpu")
+        torch = torch_on(device)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         self.torch, self.dev, self.batch = torch, torch.device(device), batch

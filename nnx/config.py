@@ -490,12 +490,17 @@ def _read_with_bases(path: Path) -> tuple[dict[str, Any], list[str]]:
     return raw, bases
 
 
+def names_a_file(base: str) -> bool:
+    """Whether a `base:` names a YAML file (a / or a .yaml suffix) rather than a built-in config."""
+    return "/" in base or base.endswith((".yaml", ".yml"))
+
+
 def _base_path(base: Any, path: Path) -> Path:
-    """The file `base:` names in the config file at `path`: a path (with a / or a .yaml suffix)
-    relative to that file's folder, or a built-in config's name."""
+    """The file `base:` names in the config file at `path`: a path (names_a_file) relative to that
+    file's folder, or a built-in config's name."""
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base: expected a built-in config's name or a YAML file's path, got {base!r}")
-    if "/" in base or base.endswith((".yaml", ".yml")):
+    if names_a_file(base):
         candidate = path.parent / base
         if not candidate.is_file():
             raise ConfigError(f"{path}: base: {candidate}: no such config file")

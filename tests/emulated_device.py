@@ -94,6 +94,11 @@ def _wrap(value: Any) -> Any:
     return value
 
 
+def _call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """function on the NumPy arrays under device arrays (host arrays refused), its result wrapped."""
+    return _wrap(function(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+
+
 class DeviceArray:
     """An array on the emulated device (see the module's docstring)."""
 
@@ -125,7 +130,7 @@ class DeviceArray:
     def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
         if any(issubclass(t, np.ndarray) for t in types_):
             return NotImplemented  # NumPy then raises TypeError, as with CuPy
-        return _wrap(func(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        return _call(func, args, kwargs)
 
     # What Python reads from a 0-d array (a synchronising read on a GPU).
     def __float__(self) -> float:
@@ -172,9 +177,7 @@ class DeviceArray:
         if name in ("item", "tolist"):
             TRANSFERS.append("to host")
         if callable(attribute):
-            return lambda *args, **kwargs: _wrap(
-                attribute(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
-            )
+            return lambda *args, **kwargs: _call(attribute, args, kwargs)
         return _wrap(attribute)
 
     @property
@@ -195,9 +198,7 @@ class DeviceArray:
 
 def _binary(op: Any, reflected: bool = False) -> Any:
     def method(self: DeviceArray, other: Any) -> Any:
-        if isinstance(other, np.ndarray):
-            _refuse(other)
-        other = other._a if isinstance(other, DeviceArray) else other
+        other = _unwrap(other)
         return _wrap(op(other, self._a) if reflected else op(self._a, other))
 
     return method
@@ -205,9 +206,7 @@ def _binary(op: Any, reflected: bool = False) -> Any:
 
 def _inplace(op: Any) -> Any:
     def method(self: DeviceArray, other: Any) -> DeviceArray:
-        if isinstance(other, np.ndarray):
-            _refuse(other)
-        op(self._a, other._a if isinstance(other, DeviceArray) else other)
+        op(self._a, _unwrap(other))
         return self
 
     return method
@@ -241,7 +240,7 @@ def _from_host(function: Any) -> Any:
 
 def _on_device(function: Any) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
-        return _wrap(function(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        return _call(function, args, kwargs)
 
     return call
 

@@ -70,10 +70,10 @@ class Sequential:
         self.random_layers = [(i, layer) for i, layer in enumerate(layers) if layer.uses_random]
 
     def check_batch_fits(self, rows: int, state_arrays: int = 0) -> None:
-        """Refuse training on batches of `rows` when the memory a step holds at least (a batch's
-        activations and gradients, `step_per_sample`, and the parameters with their gradients and
-        the optimizer's `state_arrays` arrays of their size) exceeds the device's, before it
-        allocates them and dies of a MemoryError (or the kernel's OOM killer) halfway through."""
+        """Refuse training on batches of `rows` when the memory a step is estimated to hold (a
+        batch's activations and gradients, `step_per_sample`, and the parameters with their
+        gradients and the optimizer's `state_arrays` arrays of their size) exceeds the device's,
+        before it allocates them and dies of a MemoryError (or the kernel's OOM killer) halfway."""
         activations, weights = self.training_bytes(rows, state_arrays)
         have = self.backend.memory_bytes()
         if activations + weights > have:
@@ -90,7 +90,7 @@ class Sequential:
         network's kept activations, twice over for what its layers allocate on the way. A network
         that trains on batches of 20 evaluated 500 images at a time, and was killed for it."""
         itemsize = np.dtype(self.backend.dtype).itemsize
-        room = self.backend.memory_bytes() - 4 * self.count_parameters() * itemsize
+        room = self.backend.memory_bytes() - self.training_bytes(0, state_arrays=2)[1]
         return int(min(max(room // max(2 * self.kept_per_sample * itemsize, 1), 1), limit))
 
     def training_bytes(self, rows: int, state_arrays: int = 0) -> tuple[int, int]:

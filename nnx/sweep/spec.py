@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nnx.config import BUILTIN_CONFIGS, Config, _describe, parse_yaml, read_file_text
+from nnx.config import BUILTIN_CONFIGS, Config, _describe, names_a_file, parse_yaml, read_file_text
 from nnx.errors import ConfigError
 
 KINDS = ("uniform", "log_uniform", "int", "log_int", "choice")
@@ -149,7 +149,7 @@ def base_config(spec: SweepSpec, path: Path) -> str:
     names a file there (as a config file's own `base:` is read), else as written (a built-in name,
     or a path from the working directory)."""
     beside = path.parent / spec.base
-    if ("/" in spec.base or spec.base.endswith((".yaml", ".yml"))) and beside.is_file():
+    if names_a_file(spec.base) and beside.is_file():
         return str(beside)
     return spec.base
 
