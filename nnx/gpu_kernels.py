@@ -79,6 +79,29 @@ _uniform = cupy.ElementwiseKernel(
     "nnx_uniform",
 )
 
+# col2im of the column gradient dcols (N, OH, OW, kh, kw, C): one thread per element of dx (N, H + 2p,
+# W + 2p, C), adding up the kh * kw column entries that are copies of it, in the reference's order
+# (offset row a, then column b). Each dx element is written by its own thread: no atomics.
+_col2im = cupy.ElementwiseKernel(
+    "raw T dcols, int32 oh, int32 ow, int32 kh, int32 kw, int32 stride, int32 hp, int32 wp, int32 c",
+    "T dx",
+    """
+    const long long ch = i % c, x = (i / c) % wp, y = (i / c / wp) % hp, n = i / c / wp / hp;
+    T s = 0;
+    for (int a = 0; a < kh; ++a) {
+        const long long ty = y - a;  // = oy * stride for the window (oy, ox) whose offset a covers y
+        if (ty < 0 || ty % stride != 0 || ty / stride >= oh) continue;
+        for (int b = 0; b < kw; ++b) {
+            const long long tx = x - b;
+            if (tx < 0 || tx % stride != 0 || tx / stride >= ow) continue;
+            s += dcols[((((n * oh + ty / stride) * ow + tx / stride) * kh + a) * kw + b) * c + ch];
+        }
+    }
+    dx += s;
+    """,
+    "nnx_col2im",
+)
+
 # One thread per row: max, exp, sum, the loss term and dL/dz = (p - onehot) / N for that row.
 # A label outside 0..c-1 is never used as an index: that row's loss and gradient are NaN, as in
 # the reference, and the trainer's divergence guard names the batch.
@@ -125,6 +148,44 @@ def _softmax_kernel(dtype: Any) -> Any:
 class FusedOps(Ops):
     def __init__(self) -> None:
         super().__init__(cupy)
+        self._kept_ones: dict[Any, Any] = {}
+
+    def sum_rows(self, x: Any, out: Any = None) -> Any:
+        """sum_n x[n] as the product 1^T x (cuBLAS's gemv): CuPy's reduction along the rows of a tall,
+        narrow array is slow (a first convolution's dY, (100352, 32) at batch 128: 1.03 ms on an
+        H200, 7.2 ms at batch 512; the product 0.03 and 0.05 ms, benchmarks/gpu_parts.py)."""
+        if x.ndim != 2 or len(x) == 0:
+            return super().sum_rows(x, out)
+        ones = self._ones(len(x), x.dtype)
+        if out is None:
+            return ones @ x
+        out[...] = ones @ x  # one row copied: the product's result is a single row
+        return out
+
+    def _ones(self, n: int, dtype: Any) -> Any:
+        """n ones, a view of one device array kept and grown as needed."""
+        kept = self._kept_ones.get(cupy.dtype(dtype))
+        if kept is None or len(kept) < n:
+            kept = self._kept_ones[cupy.dtype(dtype)] = cupy.ones(n, dtype=dtype)
+        return kept[:n]
+
+    def col2im_product(
+        self, dy2: Any, weights: Any, shape: tuple[int, ...], stride: int, padding: int, out: Any = None
+    ) -> Any:
+        """The reference's dx, from one product for all kernel offsets, dcols = dy2 W (N * OH * OW,
+        kh * kw * C), and one gathering kernel: the reference's kh * kw products and strided
+        additions took 0.80 ms on an H200 for mnist_cnn's second convolution at batch 128, the one
+        product 0.05 ms (benchmarks/gpu_parts.py)."""
+        n, c, h, w = shape
+        o, kh, kw, _ = weights.shape
+        oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+        dx = cupy.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dy2.dtype) if out is None else out
+        if n:
+            dcols = cupy.ascontiguousarray(dy2) @ weights.reshape(o, kh * kw * c)
+            hp, wp = dx.shape[1:3]
+            i32 = cupy.int32
+            _col2im(dcols, i32(oh), i32(ow), i32(kh), i32(kw), i32(stride), i32(hp), i32(wp), i32(c), dx)
+        return dx[:, padding : padding + h, padding : padding + w, :].transpose(0, 3, 1, 2)
 
     def normalize(self, pixels: Any, scale: float, shift: float, dtype: Any) -> Any:
         t = cupy.dtype(dtype).type

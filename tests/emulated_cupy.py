@@ -108,8 +108,18 @@ def compile_library(source: str) -> ctypes.CDLL:
 
 
 def _params(text: str) -> list[tuple[str, str]]:
-    """'T g, uint8 pixel' -> [('T', 'g'), ('uint8', 'pixel')]"""
-    return [tuple(part.split()) for part in text.split(",")]  # type: ignore[misc]
+    """'T g, uint8 pixel, raw T w' -> [('T', 'g'), ('uint8', 'pixel'), ('raw T', 'w')]"""
+    return [(" ".join(part.split()[:-1]), part.split()[-1]) for part in text.split(",")]
+
+
+def _raw(type_name: str) -> bool:
+    """A `raw` parameter: the whole array, indexed by the kernel, not an element of it."""
+    return type_name.startswith("raw ")
+
+
+def _element_type(type_name: str) -> str:
+    """'raw T' -> 'T', 'uint8' -> 'uint8'"""
+    return type_name.removeprefix("raw ")
 
 
 class ElementwiseKernel:
@@ -123,9 +133,14 @@ class ElementwiseKernel:
         args, locals_ = [], []
         for params, is_output in ((self.inputs, False), (self.outputs, True)):
             for type_name, var in params:
-                c_type = "T" if type_name == "T" else C_TYPES[type_name]
+                element = _element_type(type_name)
+                c_type = "T" if element == "T" else C_TYPES[element]
                 args.append(f"{'' if is_output else 'const '}{c_type}* {var}_")
-                locals_.append(f"{'' if is_output else 'const '}{c_type}{'&' if is_output else ''} {var} = {var}_[i];")
+                if _raw(type_name):
+                    locals_.append(f"const {c_type}* {var} = {var}_;")
+                else:
+                    ref = "&" if is_output else ""
+                    locals_.append(f"{'' if is_output else 'const '}{c_type}{ref} {var} = {var}_[i];")
         signature = ", ".join(args)
         lines = "\n        ".join(locals_)
         code = (
@@ -142,7 +157,7 @@ class ElementwiseKernel:
         found = {
             np.dtype(arg.dtype)
             for (type_name, _), arg in zip(self.inputs + self.outputs, args, strict=False)
-            if type_name == "T" and isinstance(arg, (np.ndarray, np.generic))
+            if _element_type(type_name) == "T" and isinstance(arg, (np.ndarray, np.generic))
         }
         if len(found) != 1:
             raise TypeError(f"{self.name}: the arguments of type T disagree or none sets it: {sorted(map(str, found))}")
@@ -154,16 +169,21 @@ class ElementwiseKernel:
         t = self._type_of_t(args)
         if t.name not in ("float32", "float64"):
             raise TypeError(f"{self.name}: T is {t}")
-        shape = np.broadcast_shapes(*(np.shape(arg) for arg in args))
+        params = self.inputs + self.outputs
+        shape = np.broadcast_shapes(*(np.shape(a) for (tn, _), a in zip(params, args, strict=False) if not _raw(tn)))
         outs = list(args[len(self.inputs) :])
         if not outs:
             outs = [np.empty(shape, dtype=t if tn == "T" else tn) for tn, _ in self.outputs]
         pointers, keep = [], []
         for (type_name, var), arg in zip(self.inputs, args, strict=False):
-            dtype = t if type_name == "T" else np.dtype(type_name)
+            element = _element_type(type_name)
+            dtype = t if element == "T" else np.dtype(element)
             if isinstance(arg, (np.ndarray, np.generic)) and arg.dtype != dtype:
                 raise TypeError(f"{self.name}: {var} is {arg.dtype}, the kernel takes {dtype}")
-            buffer = np.ascontiguousarray(np.broadcast_to(np.asarray(arg, dtype=dtype), shape))
+            if _raw(type_name):  # indexed by the kernel in C order, as CuPy indexes a raw array
+                buffer = np.ascontiguousarray(arg)
+            else:
+                buffer = np.ascontiguousarray(np.broadcast_to(np.asarray(arg, dtype=dtype), shape))
             keep.append(buffer)
             pointers.append(buffer.ctypes.data)
         work = []

@@ -173,6 +173,36 @@ def test_fused_kernels_match_the_xp_reference(dtype: str, kernels: str) -> None:
         assert err <= tol, f"{key}: fused vs reference relative error {err:.3g}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_col2im_and_row_sums_match_the_reference(dtype: str, kernels: str) -> None:
+    """The GPU's col2im (one product, one gathering kernel) and row sums (a product with ones)
+    against the reference's, for strides that overlap windows, leave gaps and skip pixels, into a
+    slice of a larger array as Conv2D passes it, and for no rows at all."""
+    gpu = fused_backend(kernels, dtype)
+    fused, reference = gpu.ops, Ops(gpu.xp)
+    host = np.random.default_rng(11)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for n, c, h, w, o, k, stride, padding in [
+        (3, 4, 7, 6, 5, 3, 1, 1), (2, 3, 7, 6, 5, 3, 2, 1), (2, 2, 9, 8, 3, 2, 3, 0), (2, 1, 5, 5, 4, 3, 1, 0),
+        (0, 3, 6, 6, 2, 3, 1, 1),
+    ]:  # fmt: skip
+        oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+        dy2 = gpu.asarray(host.normal(size=(n * oh * ow, o)))
+        weights = gpu.asarray(host.normal(size=(o, k, k, c)))
+        want = gpu.to_numpy(reference.col2im_product(dy2, weights, (n, c, h, w), stride, padding))
+        padded = gpu.xp.zeros((n + 2, h + 2 * padding, w + 2 * padding, c), dtype=gpu.dtype)
+        got = fused.col2im_product(dy2, weights, (n, c, h, w), stride, padding, out=padded[1 : n + 1])
+        assert got.shape == (n, c, h, w)
+        assert relative_error(gpu.to_numpy(got), want) <= tol, (n, c, h, w, k, stride, padding)
+        assert not gpu.to_numpy(padded[0]).any() and not gpu.to_numpy(padded[-1]).any()  # only its slice written
+        row_sums = fused.sum_rows(dy2, out=gpu.xp.full(o, 7, dtype=gpu.dtype))
+        assert relative_error(gpu.to_numpy(row_sums), gpu.to_numpy(reference.sum_rows(dy2))) <= tol
+        if n:
+            assert relative_error(gpu.to_numpy(fused.sum_rows(dy2)), gpu.to_numpy(dy2).sum(axis=0)) <= tol
+    x = np.array([[1.0, np.nan, np.inf], [2.0, 1.0, 1.0]])
+    assert np.array_equal(gpu.to_numpy(fused.sum_rows(gpu.asarray(x))), [3.0, np.nan, np.inf], equal_nan=True)
+
+
 def train_steps(backend, subset: Split, test: Split, steps: int = 300, batch: int = 64):
     model = build_model(mlp_spec([784, 64, 10]), backend, np.random.default_rng([0, 0]))
     optimizer = SGD(model.flat_parameters(), 0.02, 0.9, True, 0.0, backend.ops)

@@ -47,27 +47,6 @@ def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int, out: An
     return cols
 
 
-def col2im_product(
-    xp: Any, dy2: Any, weights: Any, shape: tuple[int, ...], stride: int, padding: int, out: Any = None
-) -> Any:
-    """col2im(dy2 @ W), the adjoint of im2col applied to the column gradient, without building
-    the columns: dx = sum over offsets (i, j) of dy2 @ W[:, i, j, :] added at that offset. Half
-    the time of building them here: each partial product is contiguous, a column slice strided.
-    dy2: (N * OH * OW, O); weights: (O, kh, kw, C); shape: x's (N, C, H, W). `out`: a zeroed
-    (N, H + 2 padding, W + 2 padding, C) array to accumulate into instead of a new one."""
-    n, c, h, w = shape
-    _, kh, kw, _ = weights.shape
-    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
-    dx = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dy2.dtype) if out is None else out
-    for i in range(kh):
-        for j in range(kw):
-            part = (dy2 @ weights[:, i, j, :]).reshape(n, oh, ow, c)
-            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :] += part
-    if padding:
-        dx = dx[:, padding : padding + h, padding : padding + w, :]
-    return dx.transpose(0, 3, 1, 2)
-
-
 class Conv2D(Layer):
     """y[n, o] = sum_c W[o, c] * x[n, c] + b[o]  (cross-correlation, as in every framework).
 
@@ -195,7 +174,7 @@ class Conv2D(Layer):
 
         def images(i: slice) -> None:
             dx[i] = 0
-            col2im_product(xp, dy3[i].reshape(-1, o), weights, (len(dx[i]), c, h, w), self.stride, p, out=dx[i])
+            ops.col2im_product(dy3[i].reshape(-1, o), weights, (len(dx[i]), c, h, w), self.stride, p, out=dx[i])
 
         ops.parallel_for(n, images, oh * ow * (o + k * k * c) + dx[:1].size * 2)
         return dx[:, p : p + h, p : p + w, :].transpose(0, 3, 1, 2)
