@@ -79,6 +79,21 @@ _uniform = cupy.ElementwiseKernel(
     "nnx_uniform",
 )
 
+# im2col, one thread per column entry cols[n, oy, ox, a, b, ch] (N, OH, OW, kh, kw, C), copied from
+# x (N, H, W, C) at (oy * stride + a - padding, ox * stride + b - padding), or 0 in the padding:
+# the reference's copies bit for bit, in one pass instead of a padded copy and kh * kw strided ones.
+_im2col = cupy.ElementwiseKernel(
+    "raw T x, int32 h, int32 w, int32 c, int32 oh, int32 ow, int32 kh, int32 kw, int32 stride, int32 padding",
+    "T cols",
+    """
+    const long long ch = i % c, b = (i / c) % kw, a = (i / c / kw) % kh;
+    const long long ox = (i / c / kw / kh) % ow, oy = (i / c / kw / kh / ow) % oh, img = i / c / kw / kh / ow / oh;
+    const long long y = oy * stride + a - padding, xx = ox * stride + b - padding;
+    cols = (y >= 0 && y < h && xx >= 0 && xx < w) ? x[((img * h + y) * w + xx) * c + ch] : (T)0;
+    """,
+    "nnx_im2col",
+)
+
 # col2im of the column gradient dcols (N, OH, OW, kh, kw, C): one thread per element of dx (N, H + 2p,
 # W + 2p, C), adding up the kh * kw column entries that are copies of it, in the reference's order
 # (offset row a, then column b). Each dx element is written by its own thread: no atomics.
@@ -86,7 +101,7 @@ _col2im = cupy.ElementwiseKernel(
     "raw T dcols, int32 oh, int32 ow, int32 kh, int32 kw, int32 stride, int32 hp, int32 wp, int32 c",
     "T dx",
     """
-    const long long ch = i % c, x = (i / c) % wp, y = (i / c / wp) % hp, n = i / c / wp / hp;
+    const long long ch = i % c, x = (i / c) % wp, y = (i / c / wp) % hp, img = i / c / wp / hp;
     T s = 0;
     for (int a = 0; a < kh; ++a) {
         const long long ty = y - a;  // = oy * stride for the window (oy, ox) whose offset a covers y
@@ -94,12 +109,55 @@ _col2im = cupy.ElementwiseKernel(
         for (int b = 0; b < kw; ++b) {
             const long long tx = x - b;
             if (tx < 0 || tx % stride != 0 || tx / stride >= ow) continue;
-            s += dcols[((((n * oh + ty / stride) * ow + tx / stride) * kh + a) * kw + b) * c + ch];
+            s += dcols[((((img * oh + ty / stride) * ow + tx / stride) * kh + a) * kw + b) * c + ch];
         }
     }
     dx += s;
     """,
     "nnx_col2im",
+)
+
+# Max pooling, one thread per window (an element of y: (N, OH, OW, C)), reading its size x size
+# elements of x (N, H, W, C): y = their max and first = the slot of the first maximum, as the
+# reference; a window holding a NaN gives NaN and slot 0, as the reference's max and argmin do.
+_max_pool = cupy.ElementwiseKernel(
+    "raw T x, int32 h, int32 w, int32 size, int32 stride, int32 oh, int32 ow, int32 c",
+    "T y, uint8 first",
+    """
+    const long long ch = i % c, ox = (i / c) % ow, oy = (i / c / ow) % oh, img = i / c / ow / oh;
+    const T* corner = &x[((img * h + oy * stride) * w + ox * stride) * c + ch];
+    T m = corner[0];
+    int slot = 0;
+    for (int a = 0; a < size; ++a) {
+        for (int b = 0; b < size; ++b) {
+            const T v = corner[((long long)a * w + b) * c];
+            if (!isnan(m) && (isnan(v) || v > m)) {  // a NaN, once met, stays the result
+                m = v;
+                slot = a * size + b;
+            }
+        }
+    }
+    y = m;
+    first = isnan(m) ? 0 : slot;
+    """,
+    "nnx_max_pool",
+)
+
+# Its gradient for windows that tile x (stride = size), one thread per element of dx (N, H, W, C):
+# dy of its window where it is the window's first maximum, else 0, as a product like the
+# reference's (a NaN or inf in dy stays NaN); with relu, times the ReLU's mask 1[y > 0] too.
+_max_pool_backward = cupy.ElementwiseKernel(
+    "raw T dy, raw T y, raw uint8 first, int32 h, int32 w, int32 size, int32 c, int32 relu",
+    "T dx",
+    """
+    const long long ch = i % c, xx = (i / c) % w, yy = (i / c / w) % h, img = i / c / w / h;
+    const int oh = h / size, ow = w / size;
+    const long long o = ((img * oh + yy / size) * ow + xx / size) * c + ch;
+    T d = dy[o];
+    if (relu) d = d * (y[o] > (T)0 ? (T)1 : (T)0);
+    dx = d * (first[o] == (yy % size) * size + xx % size ? (T)1 : (T)0);
+    """,
+    "nnx_max_pool_backward",
 )
 
 # One thread per row: max, exp, sum, the loss term and dL/dz = (p - onehot) / N for that row.
@@ -169,6 +227,19 @@ class FusedOps(Ops):
             kept = self._kept_ones[cupy.dtype(dtype)] = cupy.ones(n, dtype=dtype)
         return kept[:n]
 
+    def im2col(self, x: Any, kh: int, kw: int, stride: int, padding: int, out: Any = None) -> Any:
+        """The reference's columns in one kernel: its padded copy and nine strided copies took 0.16 ms
+        for mnist_cnn's first convolution at batch 128 on an H200 (benchmarks/gpu_parts.py)."""
+        n, c, h, w = x.shape
+        oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+        cols = cupy.empty((n, oh, ow, kh, kw, c), dtype=x.dtype) if out is None else out
+        if n:
+            xn = cupy.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            i32 = cupy.int32
+            sizes = (h, w, c, oh, ow, kh, kw, stride, padding)
+            _im2col(xn, *(i32(v) for v in sizes), cols)
+        return cols
+
     def col2im_product(
         self, dy2: Any, weights: Any, shape: tuple[int, ...], stride: int, padding: int, out: Any = None
     ) -> Any:
@@ -186,6 +257,29 @@ class FusedOps(Ops):
             i32 = cupy.int32
             _col2im(dcols, i32(oh), i32(ow), i32(kh), i32(kw), i32(stride), i32(hp), i32(wp), i32(c), dx)
         return dx[:, padding : padding + h, padding : padding + w, :].transpose(0, 3, 1, 2)
+
+    def max_pool(self, xn: Any, size: int, stride: int, out: Any, first: Any) -> None:
+        """The reference's y and first in one kernel: its copies, max and compare took 0.18 ms for
+        mnist_cnn's first pooling at batch 128 on an H200, where one pass over x takes 0.03 ms."""
+        if first.dtype != cupy.uint8 or len(out) == 0:
+            return super().max_pool(xn, size, stride, out, first)
+        _, h, w, c = xn.shape
+        oh, ow = out.shape[1:3]
+        i32 = cupy.int32
+        _max_pool(
+            cupy.ascontiguousarray(xn), i32(h), i32(w), i32(size), i32(stride), i32(oh), i32(ow), i32(c), out, first
+        )
+
+    def max_pool_backward(
+        self, dyn: Any, y: Any, first: Any, size: int, stride: int, relu_before: bool, out: Any
+    ) -> None:
+        _, h, w, c = out.shape
+        tiles = stride == size and h == y.shape[1] * size and w == y.shape[2] * size
+        if not tiles or first.dtype != cupy.uint8 or len(out) == 0:
+            return super().max_pool_backward(dyn, y, first, size, stride, relu_before, out)
+        i32 = cupy.int32
+        dy = cupy.ascontiguousarray(dyn)
+        _max_pool_backward(dy, y, first, i32(h), i32(w), i32(size), i32(c), i32(relu_before), out)
 
     def normalize(self, pixels: Any, scale: float, shift: float, dtype: Any) -> Any:
         t = cupy.dtype(dtype).type

@@ -45,10 +45,13 @@ def elementwise_kernel(in_params: str, out_params: str, body: str, name: str) ->
     args, locals_ = [], []
     for params, is_output in ((in_params, False), (out_params, True)):
         for param in params.split(","):
-            type_name, var = param.split()
+            *raw, type_name, var = param.split()  # `raw T x`: the whole array, indexed by the kernel
             c_type = C_TYPES.get(type_name, type_name)
             args.append(f"{'' if is_output else 'const '}{c_type}* {var}_")
-            locals_.append(f"{c_type}{'&' if is_output else ''} {var} = {var}_[i];")
+            if raw:
+                locals_.append(f"const {c_type}* {var} = {var}_;")
+            else:
+                locals_.append(f"{c_type}{'&' if is_output else ''} {var} = {var}_[i];")
     lines = "\n    ".join(locals_)
     return (
         f"template <typename T>\n__global__ void {name}({', '.join(args)}, long long n) {{\n"
@@ -63,7 +66,17 @@ def test_every_fused_kernel_compiles_for_sm_90(tmp_path: Path) -> None:
     compiler = nvcc()
     elementwise, softmax, math = module_sources()
     names = {kernel[3] for kernel in elementwise}
-    assert {"nnx_bias_relu", "nnx_relu_backward", "nnx_sgd_momentum", "nnx_adam", "nnx_rmsprop"} <= names
+    assert {
+        "nnx_bias_relu",
+        "nnx_relu_backward",
+        "nnx_sgd_momentum",
+        "nnx_adam",
+        "nnx_rmsprop",
+        "nnx_im2col",
+        "nnx_col2im",
+        "nnx_max_pool",
+        "nnx_max_pool_backward",
+    } <= names
     parts = ["#include <cmath>"] + [elementwise_kernel(*kernel) for kernel in elementwise]
     parts += [softmax.format(T=c_type, **math[c_type]) for c_type in ("float", "double")]
     source = tmp_path / "kernels.cu"

@@ -174,10 +174,11 @@ def test_fused_kernels_match_the_xp_reference(dtype: str, kernels: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fused_col2im_and_row_sums_match_the_reference(dtype: str, kernels: str) -> None:
-    """The GPU's col2im (one product, one gathering kernel) and row sums (a product with ones)
-    against the reference's, for strides that overlap windows, leave gaps and skip pixels, into a
-    slice of a larger array as Conv2D passes it, and for no rows at all."""
+def test_fused_im2col_col2im_and_row_sums_match_the_reference(dtype: str, kernels: str) -> None:
+    """The GPU's im2col (one gathering kernel; bit for bit, for x in any memory order), col2im (one
+    product, one gathering kernel) and row sums (a product with ones) against the reference's, for
+    strides that overlap windows, leave gaps and skip pixels, into a slice of a larger array as
+    Conv2D passes it, and for no rows at all."""
     gpu = fused_backend(kernels, dtype)
     fused, reference = gpu.ops, Ops(gpu.xp)
     host = np.random.default_rng(11)
@@ -189,6 +190,15 @@ def test_fused_col2im_and_row_sums_match_the_reference(dtype: str, kernels: str)
         oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
         dy2 = gpu.asarray(host.normal(size=(n * oh * ow, o)))
         weights = gpu.asarray(host.normal(size=(o, k, k, c)))
+        x = gpu.asarray(host.normal(size=(n, c, h, w)))
+        cols = gpu.xp.full((n + 1, oh, ow, k, k, c), 7, dtype=gpu.dtype)
+        fused.im2col(x, k, k, stride, padding, out=cols[1:])
+        want_cols = gpu.to_numpy(reference.im2col(x, k, k, stride, padding))
+        assert np.array_equal(gpu.to_numpy(cols[1:]), want_cols) and (gpu.to_numpy(cols[0]) == 7).all()
+        assert np.array_equal(
+            gpu.to_numpy(fused.im2col(x.transpose(0, 1, 3, 2), k, k, stride, padding)),
+            gpu.to_numpy(reference.im2col(x.transpose(0, 1, 3, 2), k, k, stride, padding)),
+        )
         want = gpu.to_numpy(reference.col2im_product(dy2, weights, (n, c, h, w), stride, padding))
         padded = gpu.xp.zeros((n + 2, h + 2 * padding, w + 2 * padding, c), dtype=gpu.dtype)
         got = fused.col2im_product(dy2, weights, (n, c, h, w), stride, padding, out=padded[1 : n + 1])
@@ -201,6 +211,43 @@ def test_fused_col2im_and_row_sums_match_the_reference(dtype: str, kernels: str)
             assert relative_error(gpu.to_numpy(fused.sum_rows(dy2)), gpu.to_numpy(dy2).sum(axis=0)) <= tol
     x = np.array([[1.0, np.nan, np.inf], [2.0, 1.0, 1.0]])
     assert np.array_equal(gpu.to_numpy(fused.sum_rows(gpu.asarray(x))), [3.0, np.nan, np.inf], equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_max_pool_matches_the_reference(dtype: str, kernels: str) -> None:
+    """The GPU's pooling kernels against the reference, bit for bit (no arithmetic to round): ties
+    (windows of zeros after a ReLU) go to the first maximum, a NaN in a window gives NaN and slot 0,
+    a NaN or inf in dy stays NaN where masked, with and without the ReLU's mask; windows that tile
+    the image, overlap (3x3, stride 2), leave a border (odd sizes), and no images."""
+    gpu = fused_backend(kernels, dtype)
+    fused, reference = gpu.ops, Ops(gpu.xp)
+    host = np.random.default_rng(12)
+    for n, h, w, c, size, stride in [
+        (3, 8, 6, 5, 2, 2), (2, 7, 9, 3, 2, 2), (2, 9, 7, 4, 3, 2), (2, 6, 6, 2, 3, 3), (0, 4, 4, 3, 2, 2),
+    ]:  # fmt: skip
+        x = np.maximum(host.normal(size=(n, h, w, c)), 0)  # about half zeros: many ties
+        if n:  # NaN in the first slot of a window, and in a later one
+            x[0, 0, 0, 0] = x[0, 1, 1, 1] = np.nan
+        oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
+        dy = host.normal(size=(n, oh, ow, c))
+        if n:
+            dy[-1, 0, 0, :2] = [np.nan, np.inf]
+        results = []
+        for ops in (fused, reference):
+            y = gpu.xp.full((n, oh, ow, c), 7, dtype=gpu.dtype)
+            first = gpu.xp.full((n, oh, ow, c), 99, dtype=np.uint8)
+            ops.max_pool(gpu.asarray(x), size, stride, out=y, first=first)
+            out = {"y": y, "first": first}
+            for relu in (False, True):
+                dx = gpu.xp.full((n, h, w, c), 7, dtype=gpu.dtype)
+                with np.errstate(invalid="ignore"):  # inf * 0 where masked: NaN, as intended
+                    ops.max_pool_backward(gpu.asarray(dy), y, first, size, stride, relu, out=dx)
+                out[f"dx relu={relu}"] = dx
+            results.append({key: gpu.to_numpy(value) for key, value in out.items()})
+        for key in results[1]:
+            assert np.array_equal(results[0][key], results[1][key], equal_nan=True), (key, n, h, w, size, stride)
+        if n:
+            assert np.isnan(results[0]["y"][0, 0, 0, :2]).all() and not results[0]["first"][0, 0, 0, :2].any()
 
 
 def train_steps(backend, subset: Split, test: Split, steps: int = 300, batch: int = 64):

@@ -20,31 +20,11 @@ from nnx.backend import Backend
 from nnx.nn import winograd
 from nnx.nn.init import init_weight
 from nnx.nn.layer import Layer
+from nnx.ops import window_offsets
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
-
-
-def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int, out: Any = None) -> Any:
-    """x: (N, C, H, W) -> cols: (N, OH, OW, kh, kw, C) with cols[n, y, x, i, j, c] =
-    x_padded[n, c, y * stride + i, x * stride + j]: one row of kh * kw * C per output pixel.
-
-    Channels go last (the input is copied to NHWC once) so every copy below moves contiguous
-    runs of C values, and reshaping to (N * OH * OW, kh * kw * C) costs nothing. `out`: the array
-    to fill instead of a new one."""
-    n, c, h, w = x.shape
-    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
-    x = x.transpose(0, 2, 3, 1)
-    if padding:  # zeros and a copy: a third of xp.pad's time for a chunk of images here
-        padded = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
-        padded[:, padding : padding + h, padding : padding + w, :] = x
-        x = padded
-    cols = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype) if out is None else out
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = x[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :]
-    return cols
 
 
 class Conv2D(Layer):
@@ -132,7 +112,9 @@ class Conv2D(Layer):
         """im2col of some images as a matrix (filling `out`, im2col's shape, when given): a row per
         output pixel (n, y, x), a column per window element (i, j, c)."""
         k = self.kernel
-        return im2col(self.xp, x, k, k, self.stride, self.padding, out=out).reshape(-1, k * k * self.in_channels)
+        return self.backend.ops.im2col(x, k, k, self.stride, self.padding, out=out).reshape(
+            -1, k * k * self.in_channels
+        )
 
     def _image_cost(self, oh: int, ow: int) -> int:
         """One image's columns (or transformed tiles) and outputs, for ops.parallel_for."""
@@ -228,7 +210,7 @@ class _Pool2D(Layer):
         oh, ow = output_size(h, k, s, 0), output_size(w, k, s, 0)
         self.x = x
         self.out_hw = (oh, ow)
-        self.views = [(slice(i, i + s * oh, s), slice(j, j + s * ow, s)) for i in range(k) for j in range(k)]
+        self.views = window_offsets(k, s, oh, ow)
         return self.views
 
     def spec(self) -> dict[str, Any]:
@@ -242,54 +224,32 @@ class MaxPool2D(_Pool2D):
     relu_before = False  # set by Sequential: apply the preceding ReLU's gradient mask here
 
     def forward(self, x: Any, training: bool = False) -> Any:
-        xp = self.xp
-        views = self.offsets(x)
-        # Work channels-last (the memory order a Conv2D's output has) and pack the window
-        # offsets of a few images into one array, slot p holding every window's p-th element:
-        # the passes below then run over contiguous memory in cache instead of strided views.
+        xp, ops = self.xp, self.backend.ops
+        slots = len(self.offsets(x))
+        # Channels-last (the memory order a Conv2D's output has): see Ops.max_pool.
         xn = x.transpose(0, 2, 3, 1)
         n, _, _, c = xn.shape
-        slots = len(views)
         self.y = xp.empty((n, *self.out_hw, c), dtype=x.dtype)
         # For backward, the slot of each window's first maximum (ties are common after a ReLU:
         # windows of zeros), one byte a window instead of keeping the packed windows (4x y).
         self.first = xp.empty(self.y.shape, dtype=xp.uint8 if slots <= 256 else xp.uint16)
 
         def images(i: slice) -> None:
-            packed = xp.empty((slots, len(self.y[i]), *self.out_hw, c), dtype=x.dtype)
-            for p, (rows, cols) in enumerate(views):
-                packed[p] = xn[i, rows, cols, :]
-            y = self.y[i]
-            xp.max(packed, axis=0, out=y)
-            self.backend.ops.first_max_slot(packed, y, out=self.first[i])
+            ops.max_pool(xn[i], self.size, self.stride, out=self.y[i], first=self.first[i])
 
-        self.backend.ops.parallel_for(n, images, self.y[:1].size * (2 * slots + 2))
+        ops.parallel_for(n, images, self.y[:1].size * (2 * slots + 2))
         return self.y.transpose(0, 3, 1, 2)
 
     def backward(self, dy: Any) -> Any:
         # The gradient goes to each window's first maximum, so every window passes dy exactly once.
-        # Overlapping windows (stride < size) accumulate through the slice additions.
-        xp = self.xp
-        n, h, w, c = shape = self.x.transpose(0, 2, 3, 1).shape
-        # Windows that tile x exactly (stride = size, no border left over) each write their own
-        # elements once: no zero fill and no read-add-write, just stores.
-        tiles = self.stride == self.size and h == self.out_hw[0] * self.size and w == self.out_hw[1] * self.size
-        dx = xp.empty(shape, dtype=dy.dtype)
+        ops = self.backend.ops
+        dx = self.xp.empty(self.x.transpose(0, 2, 3, 1).shape, dtype=dy.dtype)
         dyn = dy.transpose(0, 2, 3, 1)
 
         def images(i: slice) -> None:
-            if not tiles:
-                dx[i] = 0
-            # a preceding ReLU's mask applied here: 1[max > 0]
-            dy_i = dyn[i] * (self.y[i] > 0) if self.relu_before else dyn[i]
-            first = self.first[i]
-            for p, (rows, cols) in enumerate(self.views):
-                if tiles:  # straight into dx's strided view: no temporary (1.36 -> 1.20 ms, pool 1 of mnist_cnn)
-                    xp.multiply(dy_i, first == p, out=dx[i, rows, cols, :])
-                else:
-                    dx[i, rows, cols, :] += dy_i * (first == p)
+            ops.max_pool_backward(dyn[i], self.y[i], self.first[i], self.size, self.stride, self.relu_before, out=dx[i])
 
-        self.backend.ops.parallel_for(n, images, dx[:1].size * 3)
+        ops.parallel_for(len(dx), images, dx[:1].size * 3)
         return dx.transpose(0, 3, 1, 2)
 
 
