@@ -4,7 +4,8 @@ im2col copies every kernel-sized window of the (padded) input into a column, so 
 becomes one matrix product; its adjoint (col2im, here fused with the product that feeds it)
 takes the gradient back. Both loop over the kernel offsets (kh * kw iterations, e.g. 9), never
 over samples or pixels, and overlapping windows accumulate by dense slice additions, so no update
-is lost (unlike `x[idx] += v` with repeated indices). Where the backend's ops choose it
+is lost (unlike `x[idx] += v` with repeated indices). These copies, and max pooling's, are the
+backend's ops (nnx/ops.py, the reference; on a GPU one fused kernel each). Where the ops choose it
 (Ops.conv_by_winograd: the CPU's, for wide 3x3 stride-1 layers), a Conv2D computes the same
 thing by Winograd's F(2x2, 3x3) instead (nnx/nn/winograd.py); im2col is the reference.
 """
