@@ -16,6 +16,7 @@ from cupyx.profiler import benchmark
 
 from nnx.backend import get_backend
 from nnx.nn.conv import Conv2D, MaxPool2D
+from nnx.nn.regularize import BatchNorm
 from nnx.ops import Ops
 
 
@@ -38,6 +39,7 @@ def main() -> None:
         conv_parts(backend, rs, b, name, c, o, hw)
     for name, c, hw in (("pool1", 32, 28), ("pool2", 64, 14)):
         pool_parts(backend, rs, b, name, c, hw)
+    batchnorm_parts(backend, rs, b)
 
 
 def conv_parts(backend: Any, rs: Any, b: int, name: str, c: int, o: int, hw: int) -> None:
@@ -77,6 +79,18 @@ def pool_parts(backend: Any, rs: Any, b: int, name: str, c: int, hw: int) -> Non
         row(f"{name} max_pool, {label}", lambda ops=ops: ops.max_pool(xn, 2, 2, out=yn, first=first))
         row(f"{name} max_pool_backward, {label}", lambda ops=ops: ops.max_pool_backward(dyn, yn, first, 2, 2, True, dx))
     row(f"{name} one copy of x (a floor)", lambda: xn.copy())
+
+
+def batchnorm_parts(backend: Any, rs: Any, b: int) -> None:
+    """A batch norm after mnist_cnn's first convolution (32 channels of 28 x 28, channels-last)."""
+    norm = BatchNorm(backend, 32)
+    x = rs.standard_normal((b, 28, 28, 32), dtype=cupy.float32).transpose(0, 3, 1, 2)
+    dy = rs.standard_normal((b, 28, 28, 32), dtype=cupy.float32).transpose(0, 3, 1, 2)
+    norm.forward(x, training=True)
+    row("batchnorm forward (layer)", lambda: norm.forward(x, training=True))
+    row("batchnorm backward (layer)", lambda: norm.backward(dy))
+    row("batchnorm sum over (N, H, W): x.sum(axis=(0, 2, 3))", lambda: x.sum(axis=(0, 2, 3)))
+    row("batchnorm sum over (N, H, W): as rows, ops.sum_rows", lambda: norm._sum(x))
 
 
 if __name__ == "__main__":
