@@ -273,6 +273,8 @@ class FusedOps(Ops):
     def max_pool_backward(
         self, dyn: Any, y: Any, first: Any, size: int, stride: int, relu_before: bool, out: Any
     ) -> None:
+        """The reference's dx in one kernel where the windows tile the image (stride = size, no
+        border left over: each dx element has one window); other pooling goes to the reference."""
         _, h, w, c = out.shape
         tiles = stride == size and h == y.shape[1] * size and w == y.shape[2] * size
         if not tiles or first.dtype != cupy.uint8 or len(out) == 0:
