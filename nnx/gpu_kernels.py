@@ -10,7 +10,7 @@ from typing import Any
 
 import cupy
 
-from nnx.ops import Ops
+from nnx.ops import Ops, output_size
 
 _normalize = cupy.ElementwiseKernel(
     "uint8 pixel, T scale, T shift", "T x", "x = (T)pixel * scale - shift", "nnx_normalize"
@@ -231,7 +231,7 @@ class FusedOps(Ops):
         """The reference's columns in one kernel: its padded copy and nine strided copies took 0.16 ms
         for mnist_cnn's first convolution at batch 128 on an H200 (benchmarks/gpu_parts.py)."""
         n, c, h, w = x.shape
-        oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+        oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
         cols = cupy.empty((n, oh, ow, kh, kw, c), dtype=x.dtype) if out is None else out
         if n:
             xn = cupy.ascontiguousarray(x.transpose(0, 2, 3, 1))
@@ -249,7 +249,7 @@ class FusedOps(Ops):
         product 0.05 ms (benchmarks/gpu_parts.py)."""
         n, c, h, w = shape
         o, kh, kw, _ = weights.shape
-        oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+        oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
         dx = cupy.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dy2.dtype) if out is None else out
         if n:
             dcols = cupy.ascontiguousarray(dy2) @ weights.reshape(o, kh * kw * c)

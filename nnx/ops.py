@@ -30,6 +30,11 @@ def mix_key(*parts: int) -> int:
     return h
 
 
+def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """How many windows of `kernel` fit along `size` (padded by `padding` at both ends) at `stride`."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def window_offsets(size: int, stride: int, oh: int, ow: int) -> list[tuple[slice, slice]]:
     """(rows, cols) slices of an image, one per offset (i, j) in a size x size pooling window: each
     selects that offset's element of every window, so size^2 strided views cover all windows."""
@@ -45,7 +50,7 @@ def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int, out: An
     runs of C values, and reshaping to (N * OH * OW, kh * kw * C) costs nothing. `out`: the array
     to fill instead of a new one."""
     n, c, h, w = x.shape
-    oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
     x = x.transpose(0, 2, 3, 1)
     if padding:  # zeros and a copy: a third of xp.pad's time for a chunk of images here
         padded = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
@@ -98,7 +103,7 @@ class Ops:
     def col2im_product(
         self, dy2: Any, weights: Any, shape: tuple[int, ...], stride: int, padding: int, out: Any = None
     ) -> Any:
-        """col2im(dy2 @ W), the adjoint of im2col (nnx/nn/conv.py) applied to the column gradient of
+        """col2im(dy2 @ W), the adjoint of im2col (above) applied to the column gradient of
         a convolution, without building the columns: dx = sum over offsets (i, j) of dy2 @ W[:, i, j, :]
         added at that offset. Half the time of building them on the CPU: each partial product is
         contiguous, a column slice strided. dy2: (N * OH * OW, O); weights: (O, kh, kw, C), contiguous;
@@ -106,7 +111,7 @@ class Ops:
         accumulate into instead of a new one. Returns dx: (N, C, H, W), a view of `out`."""
         n, c, h, w = shape
         _, kh, kw, _ = weights.shape
-        oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+        oh, ow = output_size(h, kh, stride, padding), output_size(w, kw, stride, padding)
         dx = self.xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dy2.dtype) if out is None else out
         for i in range(kh):
             for j in range(kw):

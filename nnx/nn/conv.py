@@ -21,11 +21,7 @@ from nnx.backend import Backend
 from nnx.nn import winograd
 from nnx.nn.init import init_weight
 from nnx.nn.layer import Layer
-from nnx.ops import window_offsets
-
-
-def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
+from nnx.ops import output_size, window_offsets
 
 
 class Conv2D(Layer):

@@ -10,11 +10,11 @@ import numpy as np
 
 from nnx.backend import Backend
 from nnx.nn.activations import ACTIVATIONS, ReLU, Softmax
-from nnx.nn.conv import AvgPool2D, Conv2D, Flatten, MaxPool2D, Reshape, output_size
+from nnx.nn.conv import AvgPool2D, Conv2D, Flatten, MaxPool2D, Reshape
 from nnx.nn.layer import Layer
 from nnx.nn.linear import Linear
 from nnx.nn.regularize import BatchNorm, Dropout
-from nnx.ops import mix_key
+from nnx.ops import mix_key, output_size
 
 INPUT_SHAPE = (784,)
 IMAGE_SHAPE = (1, 28, 28)
