@@ -10,7 +10,7 @@ from typing import Any
 
 import cupy
 
-from nnx.ops import Ops, output_size
+from nnx.ops import Ops, output_size, windows_tile
 
 _normalize = cupy.ElementwiseKernel(
     "uint8 pixel, T scale, T shift", "T x", "x = (T)pixel * scale - shift", "nnx_normalize"
@@ -276,8 +276,7 @@ class FusedOps(Ops):
         """The reference's dx in one kernel where the windows tile the image (stride = size, no
         border left over: each dx element has one window); other pooling goes to the reference."""
         _, h, w, c = out.shape
-        tiles = stride == size and h == y.shape[1] * size and w == y.shape[2] * size
-        if not tiles or first.dtype != cupy.uint8 or len(out) == 0:
+        if not windows_tile(size, stride, h, w, *y.shape[1:3]) or first.dtype != cupy.uint8 or len(out) == 0:
             return super().max_pool_backward(dyn, y, first, size, stride, relu_before, out)
         i32 = cupy.int32
         dy = cupy.ascontiguousarray(dyn)

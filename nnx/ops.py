@@ -42,6 +42,12 @@ def window_offsets(size: int, stride: int, oh: int, ow: int) -> list[tuple[slice
     return [(slice(i, i + s * oh, s), slice(j, j + s * ow, s)) for i in range(size) for j in range(size)]
 
 
+def windows_tile(size: int, stride: int, h: int, w: int, oh: int, ow: int) -> bool:
+    """Whether pooling windows tile an h x w image exactly (stride = size, no border left over):
+    each element is then in one window, whose gradient it takes or not."""
+    return stride == size and h == oh * size and w == ow * size
+
+
 def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int, out: Any = None) -> Any:
     """x: (N, C, H, W) -> cols: (N, OH, OW, kh, kw, C) with cols[n, y, x, i, j, c] =
     x_padded[n, c, y * stride + i, x * stride + j]: one row of kh * kw * C per output pixel.
@@ -183,9 +189,9 @@ class Ops:
         relu_before, a preceding ReLU's gradient mask 1[y > 0] is applied here too."""
         _, h, w, _ = out.shape
         oh, ow = y.shape[1:3]
-        # Windows that tile x exactly (stride = size, no border left over) each write their own
-        # elements once: no zero fill and no read-add-write, just stores.
-        tiles = stride == size and h == oh * size and w == ow * size
+        # Windows that tile x exactly each write their own elements once: no zero fill and no
+        # read-add-write, just stores.
+        tiles = windows_tile(size, stride, h, w, oh, ow)
         if not tiles:
             out[...] = 0
         dy = dyn * (y > 0) if relu_before else dyn

@@ -8,8 +8,7 @@ import pytest
 from nnx.backend import get_backend
 from nnx.config import load_config
 from nnx.nn import AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, MaxPool2D, Reshape, build_model
-from nnx.nn.conv import output_size
-from nnx.ops import Ops, im2col
+from nnx.ops import Ops, im2col, output_size
 from nnx.testing import EVERY_LAYER, directional_check, numerical_gradient, relative_error
 
 TOL = 1e-6
