@@ -27,9 +27,11 @@ import math
 import os
 import platform
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -158,6 +160,45 @@ def blas_kernels() -> str:
     return "; ".join(described) + (f" (OPENBLAS_CORETYPE={forced})" if forced else "")
 
 
+_kernels: ModuleType | None | bool = False  # False: not looked for yet
+_LARGEST: dict[np.dtype, float] = {}  # the largest finite number of each float dtype (np.finfo takes ~1 us)
+
+
+def compiled_kernels() -> ModuleType | None:
+    """nnx/cpu_kernels.py (the fused loops Numba compiles), or None where Numba is not installed or
+    NNX_NUMBA=0 is set: the CPU's ops then run the NumPy reference's chains. Looked for once."""
+    global _kernels
+    if _kernels is False:
+        _kernels = None
+        if os.environ.get("NNX_NUMBA", "1") != "0":
+            try:
+                from nnx import cpu_kernels
+            except ImportError:  # no Numba (the GPU check carries none): the reference's chains
+                pass
+            else:
+                _kernels = cpu_kernels
+    return _kernels
+
+
+def _flat(*arrays: Any) -> tuple[Any, ...] | None:
+    """1-d views of C-contiguous NumPy arrays of one floating dtype (the first array is never None;
+    None among the others passes through), or None where any is not: the compiled loops take
+    those only, and the others go the reference's way. (A plain loop: this runs several times a
+    step, and a generator's version took 1.1 us.)"""
+    dtype = arrays[0].dtype
+    if dtype.kind != "f":
+        return None
+    flat = []
+    for a in arrays:
+        if a is None:
+            flat.append(None)
+        elif type(a) is not np.ndarray or a.dtype is not dtype or not a.flags.c_contiguous:
+            return None
+        else:
+            flat.append(a.reshape(-1))
+    return tuple(flat)
+
+
 class _Pool:
     """Worker threads shared by every CpuOps of the process, and the BLAS limit they need."""
 
@@ -254,17 +295,31 @@ class CpuOps(Ops):
     spread over `threads` threads (1: the same chunks, one after another) with BLAS on one
     thread; without, BLAS spreads the products and everything runs in one piece."""
 
-    def __init__(self, threads: int | None = None, own_threads: bool = False) -> None:
+    def __init__(self, threads: int | None = None, own_threads: bool = False, compiled: bool = True) -> None:
         super().__init__(np)
         self._threads = threads
         self.own_threads = own_threads
         self._local = threading.local()
         self._constants: dict[tuple[int, Any], Any] = {}
+        # The fused loops of nnx/cpu_kernels.py where Numba is there (and `compiled`), else None.
+        self.kernels = compiled_kernels() if compiled else None
 
     def network_built(self, layers: list[Any]) -> None:
         if any(layer.kind == "conv2d" for layer in layers):
             self.own_threads = True
             keep_freed_memory()
+        if self.kernels is not None and layers:
+            self._warm(layers[0].backend.dtype)
+
+    def _warm(self, dtype: Any) -> None:
+        """Compile the kernels for `dtype` now, before a training loop starts its clock (about a
+        second per dtype the first time; later runs load them from Numba's cache in ~0.1 s). A
+        kernel Numba cannot compile here leaves these ops on the reference's chains, with a warning."""
+        try:
+            self.kernels.warm(dtype)
+        except Exception as exc:  # numba.core.errors.NumbaError and LLVM's errors share no base
+            warnings.warn(f"Numba could not compile nnx's CPU kernels ({exc}); using NumPy's", stacklevel=2)
+            self.kernels = None
 
     def conv_by_winograd(self, layer: Any) -> bool:
         """3x3, stride-1 convolutions wide enough for the products saved to pay for the transforms."""
@@ -379,6 +434,10 @@ class CpuOps(Ops):
         """The reference's max(a + b, 0), against an array of zeros: NumPy (2.4) has no vector loop
         for maximum with a scalar, and that pass took 2-4x as long as with an array (a first
         convolution's 16-image chunk: bias and ReLU 0.20 -> 0.11 ms)."""
+        flat = _flat(a, b) if self.kernels is not None and b.ndim == 1 and b.size else None
+        if flat is not None and a.size % b.size == 0 and a.shape[-1] == b.size:
+            self.kernels.bias_relu(flat[0].reshape(-1, b.size), b)  # one pass
+            return a
         a += b
         return np.maximum(a, self._constant(0, a.size, a.dtype).reshape(a.shape), out=a)
 
@@ -389,6 +448,8 @@ class CpuOps(Ops):
 
     def normalize_rows(self, images: Any, idx: Any, scale: float, shift: float, dtype: Any) -> Any:
         # Each chunk gathers its rows and converts them while they are in cache.
+        if self.kernels is not None and images.dtype == np.uint8 and images.flags.c_contiguous and images.ndim >= 1:
+            return self._normalize_compiled(images, idx, scale, shift, dtype)
         if not self.own_threads:
             return Ops.normalize(self, images[idx], scale, shift, dtype)
         rows = images[idx] if isinstance(idx, slice) else None
@@ -399,6 +460,25 @@ class CpuOps(Ops):
             x[i] = Ops.normalize(self, rows[i] if rows is not None else images[idx[i]], scale, shift, dtype)
 
         self.parallel_for(n, part, 4 * x[:1].size)
+        return x
+
+    def _normalize_compiled(self, images: Any, idx: Any, scale: float, shift: float, dtype: Any) -> Any:
+        """normalize_rows by the compiled gather-and-convert loop, in chunks on own threads."""
+        if isinstance(idx, slice):
+            idx = np.arange(*idx.indices(len(images)))
+        idx = np.asarray(idx)
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            return Ops.normalize(self, images[idx], scale, shift, dtype)
+        x = np.empty((len(idx), *images.shape[1:]), dtype=dtype)
+        rows_in, rows_out = images.reshape(len(images), -1), x.reshape(len(idx), -1)
+        t = x.dtype.type
+
+        def part(i: slice) -> None:
+            bad = self.kernels.normalize_rows(rows_in, idx[i], t(scale), t(shift), rows_out[i])
+            if bad >= 0:
+                raise IndexError(f"index {idx[i][bad]} is out of bounds for axis 0 with size {len(images)}")
+
+        self.parallel_for(len(idx), part, 4 * rows_out.shape[1])
         return x
 
     def first_max_slot(self, packed: Any, y: Any, out: Any) -> Any:
@@ -416,6 +496,10 @@ class CpuOps(Ops):
         Only for the usual batch whose labels are all in 0..C-1 (a cheap check on the host); any
         other batch goes to the reference, NaN rows and all."""
         n, c = z.shape
+        if self.kernels is not None and _flat(z) is not None and n and y.shape == (n,) and y.dtype.kind in "iu":
+            dz = np.empty_like(z)  # the compiled loop: any labels, bad ones giving NaN rows
+            limit = _LARGEST.get(z.dtype) or _LARGEST.setdefault(z.dtype, float(np.finfo(z.dtype).max))
+            return z.dtype.type(self.kernels.softmax_cross_entropy(z, y, dz, limit)), dz
         if n == 0 or y.min() < 0 or y.max() >= c:
             return Ops.softmax_cross_entropy(self, z, y)
         rows = np.arange(n)
@@ -431,7 +515,22 @@ class CpuOps(Ops):
         dz /= n
         return row_loss.mean(), np.ascontiguousarray(dz.T)
 
+    def count_correct(self, z: Any, y: Any) -> Any:
+        if self.kernels is not None and _flat(z) is not None and z.ndim == 2 and y.shape == (len(z),):
+            return self.kernels.count_correct(z, y)
+        return Ops.count_correct(self, z, y)
+
     def relu_backward(self, dy: Any, y: Any) -> Any:
+        flat = _flat(dy, y) if self.kernels is not None and dy.shape == y.shape else None
+        if flat is not None:
+            dx = np.empty_like(dy)
+            dy1, y1, dx1 = *flat, dx.reshape(-1)
+
+            def part(i: slice) -> None:
+                self.kernels.relu_backward(dy1[i], y1[i], dx1[i])
+
+            self.parallel_for(dy.size, part, 3)
+            return dx
         if not self.own_threads or dy.size * 3 <= SERIAL_ELEMENTS:
             return Ops.relu_backward(self, dy, y)
         dx = np.empty_like(dy)
@@ -489,14 +588,46 @@ class CpuOps(Ops):
             views = kept[(shape, dtype)] = tuple(b[:n].reshape(shape) for b in buffers)
         return views
 
-    def sgd_update(self, p: Any, g: Any, v: Any, *args: Any) -> None:
-        self._update_in_chunks(_sgd, (p, g, v), args, passes=6)
+    def _update_compiled(self, kernel: Callable[..., None], arrays: tuple[Any, ...], args: tuple) -> bool:
+        """kernel(*flat arrays, *args) over chunks of the parameters, one pass each: True, or False
+        where the arrays are not all contiguous of one dtype (the chains below take those)."""
+        flat = _flat(*arrays) if self.kernels is not None else None
+        if flat is None:
+            return False
 
-    def adam_update(self, p: Any, g: Any, m: Any, v: Any, *args: Any) -> None:
-        self._update_in_chunks(_adam, (p, g, m, v), args, passes=10)
+        def part(i: slice) -> None:
+            kernel(*(None if a is None else a[i] for a in flat), *args)
 
-    def rmsprop_update(self, p: Any, g: Any, s: Any, *args: Any) -> None:
-        self._update_in_chunks(_rmsprop, (p, g, s), args, passes=8)
+        self.parallel_for(flat[0].size, part, 2 + 3 * len(arrays))
+        return True
+
+    def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
+        t = p.dtype.type
+        if v is None:
+            done = self._update_compiled(self.kernels and self.kernels.sgd, (p, g), (t(lr), t(wd)))
+        else:
+            args = (t(lr), t(mu), bool(nesterov), t(wd))
+            done = self._update_compiled(self.kernels and self.kernels.sgd_momentum, (p, g, v), args)
+        if not done:
+            self._update_in_chunks(_sgd, (p, g, v), (lr, mu, nesterov, wd), passes=6)
+
+    def adam_update(
+        self, p: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float, eps: float, step: int, wd: float,
+        decoupled: bool,
+    ) -> None:  # fmt: skip
+        t = p.dtype.type
+        # the reference's constants, computed in double and then cast, as NumPy casts a Python float
+        args = (t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(1 - b1**step), t(1 - b2**step), t(wd))
+        args += (t(1 - lr * wd), bool(decoupled))
+        if not self._update_compiled(self.kernels and self.kernels.adam, (p, g, m, v), args):
+            args = (lr, b1, b2, eps, step, wd, decoupled)
+            self._update_in_chunks(_adam, (p, g, m, v), args, passes=10)
+
+    def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
+        t = p.dtype.type
+        args = (t(lr), t(rho), t(1 - rho), t(eps), t(wd))
+        if not self._update_compiled(self.kernels and self.kernels.rmsprop, (p, g, s), args):
+            self._update_in_chunks(_rmsprop, (p, g, s), (lr, rho, eps, wd), passes=8)
 
 
 # The updates of nnx/ops.py, each operation the same (the same operands, in the same order, so

@@ -201,6 +201,10 @@ class Ops:
             else:
                 out[:, rows, cols, :] += dy * (first == p)
 
+    def count_correct(self, z: Any, y: Any) -> Any:
+        """How many rows of logits z (N, C) have their largest value at label y (N,): sum_n [argmax_k z_nk = y_n]."""
+        return (z.argmax(axis=1) == y).sum()
+
     def relu_backward(self, dy: Any, y: Any) -> Any:
         """dx = dy * 1[y > 0]   (y = relu(x), so y > 0 exactly where x > 0)."""
         return dy * (y > 0)

@@ -27,6 +27,15 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_ops, "MIN_OUTPUT_ROWS", 4)
 
 
+@pytest.fixture(params=[True, False], ids=["compiled", "numpy"])
+def compiled(request: pytest.FixtureRequest) -> bool:
+    """The CPU's ops with nnx/cpu_kernels.py's loops (Numba), or with the NumPy chains they replace
+    (what runs where Numba is missing)."""
+    if request.param and cpu_ops.compiled_kernels() is None:
+        pytest.skip("Numba is not installed (a dependency of nnx; the GPU check does not carry it)")
+    return request.param
+
+
 def backend_with(ops: Ops, dtype: type = np.float64) -> Backend:
     return Backend("cpu", np, np.dtype(dtype), ops=ops)
 
@@ -76,24 +85,24 @@ def conv_algorithm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("optimizer", [SGD, Adam, RMSprop])
-def test_chunked_training_matches_the_reference(small_chunks, conv_algorithm, optimizer) -> None:
+def test_chunked_training_matches_the_reference(small_chunks, conv_algorithm, optimizer, compiled) -> None:
     """Every layer and optimizer cut into many chunks on 3 threads gives the reference's numbers
-    (float64: only the order of the batch sums differs, and Winograd's rounding)."""
+    (float64: only the order of the batch sums differs, Winograd's rounding and libm's exp)."""
     reference = train_steps(Ops(np), np.float64, optimizer)
-    chunked = train_steps(CpuOps(threads=3, own_threads=True), np.float64, optimizer)
+    chunked = train_steps(CpuOps(threads=3, own_threads=True, compiled=compiled), np.float64, optimizer)
     for key, expected in reference.items():
         np.testing.assert_allclose(chunked[key], expected, rtol=1e-11, atol=1e-13, err_msg=key)
 
 
-def test_the_thread_count_does_not_change_a_bit(small_chunks, conv_algorithm) -> None:
-    one = train_steps(CpuOps(threads=1, own_threads=True), np.float32, Adam)
-    three = train_steps(CpuOps(threads=3, own_threads=True), np.float32, Adam)
+def test_the_thread_count_does_not_change_a_bit(small_chunks, conv_algorithm, compiled) -> None:
+    one = train_steps(CpuOps(threads=1, own_threads=True, compiled=compiled), np.float32, Adam)
+    three = train_steps(CpuOps(threads=3, own_threads=True, compiled=compiled), np.float32, Adam)
     for key, expected in one.items():
         assert np.array_equal(three[key], expected), key
 
 
-def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypatch) -> None:
-    ops, ref = CpuOps(threads=2, own_threads=True), Ops(np)
+def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypatch, compiled) -> None:
+    ops, ref = CpuOps(threads=2, own_threads=True, compiled=compiled), Ops(np)
     rng = np.random.default_rng(0)
     dy = rng.normal(size=(9, 5, 4)).astype(np.float32)
     y = np.maximum(rng.normal(size=(9, 5, 4)), 0).astype(np.float32)
@@ -111,6 +120,7 @@ def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypa
     p, g, m, v = (rng.normal(size=301).astype(np.float32) for _ in range(4))
     v = np.abs(v)
     updates = [("adam_update", "mv", (0.01, 0.9, 0.999, 1e-8, 3, wd, dec)) for wd in (0.0, 0.01) for dec in (0, 1)]
+    updates += [("adam_update", "mv", (0.01, 0.9, 0.999, 1e-8, 1, 0.0, 0))]  # step 1: the largest bias corrections
     updates += [("rmsprop_update", "v", (0.01, 0.9, 1e-8, wd)) for wd in (0.0, 0.01)]
     updates += [("sgd_update", "m", (0.01, 0.9, nesterov, wd)) for wd in (0.0, 0.01) for nesterov in (0, 1)]
     updates += [("sgd_update", "-", (0.01, 0.0, False, wd)) for wd in (0.0, 0.01)]  # no velocity buffer
@@ -151,11 +161,12 @@ def test_the_first_maximum_of_each_window_is_the_references(slots: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_loss_on_transposed_logits_is_the_reference(dtype) -> None:
-    """The same loss and gradient (to the rounding of a 10-term sum); labels outside 0..C-1 give
-    the reference's NaN rows, and an empty batch its zero loss."""
+def test_the_loss_is_the_reference(dtype, compiled) -> None:
+    """The same loss and gradient (to the rounding of a 10-term sum and of exp), by the compiled
+    loop or on transposed logits; labels outside 0..C-1 give the reference's NaN rows, and an
+    empty batch its zero loss."""
     rng = np.random.default_rng(2)
-    ops, ref = CpuOps(), Ops(np)
+    ops, ref = CpuOps(compiled=compiled), Ops(np)
     z = (rng.normal(size=(70, 10)) * 30).astype(dtype)
     y = rng.integers(0, 10, size=70)
     loss, dz = ops.softmax_cross_entropy(z, y)
@@ -421,7 +432,7 @@ def test_a_long_update_goes_in_pieces_with_small_scratch(monkeypatch: pytest.Mon
     monkeypatch.setattr(cpu_ops, "UPDATE_PIECE_ELEMENTS", 7)
     monkeypatch.setattr(cpu_ops, "SERIAL_ELEMENTS", 0)
     monkeypatch.setattr(cpu_ops, "CHUNK_ELEMENTS", 400)
-    ops, ref = CpuOps(threads=2, own_threads=own_threads), Ops(np)
+    ops, ref = CpuOps(threads=2, own_threads=own_threads, compiled=False), Ops(np)  # the NumPy chains' scratch
     rng = np.random.default_rng(1)
     p, g, m, v = (rng.normal(size=301).astype(np.float32) for _ in range(4))
     v = np.abs(v)
@@ -457,6 +468,8 @@ def test_building_a_large_network_takes_about_twice_its_parameters(tmp_path) -> 
         "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM'))\n"
         "    return int(line.split()[1]) * 1024\n"
         "backend = get_backend('cpu')\n"
+        "if backend.ops.kernels is not None:  # Numba's own memory (~50 MB) is not the network's\n"
+        "    backend.ops.kernels.warm(backend.dtype)\n"
         "before = peak()\n"
         "model = build_model([{'type': 'linear', 'out': 60000}, {'type': 'relu'}, {'type': 'linear', 'out': 10}],"
         " backend, np.random.default_rng(0))\n"

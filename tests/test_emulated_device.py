@@ -85,7 +85,8 @@ def test_nnx_train_device_gpu_end_to_end(device, tiny_mnist: Path, tmp_path: Pat
     assert summary["epochs"] == 2
     # The same run as the CPU's, to float32 rounding: the same weights, batches, masks and updates.
     cpu = json.loads((cpu_run / "summary.json").read_text())
-    assert abs(summary["test_accuracy"] - cpu["test_accuracy"]) <= 1 / 200
+    test_images = 200  # at most one of them classified otherwise (counted: 0.275 - 0.27 is 0.0050000000000000044)
+    assert round(abs(summary["test_accuracy"] - cpu["test_accuracy"]) * test_images) <= 1
     assert summary["test_loss"] == pytest.approx(cpu["test_loss"], rel=1e-3)
     assert (run / "checkpoint.npz").is_file() and (run / "metrics.csv").is_file() == (network == "cnn")
     # The model file holds host arrays: it loads anywhere, and the CPU measures what the device did.
