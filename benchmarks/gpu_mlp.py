@@ -11,7 +11,12 @@ With --floor, each CPU row also times an epoch of only the matrix products nnx's
 same shapes and calls, on random numbers): no step on this BLAS can take less, so PyTorch's time
 over it is the most nnx could be faster by here, whatever else it saved.
 
-Run: NNX_DATA_DIR=... python benchmarks/gpu_mlp.py [--epochs 2] [--no-cpu] [--floor] [--json out.json]
+With --numpy-chains, each CPU row also times nnx with its elementwise chains run by NumPy (what
+runs where Numba is missing) instead of nnx/cpu_kernels.py's compiled loops; --rounds R measures
+every row R times, the contenders taking turns, for a shared machine whose speed drifts.
+
+Run: NNX_DATA_DIR=... python benchmarks/gpu_mlp.py [--epochs 2] [--no-cpu] [--floor] [--numpy-chains]
+     [--rounds R] [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from nnx.backend import Backend, get_backend, gpu_unavailable_reason
+from nnx.cpu_ops import CpuOps
 from nnx.data.mnist import load_mnist, resolve_data_dir
 from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD, Schedule
@@ -200,6 +206,14 @@ def main() -> None:
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--floor", action="store_true", help="CPU rows: also an epoch of the products alone")
+    parser.add_argument(
+        "--numpy-chains", action="store_true",
+        help="CPU rows: also nnx with its elementwise chains in NumPy instead of Numba's compiled loops",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure each row this many times, the contenders taking turns (medians over all rounds)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     mnist = load_mnist(resolve_data_dir(), 5000)
@@ -208,15 +222,24 @@ def main() -> None:
     devices = ([] if args.no_cpu else ["cpu"]) + (["gpu"] if gpu_reason is None else [])
     rows = []
     for sizes, batch in CASES:
+        times: dict[str, list[float]] = {}
+        for _ in range(args.rounds):  # the contenders take turns: this machine's speed drifts
+            for device in devices:
+                backend = get_backend(device, "float32")
+                epochs = nnx_epochs(backend, sizes, batch, mnist.train, args.epochs)
+                times.setdefault(f"nnx_{device}", []).extend(epochs)
+                if device == "cpu" and args.numpy_chains:
+                    numpy_chains = Backend("cpu", np, np.dtype(np.float32), ops=CpuOps(compiled=False))
+                    epochs = nnx_epochs(numpy_chains, sizes, batch, mnist.train, args.epochs)
+                    times.setdefault("nnx_cpu_numpy", []).extend(epochs)
+                device_of_torch = "cuda" if device == "gpu" else "cpu"
+                torch_times = torch_epochs(device_of_torch, sizes, batch, mnist.train, args.epochs)
+                if torch_times:
+                    times.setdefault(f"torch_{device}", []).extend(torch_times)
+                if device == "cpu" and args.floor:
+                    times.setdefault("products_cpu", []).extend(products_epochs(sizes, batch, n, args.epochs))
         row: dict[str, Any] = {"model": "-".join(map(str, sizes)), "batch": batch}
-        for device in devices:
-            backend = get_backend(device, "float32")
-            row[f"nnx_{device}"] = statistics.median(nnx_epochs(backend, sizes, batch, mnist.train, args.epochs))
-            torch_times = torch_epochs("cuda" if device == "gpu" else "cpu", sizes, batch, mnist.train, args.epochs)
-            if torch_times:
-                row[f"torch_{device}"] = statistics.median(torch_times)
-            if device == "cpu" and args.floor:
-                row["products_cpu"] = statistics.median(products_epochs(sizes, batch, n, args.epochs))
+        row |= {key: statistics.median(values) for key, values in times.items()}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -250,10 +273,13 @@ def main() -> None:
     print(
         f"\nGPU: {result['gpu']}; CuPy {result.get('cupy', '-')}; CUDA runtime {result.get('cuda_runtime', '-')}; "
         f"PyTorch {result['torch']}; epoch = {n:,} images; median of {args.epochs} epochs after a warm-up"
+        + (f", {args.rounds} rounds" if args.rounds > 1 else "")
+        + ("; nnx_cpu_numpy: nnx with NumPy's chains (no Numba)" if args.numpy_chains else "")
     )
     if not args.no_cpu:
         print(cpu_kernels())
-    columns = [c for c in ("nnx_cpu", "torch_cpu", "nnx_gpu", "torch_gpu") if any(c in r for r in rows)]
+    columns = ("nnx_cpu", "nnx_cpu_numpy", "torch_cpu", "nnx_gpu", "torch_gpu")
+    columns = [c for c in columns if any(c in r for r in rows)]
     print(
         "| model | batch | " + " | ".join(f"{c} s/epoch (samples/s)" for c in columns) + " | GPU speed-up vs nnx CPU |"
     )

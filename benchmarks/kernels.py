@@ -21,7 +21,7 @@ TORCH_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTI
 
 def cpu_kernels() -> str:
     """One line: nnx's BLAS and its kernels; PyTorch's CPU capability and any caps set on it."""
-    text = f"CPU kernels: nnx (NumPy's BLAS) {blas_kernels()}"
+    text = f"CPU kernels: nnx (NumPy's BLAS) {blas_kernels()}, {cpu_loops()}"
     try:
         import torch
     except ImportError:
@@ -29,6 +29,17 @@ def cpu_kernels() -> str:
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
     caps = [f"{name}={os.environ[name]}" for name in TORCH_CAPS if name in os.environ]
     return text + f"; PyTorch {torch.__version__}: {capability}" + (f" ({', '.join(caps)})" if caps else "")
+
+
+def cpu_loops() -> str:
+    """What runs nnx's elementwise chains on the CPU: Numba's compiled loops or NumPy's passes."""
+    from nnx.cpu_ops import compiled_kernels
+
+    if compiled_kernels() is None:
+        return "elementwise chains in NumPy (no Numba, or NNX_NUMBA=0)"
+    import numba
+
+    return f"elementwise chains compiled by Numba {numba.__version__}"
 
 
 def torch_on(device: str):  # noqa: ANN201 (torch may not be installed)

@@ -134,3 +134,35 @@ def test_the_products_floor_calls_the_products_an_mlp_step_calls(monkeypatch: py
 
     table = gpu_mlp.floor_table([{"model": "m", "batch": 64, "nnx_cpu": 0.2, "products_cpu": 0.05, "torch_cpu": 0.3}])
     assert table.splitlines()[-1] == "| m | 64 | 0.200 | 0.050 | 25% | 0.300 | 1.50x | 6.00x |"
+
+
+def test_numpy_chains_and_rounds_take_turns_and_report_medians(monkeypatch, capsys) -> None:
+    """gpu_mlp.py --numpy-chains --rounds 3: per round nnx (Numba's loops), nnx on NumPy's chains,
+    then PyTorch, each row's figures the medians over every round's epochs."""
+    import gpu_mlp
+    import numpy as np
+
+    turns: list[str] = []
+
+    def fake_nnx(backend, sizes, batch, train, epochs):
+        turns.append("numpy" if backend.ops.kernels is None else "nnx")
+        return [float(len(turns))]
+
+    def fake_torch(device, sizes, batch, train, epochs):
+        turns.append("torch")
+        return [100.0 + len(turns)]
+
+    monkeypatch.setattr(gpu_mlp, "CASES", [([784, 64, 10], 64)])
+    monkeypatch.setattr(gpu_mlp, "load_mnist", lambda *a: SimpleNamespace(train=np.zeros(10)))
+    monkeypatch.setattr(gpu_mlp, "nnx_epochs", fake_nnx)
+    monkeypatch.setattr(gpu_mlp, "torch_epochs", fake_torch)
+    monkeypatch.setattr(gpu_mlp, "gpu_unavailable_reason", lambda: "no GPU here")
+    monkeypatch.setattr(sys, "argv", ["gpu_mlp.py", "--epochs", "1", "--numpy-chains", "--rounds", "3"])
+    monkeypatch.setenv("NNX_NUMBA", "1")
+    gpu_mlp.main()
+    compiled = gpu_mlp.CpuOps().kernels is not None
+    assert turns == [("nnx" if compiled else "numpy"), "numpy", "torch"] * 3
+    out = capsys.readouterr().out
+    assert '"nnx_cpu": 4.0, "nnx_cpu_numpy": 5.0, "torch_cpu": 106.0' in out  # medians of turns 1/4/7, 2/5/8, ...
+    assert "| model | batch | nnx_cpu s/epoch (samples/s) | nnx_cpu_numpy s/epoch (samples/s) | torch_cpu" in out
+    assert "3 rounds; nnx_cpu_numpy: nnx with NumPy's chains (no Numba)" in out
