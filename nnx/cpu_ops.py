@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import ctypes
 import ctypes.util
+import importlib
 import math
 import os
 import platform
@@ -172,11 +173,11 @@ def compiled_kernels() -> ModuleType | None:
         _kernels = None
         if os.environ.get("NNX_NUMBA", "1") != "0":
             try:
-                from nnx import cpu_kernels
+                _kernels = importlib.import_module("nnx.cpu_kernels")
             except ImportError:  # no Numba (the GPU check carries none): the reference's chains
                 pass
-            else:
-                _kernels = cpu_kernels
+            except Exception as exc:  # e.g. Numba's RuntimeError when no folder takes its cache
+                warnings.warn(f"Numba could not set up nnx's CPU kernels ({exc}); using NumPy's", stacklevel=2)
     return _kernels
 
 

@@ -132,3 +132,20 @@ def test_a_loss_sum_past_the_dtypes_range_is_inf_as_in_the_reference(ops: CpuOps
     assert loss == pytest.approx(1e37, rel=1e-6)
     loss, _ = ops.softmax_cross_entropy(z.astype(np.float64), y)  # float64's range is wider
     assert loss == pytest.approx(float(np.float32(1e37)), rel=1e-12)
+
+
+def test_numba_that_cannot_set_up_its_cache_leaves_the_numpy_chains_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Numba raises RuntimeError at import when no folder takes its cache (a read-only install
+    and a read-only home): training goes on with NumPy's chains, and says so once."""
+    import importlib
+
+    def no_cache(name: str) -> object:
+        raise RuntimeError("cannot cache function 'sgd': no locator available for file 'cpu_kernels.py'")
+
+    monkeypatch.setattr(cpu_ops, "_kernels", False)
+    monkeypatch.setattr(importlib, "import_module", no_cache)
+    with pytest.warns(UserWarning, match="Numba could not set up nnx's CPU kernels .*no locator.*using NumPy's"):
+        assert CpuOps().kernels is None
+    assert CpuOps().kernels is None  # looked for once
