@@ -73,6 +73,11 @@ def test_dockerfile_agrees_with_pyproject(dockerfile: Path) -> None:
     assert '"/data"' in volumes and '"/runs"' in volumes
     user = [args for op, args in steps if op == "USER"][-1]
     assert user.split(":")[0].isdigit() and user.split(":")[0] != "0", "the image must run as a non-root user"
+    # Numba's cache of nnx's CPU loops: in a folder the user owns, filled at build time as that user
+    assert "NUMBA_CACHE_DIR=/var/cache/nnx-numba" in env
+    after_user = steps[[op for op, _ in steps].index("USER") :]
+    assert any(op == "RUN" and "k.warm(np.float32)" in args for op, args in after_user)
+    assert any(op == "RUN" and "chown nnx:nnx" in args and "/var/cache/nnx-numba" in args for op, args in steps)
 
     install = " ".join(args for op, args in steps if op == "RUN" and "pip install" in args)
     assert "--constraint docker/constraints.txt" in install
