@@ -270,10 +270,13 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_run(tiny_mnist: Path, tmp_path: Path
     assert invoke("evaluate", run / "model.npz", "--data-dir", tiny_mnist).exit_code == 0
 
 
-def test_info_and_data_info(tiny_mnist: Path) -> None:
+def test_info_and_data_info(tiny_mnist: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke("info")
     assert result.exit_code == 0 and "backend cpu" in result.output and "numpy" in result.output
     assert "cpu blas" in result.output and "threads" in result.output
+    assert "cpu loops" in result.output and "compiled by Numba " in result.output
+    monkeypatch.setenv("NNX_NUMBA", "0")
+    assert "NumPy's chains (NNX_NUMBA=0 is set)" in invoke("info").output
     assert "extra plot" in result.output and "extra export" in result.output  # what is installed, or how to
     bad = invoke("data", "info", "--data-dir", tiny_mnist)  # tiny files are not the official ones
     assert bad.exit_code == 2 and "checksum mismatch" in bad.stderr

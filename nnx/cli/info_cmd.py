@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
 from pathlib import Path
@@ -41,6 +42,17 @@ def _extra_row(extra: str, packages: list[str]) -> str:
     return ", ".join(f"{p} {_version(p)}" for p in packages)
 
 
+def _cpu_loops() -> str:
+    """Who runs the CPU's elementwise chains (nnx/cpu_kernels.py's compiled loops, or NumPy), read
+    from the installed packages and the environment without importing Numba (0.2 s)."""
+    if os.environ.get("NNX_NUMBA", "1") == "0":
+        return "NumPy's chains (NNX_NUMBA=0 is set)"
+    numba = _version("numba")
+    if numba == "not installed":
+        return "NumPy's chains (Numba is not installed: pip install numba)"
+    return f"compiled by Numba {numba} (NNX_NUMBA=0: NumPy's chains)"
+
+
 def run_info() -> None:
     console = stdout_console()
     versions = Table(title="nnx info", show_header=False)
@@ -56,6 +68,7 @@ def run_info() -> None:
     versions.add_row("cupy", ", ".join(cupy_versions) or "not installed")
     versions.add_row("backend cpu", "usable")
     versions.add_row("cpu blas", blas_kernels())
+    versions.add_row("cpu loops", _cpu_loops())
     reason = gpu_unavailable_reason()
     versions.add_row("backend gpu", "usable" if reason is None else f"not usable: {reason}")
     if reason is None:
