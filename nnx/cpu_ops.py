@@ -390,6 +390,8 @@ class CpuOps(Ops):
     def matmul_tn(self, a: Any, b: Any, out: Any = None) -> Any:
         """a^T b for a: (N, P), b: (N, Q), a sum over the N rows (dW = x^T dy). With many output
         rows (P), chunks of them, each a whole product; otherwise partial sums over chunks of N."""
+        if not self.own_threads:  # BLAS spreads the one product (an MLP's step: no bookkeeping)
+            return np.matmul(a.T, b, out=out)
         n, p = a.shape
         q = b.shape[1]
         row_cost = p + q + p * q // 16  # a row of a and b, and its p * q multiply-adds
@@ -417,6 +419,8 @@ class CpuOps(Ops):
         if x.ndim != 2 or len(x) == 0:
             return Ops.sum_rows(self, x, out)
         ones = self._constant(1, len(x), x.dtype)
+        if not self.own_threads:
+            return np.dot(ones, x, out=out)
         out = np.empty(x.shape[1:], dtype=x.dtype) if out is None else out
         self.parallel_for(1, lambda _: np.dot(ones, x, out=out), x.size)
         return out
