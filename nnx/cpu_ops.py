@@ -165,13 +165,18 @@ _kernels: ModuleType | None | bool = False  # False: not looked for yet
 _LARGEST: dict[np.dtype, float] = {}  # the largest finite number of each float dtype (np.finfo takes ~1 us)
 
 
+def numba_turned_off() -> bool:
+    """Whether the user set NNX_NUMBA=0: NumPy's chains even where Numba is installed."""
+    return os.environ.get("NNX_NUMBA", "1") == "0"
+
+
 def compiled_kernels() -> ModuleType | None:
     """nnx/cpu_kernels.py (the fused loops Numba compiles), or None where Numba is not installed or
     NNX_NUMBA=0 is set: the CPU's ops then run the NumPy reference's chains. Looked for once."""
     global _kernels
     if _kernels is False:
         _kernels = None
-        if os.environ.get("NNX_NUMBA", "1") != "0":
+        if not numba_turned_off():
             try:
                 _kernels = importlib.import_module("nnx.cpu_kernels")
             except ImportError:  # no Numba (the GPU check carries none): the reference's chains
@@ -181,23 +186,24 @@ def compiled_kernels() -> ModuleType | None:
     return _kernels
 
 
-def _flat(*arrays: Any) -> tuple[Any, ...] | None:
-    """1-d views of C-contiguous NumPy arrays of one floating dtype (the first array is never None;
-    None among the others passes through), or None where any is not: the compiled loops take
-    those only, and the others go the reference's way. (A plain loop: this runs several times a
-    step, and a generator's version took 1.1 us.)"""
+def _loop_ready(*arrays: Any) -> bool:
+    """Whether the compiled loops take these: C-contiguous NumPy arrays of one floating dtype (the
+    first is never None; None among the others is allowed). Others go the reference's way. (A
+    plain loop: this runs several times a step, and a generator's version took 1.1 us.)"""
     dtype = arrays[0].dtype
     if dtype.kind != "f":
-        return None
-    flat = []
+        return False
     for a in arrays:
-        if a is None:
-            flat.append(None)
-        elif type(a) is not np.ndarray or a.dtype is not dtype or not a.flags.c_contiguous:
-            return None
-        else:
-            flat.append(a.reshape(-1))
-    return tuple(flat)
+        if a is not None and (type(a) is not np.ndarray or a.dtype is not dtype or not a.flags.c_contiguous):
+            return False
+    return True
+
+
+def _flat(*arrays: Any) -> tuple[Any, ...] | None:
+    """1-d views of arrays the compiled loops take (None passes through), or None where they don't."""
+    if not _loop_ready(*arrays):
+        return None
+    return tuple([None if a is None else a.reshape(-1) for a in arrays])
 
 
 class _Pool:
@@ -301,7 +307,6 @@ class CpuOps(Ops):
         self._threads = threads
         self.own_threads = own_threads
         self._local = threading.local()
-        self._constants: dict[tuple[int, Any], Any] = {}
         # The fused loops of nnx/cpu_kernels.py where Numba is there (and `compiled`), else None.
         self.kernels = compiled_kernels() if compiled else None
 
@@ -425,21 +430,11 @@ class CpuOps(Ops):
         self.parallel_for(1, lambda _: np.dot(ones, x, out=out), x.size)
         return out
 
-    def _constant(self, value: int, n: int, dtype: Any) -> Any:
-        """n elements equal to value, a view of one array kept (read-only) and grown as needed."""
-        key = (value, np.dtype(dtype))
-        kept = self._constants.get(key)
-        if kept is None or len(kept) < n:
-            kept = np.full(n, value, dtype=dtype)
-            kept.flags.writeable = False
-            self._constants[key] = kept
-        return kept[:n]
-
     def bias_relu(self, a: Any, b: Any) -> Any:
         """The reference's max(a + b, 0), against an array of zeros: NumPy (2.4) has no vector loop
         for maximum with a scalar, and that pass took 2-4x as long as with an array (a first
         convolution's 16-image chunk: bias and ReLU 0.20 -> 0.11 ms)."""
-        if self.kernels is not None and b.ndim == 1 and a.ndim and a.shape[-1] == b.size and _flat(a, b):
+        if self.kernels is not None and b.ndim == 1 and a.ndim and a.shape[-1] == b.size and _loop_ready(a, b):
             self.kernels.bias_relu(a if a.ndim == 2 else a.reshape(-1, b.size), b)  # one pass
             return a
         a += b
@@ -501,7 +496,7 @@ class CpuOps(Ops):
         the usual batch whose labels are all in 0..C-1 (a cheap check on the host); any other batch
         goes to the reference, NaN rows and all."""
         n, c = z.shape
-        if self.kernels is not None and _flat(z) is not None and n and y.shape == (n,) and y.dtype.kind in "iu":
+        if self.kernels is not None and _loop_ready(z) and n and y.shape == (n,) and y.dtype.kind in "iu":
             dz = np.empty_like(z)  # the compiled loop: any labels, bad ones giving NaN rows
             limit = _LARGEST.get(z.dtype) or _LARGEST.setdefault(z.dtype, float(np.finfo(z.dtype).max))
             return z.dtype.type(self.kernels.softmax_cross_entropy(z, y, dz, limit)), dz
@@ -521,7 +516,7 @@ class CpuOps(Ops):
         return row_loss.mean(), np.ascontiguousarray(dz.T)
 
     def count_correct(self, z: Any, y: Any) -> Any:
-        if self.kernels is not None and _flat(z) is not None and z.ndim == 2 and y.shape == (len(z),):
+        if self.kernels is not None and _loop_ready(z) and z.ndim == 2 and y.shape == (len(z),):
             return self.kernels.count_correct(z, y)
         return Ops.count_correct(self, z, y)
 

@@ -206,7 +206,6 @@ def _softmax_kernel(dtype: Any) -> Any:
 class FusedOps(Ops):
     def __init__(self) -> None:
         super().__init__(cupy)
-        self._kept_ones: dict[Any, Any] = {}
 
     def sum_rows(self, x: Any, out: Any = None) -> Any:
         """sum_n x[n] as the product 1^T x (cuBLAS's gemv): CuPy's reduction along the rows of a tall,
@@ -214,18 +213,11 @@ class FusedOps(Ops):
         H200, 7.2 ms at batch 512; the product 0.03 and 0.05 ms, benchmarks/gpu_parts.py)."""
         if x.ndim != 2 or len(x) == 0:
             return super().sum_rows(x, out)
-        ones = self._ones(len(x), x.dtype)
+        ones = self._constant(1, len(x), x.dtype)
         if out is None:
             return ones @ x
         out[...] = ones @ x  # one row copied: the product's result is a single row
         return out
-
-    def _ones(self, n: int, dtype: Any) -> Any:
-        """n ones, a view of one device array kept and grown as needed."""
-        kept = self._kept_ones.get(cupy.dtype(dtype))
-        if kept is None or len(kept) < n:
-            kept = self._kept_ones[cupy.dtype(dtype)] = cupy.ones(n, dtype=dtype)
-        return kept[:n]
 
     def im2col(self, x: Any, kh: int, kw: int, stride: int, padding: int, out: Any = None) -> Any:
         """The reference's columns in one kernel: its padded copy and nine strided copies took 0.16 ms

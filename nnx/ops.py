@@ -72,6 +72,16 @@ def im2col(xp: Any, x: Any, kh: int, kw: int, stride: int, padding: int, out: An
 class Ops:
     def __init__(self, xp: Any) -> None:
         self.xp = xp
+        self._constants: dict[tuple[int, Any], Any] = {}
+
+    def _constant(self, value: int, n: int, dtype: Any) -> Any:
+        """n elements equal to value (the ones of a sum as a product): a view of one array kept
+        per (value, dtype) on this device and grown as needed, not made afresh at every step."""
+        key = (value, self.xp.dtype(dtype))
+        kept = self._constants.get(key)
+        if kept is None or len(kept) < n:
+            kept = self._constants[key] = self.xp.full(n, value, dtype=dtype)
+        return kept[:n]
 
     def network_built(self, layers: list[Any]) -> None:
         """Told the layers of each network built on these ops, before its first step (the CPU's ops

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from rich.table import Table
 from nnx import __version__
 from nnx.backend import gpu_unavailable_reason
 from nnx.cli.common import stdout_console
-from nnx.cpu_ops import blas_kernels
+from nnx.cpu_ops import blas_kernels, numba_turned_off
 
 
 def _version(package: str) -> str:
@@ -45,7 +44,7 @@ def _extra_row(extra: str, packages: list[str]) -> str:
 def _cpu_loops() -> str:
     """Who runs the CPU's elementwise chains (nnx/cpu_kernels.py's compiled loops, or NumPy), read
     from the installed packages and the environment without importing Numba (0.2 s)."""
-    if os.environ.get("NNX_NUMBA", "1") == "0":
+    if numba_turned_off():
         return "NumPy's chains (NNX_NUMBA=0 is set)"
     numba = _version("numba")
     if numba == "not installed":

@@ -82,13 +82,7 @@ class BatchNorm(Layer):
         training = training and (self.sum_across is not None or x.shape[0] > 0)
         self.training = training
         if training:
-            if self.sum_across is None:  # two passes, as x.var() does: mu = sum x / M, var = sum (x - mu)^2 / M
-                count = x.size // self.features
-                mu = self._sum(x) / count
-                centred = x - mu.reshape(shape)
-                var = self._sum(centred * centred) / count
-            else:
-                mu, var, count = self._global_statistics(x, shape)
+            mu, var, count = self._statistics(x, shape)
             self.count = count
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
@@ -133,17 +127,21 @@ class BatchNorm(Layer):
         rows = a if a.ndim == 2 else a.transpose(0, 2, 3, 1).reshape(-1, self.features)
         return self.backend.ops.sum_rows(rows, out=out)
 
-    def _global_statistics(self, x: Any, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
-        """Mean and (biased) variance over every rank's rows, in two passes like x.var():
-        mu = sum x / M, then var = sum (x - mu)^2 / M, each sum reduced across ranks."""
+    def _statistics(self, x: Any, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        """Mean, (biased) variance and M, the values per feature, in two passes like x.var():
+        mu = sum x / M, then var = sum (x - mu)^2 / M. Synchronised (sum_across set), each sum and M
+        are reduced across ranks, M left on the device (reading it would synchronise)."""
         xp = self.xp
-        sums = xp.concatenate([self._sum(x), xp.asarray([x.size // self.features], dtype=x.dtype)])
-        self.sum_across(sums)
-        count = sums[-1]  # M over all ranks, left on the device (reading it would synchronise)
-        mu = sums[:-1] / count
+        sums, count = self._sum(x), x.size // self.features
+        if self.sum_across is not None:
+            sums = xp.concatenate([sums, xp.asarray([count], dtype=x.dtype)])
+            self.sum_across(sums)
+            sums, count = sums[:-1], sums[-1]
+        mu = sums / count
         centred = x - mu.reshape(shape)
         squares = self._sum(centred * centred)
-        self.sum_across(squares)
+        if self.sum_across is not None:
+            self.sum_across(squares)
         return mu, squares / count, count
 
     def spec(self) -> dict[str, Any]:
