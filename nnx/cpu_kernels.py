@@ -56,6 +56,15 @@ def normalize_rows(images: Any, idx: Any, scale: Any, shift: Any, x: Any) -> int
 
 
 @_jit
+def add_bias(a: Any, b: Any) -> None:
+    """a += b in place; a (N, F), b (F,). (NumPy's broadcast add of a (64, 10) batch's bias took
+    1.0 us, most of it the ufunc's setting up; this loop 0.3 us.)"""
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[i, j] += b[j]
+
+
+@_jit
 def bias_relu(a: Any, b: Any) -> None:
     """a = max(a + b, 0) in place; a (N, F), b (F,). NaN stays NaN, as with xp.maximum."""
     for i in range(a.shape[0]):
@@ -178,6 +187,7 @@ def warm(dtype: Any) -> None:
     one = t(1)
     a, b = np.ones((2, 3), dtype=dtype), np.ones(3, dtype=dtype)
     normalize_rows(np.ones((2, 3), dtype=np.uint8), np.zeros(2, dtype=np.int64), one, one, a)
+    add_bias(a, b)
     bias_relu(a, b)
     relu_backward(b, b, b.copy())
     softmax_cross_entropy(a, np.zeros(2, dtype=np.int64), a.copy(), float(np.finfo(dtype).max))

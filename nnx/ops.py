@@ -104,6 +104,12 @@ class Ops:
         such as dW = x^T dy: here one term of all rows; the CPU's ops add up one term per chunk."""
         return term(slice(0, n))
 
+    def matmul(self, a: Any, b: Any, row_cost: int, shared: int = 0) -> Any:
+        """a b for a: (N, P), b: (P, Q), a product row by row of the batch, such as y = x W or
+        dx = dy W^T. The CPU's ops may cut the rows into chunks on all cores (`row_cost`, `shared`:
+        as for parallel_for)."""
+        return self.xp.matmul(a, b)
+
     def matmul_tn(self, a: Any, b: Any, out: Any = None) -> Any:
         """a^T b for a: (N, P), b: (N, Q): a sum over the batch's rows, such as dW = x^T dy."""
         return self.xp.matmul(a.T, b, out=out)
@@ -164,6 +170,11 @@ class Ops:
     def normalize_rows(self, images: Any, idx: Any, scale: float, shift: float, dtype: Any) -> Any:
         """normalize(images[idx]): a batch gathered from a split and converted."""
         return self.normalize(images[idx], scale, shift, dtype)
+
+    def add_bias(self, a: Any, b: Any) -> Any:
+        """y = a + b for a: (N, F), b: (F,), written over `a` (the fresh result of a matmul)."""
+        a += b
+        return a
 
     def bias_relu(self, a: Any, b: Any) -> Any:
         """y = max(a + b, 0), written over `a` (the fresh result of a matmul)."""

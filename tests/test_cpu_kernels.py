@@ -74,6 +74,11 @@ def test_arrays_the_loops_do_not_take_go_the_references_way(ops: CpuOps) -> None
     view = a[:, ::2]  # not contiguous: bias_relu must write through the view
     expected = REF.bias_relu(view.copy(), b)
     assert ops.bias_relu(view, b) is view and np.array_equal(view, expected)
+    expected = REF.add_bias(view.copy(), b)
+    assert ops.add_bias(view, b) is view and np.array_equal(view, expected)
+    b64 = b.astype(np.float64)  # float32 and float64: the reference's in-place add, rounded to float32
+    out = ops.add_bias(a[:, 1:7].copy(), b64)
+    assert out.dtype == np.float32 and np.array_equal(out, REF.add_bias(a[:, 1:7].copy(), b64))
     dy, y = rng.normal(size=(8, 6)), rng.normal(size=(8, 6)).astype(np.float32)  # float64 and float32
     assert np.array_equal(ops.relu_backward(dy, y), REF.relu_backward(dy, y))
     assert np.array_equal(ops.relu_backward(dy[:, ::2], dy[:, ::2]), REF.relu_backward(dy[:, ::2], dy[:, ::2]))

@@ -115,6 +115,8 @@ def test_elementwise_chains_are_the_reference_bit_for_bit(small_chunks, monkeypa
         out = ops.bias_relu(a.reshape(shape).copy(), b)
         assert np.array_equal(out, ref.bias_relu(a.reshape(shape).copy(), b), equal_nan=True)
         assert out.shape == shape and np.isnan(out.flat[0]) and out.flat[1] == np.inf and out.flat[2] == 0
+    out = ops.add_bias(a.copy(), b)
+    assert np.array_equal(out, ref.add_bias(a.copy(), b), equal_nan=True) and out.flat[3] == b[3] and out.flat[4] < 0
     u = ops.uniform((7, 11), key=123, dtype=np.float32, offset=5)
     assert np.array_equal(u, ref.uniform((7, 11), key=123, dtype=np.float32, offset=5))
     p, g, m, v = (rng.normal(size=301).astype(np.float32) for _ in range(4))
@@ -235,6 +237,23 @@ def test_sums_over_rows_are_the_reference_to_rounding(small_chunks, own_threads:
         assert np.array_equal(np.isnan(ops.sum_rows(x)), np.isnan(ref.sum_rows(x)))
         assert ops.sum_rows(x)[2] == np.inf
     assert np.array_equal(ops.sum_rows(x[:0]), np.zeros(7, dtype=np.float32))
+
+
+@pytest.mark.parametrize("own_threads", [False, True])
+def test_row_products_cover_every_row_in_chunks_or_in_one(small_chunks, own_threads: bool) -> None:
+    """y = x W and dx = dy W^T (a transposed view): every row, in chunks on own threads or in one
+    product, to float rounding; the result's dtype the operands'."""
+    ops = CpuOps(threads=3, own_threads=own_threads)
+    rng = np.random.default_rng(6)
+    x, W = rng.normal(size=(53, 17)).astype(np.float32), rng.normal(size=(17, 9)).astype(np.float32)
+    if own_threads:
+        assert len(ops.chunks(len(x), 17 + 9 + 17 * 9 // 16, W.size)) > 1  # the test cuts it
+    y = ops.matmul(x, W, 17 + 9 + 17 * 9 // 16, shared=W.size)
+    assert y.dtype == np.float32 and y.shape == (53, 9)
+    np.testing.assert_allclose(y, x.astype(np.float64) @ W, rtol=1e-5, atol=1e-5)
+    dx = ops.matmul(y, W.T, 17 + 9 + 17 * 9 // 16, shared=W.size)
+    np.testing.assert_allclose(dx, y.astype(np.float64) @ W.T, rtol=1e-5, atol=1e-4)
+    assert ops.matmul(x[:0], W, 1).shape == (0, 9)
 
 
 def test_an_error_in_a_chunk_reaches_the_caller_after_every_chunk_ended(small_chunks) -> None:

@@ -41,36 +41,22 @@ class Linear(Layer):
     def forward(self, x: Any, training: bool = False) -> Any:
         self.x = x
         ops, W, b = self.backend.ops, self.params["W"], self.params["b"]
-        y = self.xp.empty((x.shape[0], self.out_features), dtype=x.dtype)
-
-        def rows(i: slice) -> None:
-            self.xp.matmul(x[i], W, out=y[i])
-            if self.fuse_relu:
-                ops.bias_relu(y[i], b)
-            else:
-                y[i] += b
-
-        ops.parallel_for(len(y), rows, self.row_cost, shared=W.size)
-        return y
+        y = ops.matmul(x, W, self.row_cost, shared=W.size)
+        # y = x W + b, and max(y, 0) in the same pass over y when a ReLU follows
+        return ops.bias_relu(y, b) if self.fuse_relu else ops.add_bias(y, b)
 
     def backward(self, dy: Any) -> Any:
         # dL/dW = x^T dy,  dL/db = sum_n dy,  dL/dx = dy W^T
-        xp, ops, x, W = self.xp, self.backend.ops, self.x, self.params["W"]
+        ops, x, W = self.backend.ops, self.x, self.params["W"]
         ops.matmul_tn(x, dy, out=self.grads["W"])
         ops.sum_rows(dy, out=self.grads["b"])
         if not self.compute_dx:
             return None
-        dx = xp.empty_like(x)
-
-        def rows(i: slice) -> None:
-            xp.matmul(dy[i], W.T, out=dx[i])
-
-        ops.parallel_for(len(dx), rows, self.row_cost, shared=W.size)
-        return dx
+        return ops.matmul(dy, W.T, self.row_cost, shared=W.size)
 
     @property
     def row_cost(self) -> int:
-        """What one row of a batch costs, for ops.parallel_for: its elements plus multiply-adds / 16."""
+        """What one row of a batch costs, for ops.matmul (as for parallel_for): its elements plus multiply-adds / 16."""
         return self.in_features + self.out_features + self.in_features * self.out_features // 16
 
     def spec(self) -> dict[str, Any]:
