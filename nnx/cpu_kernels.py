@@ -81,25 +81,40 @@ def relu_backward(dy: Any, y: Any, dx: Any) -> None:
 
 
 @_jit
-def softmax_cross_entropy(z: Any, y: Any, dz: Any, limit: float) -> float:
-    """The mean loss of logits z (N, C) for labels y (N,), with dz = (p - onehot(y)) / N written
-    in the same pass (the arithmetic of `Ops.softmax_cross_entropy`). A label outside 0..C-1 makes
-    its row's loss and gradient NaN. The rows' losses add up in double; a sum past `limit` (the
-    largest number of z's dtype) is inf, as the reference's sum in that dtype would be: a
-    diverging run's loss (rows of 1e37 at a learning rate of 1e9) must reach the divergence guard
-    as inf, not as a finite mean."""
+def _row_max(z: Any, i: int) -> Any:
+    """max_k z[i, k] for the softmax's shift. A NaN in the row need not carry into it: the row's
+    sum of exponentials is NaN either way, and with it the row's loss and gradient. Written
+    without branches: on each step's new logits their mispredictions took as long as the work."""
+    m = z[i, 0]
+    for k in range(1, z.shape[1]):
+        v = z[i, k]
+        m = v if v > m else m
+    return m
+
+
+@_jit
+def shift_by_row_max(z: Any, s: Any) -> None:
+    """s = z - max_k z[:, k] row by row: the softmax's exponents, all <= 0 (or NaN)."""
+    for i in range(z.shape[0]):
+        m = _row_max(z, i)
+        for k in range(z.shape[1]):
+            s[i, k] = z[i, k] - m
+
+
+@_jit
+def cross_entropy_from_exp(z: Any, y: Any, dz: Any, limit: float) -> float:
+    """The mean loss of logits z (N, C) for labels y (N,), given dz = exp(z - m) row by row (the
+    exp is NumPy's vectorised one, between this loop and shift_by_row_max: libm's exp, called per
+    element, took 4 ns of the 4.2 an element cost). Writes dz = (p - onehot(y)) / N over it (the
+    arithmetic of `Ops.softmax_cross_entropy`). A label outside 0..C-1 makes its row's loss and
+    gradient NaN. The rows' losses add up in double; a sum past `limit` (the largest number of z's
+    dtype) is inf, as the reference's sum in that dtype would be: a diverging run's loss (rows of
+    1e37 at a learning rate of 1e9) must reach the divergence guard as inf, not as a finite mean."""
     n, c = z.shape
     total = 0.0
     for i in range(n):
-        m = z[i, 0]  # the row's maximum, NaN if any element is NaN (as xp.max)
-        for k in range(1, c):
-            if z[i, k] > m or z[i, k] != z[i, k]:
-                m = z[i, k]
-                if m != m:
-                    break
         sum_e = z.dtype.type(0)
         for k in range(c):
-            dz[i, k] = math.exp(z[i, k] - m)
             sum_e += dz[i, k]
         t = y[i]
         if t < 0 or t >= c:
@@ -108,12 +123,11 @@ def softmax_cross_entropy(z: Any, y: Any, dz: Any, limit: float) -> float:
                 dz[i, k] = math.nan
             continue
         # log p_t = (z_t - m) - log sum_j exp(z_j - m)
-        total += math.log(sum_e) - (z[i, t] - m)
-        for k in range(c):
-            dz[i, k] /= sum_e
-        dz[i, t] -= 1
-        for k in range(c):
-            dz[i, k] /= n
+        total += math.log(sum_e) - (z[i, t] - _row_max(z, i))
+        for k in range(c):  # dz = (e / sum_e - [k = t]) / n, the reference's three steps, in one pass
+            q = dz[i, k] / sum_e
+            q = q - 1 if k == t else q
+            dz[i, k] = q / n
     if abs(total) > limit:
         return math.inf
     return total / n if n else 0.0
@@ -122,15 +136,15 @@ def softmax_cross_entropy(z: Any, y: Any, dz: Any, limit: float) -> float:
 @_jit
 def count_correct(z: Any, y: Any) -> int:
     """How many rows of z (N, C) have their first maximum at y (NumPy's argmax: a NaN counts as
-    the maximum, the first NaN wins)."""
+    the maximum, the first NaN wins). Without branches, as _row_max (1024 new rows: 30 -> 17 us)."""
     correct = 0
     for i in range(z.shape[0]):
-        best = 0
+        best, top = 0, z[i, 0]
         for k in range(1, z.shape[1]):
-            if z[i, best] != z[i, best]:
-                break
-            if z[i, k] > z[i, best] or z[i, k] != z[i, k]:
-                best = k
+            v = z[i, k]
+            take = (v > top) | ((v != v) & (top == top))  # larger, or the first NaN
+            best = k if take else best
+            top = v if take else top
         correct += best == y[i]
     return correct
 
@@ -190,7 +204,8 @@ def warm(dtype: Any) -> None:
     add_bias(a, b)
     bias_relu(a, b)
     relu_backward(b, b, b.copy())
-    softmax_cross_entropy(a, np.zeros(2, dtype=np.int64), a.copy(), float(np.finfo(dtype).max))
+    shift_by_row_max(a, a.copy())
+    cross_entropy_from_exp(a, np.zeros(2, dtype=np.int64), a.copy(), float(np.finfo(dtype).max))
     count_correct(a, np.zeros(2, dtype=np.int64))
     p, g, m, v = (np.zeros(3, dtype=dtype) for _ in range(4))
     sgd(p, g, one, one)
