@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nnx.data import idx
 from nnx.data.csvfile import MAX_CSV_BYTES, read_csv
 from nnx.data.idx import read_idx_images, read_idx_labels, write_idx
 from nnx.data.mnist import FILES, label_counts, load_mnist, resolve_data_dir, verify_file
@@ -26,13 +27,28 @@ def images() -> np.ndarray:
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_idx_images_raw_and_gzip(tmp_path: Path, images: np.ndarray, compress: bool) -> None:
+def test_idx_images_raw_and_gzip(tmp_path: Path, images: np.ndarray, compress: bool, monkeypatch) -> None:
+    """Read whole, whatever the chunks (here 1,000 bytes: the gzip path gathers several), into
+    NumPy's own memory (which it backs with huge pages where it can), not a view of a bytearray."""
+    monkeypatch.setattr(idx, "CHUNK", 1000)
     data = idx_bytes(images)
     path = tmp_path / "imgs"
     path.write_bytes(gzip.compress(data) if compress else data)
     loaded = read_idx_images(path)
     assert loaded.dtype == np.uint8 and loaded.shape == (7, 784)
     assert np.array_equal(loaded, images.reshape(7, 784))
+    owner = loaded
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    assert owner.base is None and owner.flags.owndata
+
+
+@pytest.mark.parametrize("tail", [b"\x00", b"\x07\x00"])
+def test_a_gzip_file_longer_than_its_header_is_refused(tmp_path: Path, images: np.ndarray, tail: bytes) -> None:
+    path = tmp_path / "imgs.gz"
+    path.write_bytes(gzip.compress(idx_bytes(images) + tail))
+    with pytest.raises(DataError, match="longer than its header"):
+        read_idx_images(path)
 
 
 def test_idx_labels(tmp_path: Path) -> None:
