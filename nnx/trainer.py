@@ -259,8 +259,10 @@ class Trainer:
                 offset, state.batch = state.seen % batch_size, state.seen // batch_size
             batches_now = math.ceil((n - offset) / batch_size)
             # A resumed epoch's partial sums are global: one rank carries them, the others start at 0.
-            loss_sum = xp.asarray(state.loss_sum if comm.is_root else 0.0, dtype=backend.dtype)
-            correct = xp.asarray(state.correct if comm.is_root else 0, dtype=np.int64)
+            # [()]: NumPy scalars on the CPU, which += replaces with new ones in 0.1 us (adding in
+            # place into a 0-d array took 0.8); 0-d arrays on a GPU, added to in place, unread.
+            loss_sum = xp.asarray(state.loss_sum if comm.is_root else 0.0, dtype=backend.dtype)[()]
+            correct = xp.asarray(state.correct if comm.is_root else 0, dtype=np.int64)[()]
             seen = state.seen
             rows = state.seen if comm.is_root else 0  # what this rank's loss_sum and correct cover
             # The losses since the last divergence check, left on the device and read at the check.
@@ -282,9 +284,7 @@ class Trainer:
                 model.set_random_key(seed, epoch, batch, row_offset=lo)
                 z = model.logits(x, training=True)
                 loss = loss_fn.forward(z, y)
-                # (Not in place: on NumPy the sums become scalars, which add in 0.1 us where an
-                # in-place add to a 0-d array took 0.8; on CuPy they stay 0-d arrays on the device.)
-                correct = correct + backend.ops.count_correct(z, y)
+                correct += backend.ops.count_correct(z, y)
                 dz = loss_fn.backward()
                 if comm.size > 1:
                     # dL/dz of the global batch's mean loss: (p - onehot) / N_global, not / N_rank;
@@ -294,7 +294,7 @@ class Trainer:
                 if comm.size > 1:
                     comm.allreduce_sum(model.flat_grads)
                 self.optimizer.step()
-                loss_sum = loss_sum + loss * len(idx)
+                loss_sum += loss * len(idx)
                 seen += global_rows
                 rows += len(idx)
                 state.batch = batch + 1
