@@ -10,7 +10,8 @@ Each loop does the reference's arithmetic in the same order on the array's own d
 cast to it first, as NumPy casts a Python float, and LLVM contracts nothing into fused
 multiply-adds without fast-math), so the updates, the batch conversion and the activations give
 the reference's bits; the loss takes NumPy's own exp but libm's log and a sum in double, and
-differs from NumPy's in the last bit. `nogil`: the kernels also run inside the chunks of nnx/cpu_ops.py's threads.
+differs from NumPy's in the last bit. `nogil`: the kernels also run inside the chunks of
+nnx/cpu_ops.py's threads.
 
 Compiled on first use and cached on disk (Numba's cache, beside this file or in the user's cache
 folder), so a run after the first loads them in milliseconds; `warm` compiles them before a
@@ -137,7 +138,7 @@ def cross_entropy_from_exp(z: Any, y: Any, dz: Any, limit: float) -> float:
 @_jit
 def count_correct(z: Any, y: Any) -> int:
     """How many rows of z (N, C) have their first maximum at y (NumPy's argmax: a NaN counts as
-    the maximum, the first NaN wins). Without branches, as _row_max (1024 new rows: 30 -> 17 us)."""
+    the maximum, the first NaN wins). Without branches, as _row_max (1,024 new rows: 30 -> 17 us)."""
     correct = 0
     for i in range(z.shape[0]):
         best, top = 0, z[i, 0]
