@@ -398,7 +398,7 @@ class CpuOps(Ops):
         out = np.empty((len(a), b.shape[1]), dtype=np.result_type(a, b))
 
         def rows(i: slice) -> None:
-            np.matmul(a[i], b, out=out[i])
+            np.dot(a[i], b, out=out[i])  # (np.dot lets go of the GIL for any size; matmul over 500 elements)
 
         self.parallel_for(len(a), rows, row_cost, shared)
         return out
