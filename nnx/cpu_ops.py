@@ -513,11 +513,11 @@ class CpuOps(Ops):
         return out
 
     def softmax_cross_entropy(self, z: Any, y: Any) -> tuple[Any, Any]:
-        """The compiled loop (one pass over the logits, any labels) where it can run; otherwise the
-        reference's arithmetic on the transposed logits (C, N): NumPy reduces a (N, 10) array along
-        its short rows ten times slower than along the long axis of its transpose. That only for
-        the usual batch whose labels are all in 0..C-1 (a cheap check on the host); any other batch
-        goes to the reference, NaN rows and all."""
+        """The compiled loops (the exponents, NumPy's exp, then loss and gradient; any labels) where
+        they can run; otherwise the reference's arithmetic on the transposed logits (C, N): NumPy
+        reduces a (N, 10) array along its short rows ten times slower than along the long axis of
+        its transpose. That only for the usual batch whose labels are all in 0..C-1 (a cheap check
+        on the host); any other batch goes to the reference, NaN rows and all."""
         n, c = z.shape
         if self.kernels is not None and _loop_ready(z) and n and y.shape == (n,) and y.dtype.kind in "iu":
             dz = np.empty_like(z)  # the compiled loops: any labels, bad ones giving NaN rows
