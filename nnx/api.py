@@ -562,12 +562,13 @@ def ensure_data(
     say: Callable[[str], None],
     dataset: str,
     mirrors: list[str] | None = None,
+    parts: tuple[str, ...] | None = None,
 ) -> None:
     """Download what `dataset` lacks in `data_dir` (through `fetch(data_dir, dataset)` when given,
     `fetch(data_dir, dataset, mirrors)` when the config names its own), or say how to get it when
-    downloading is off."""
+    downloading is off. `parts`: only these of its files (keys of FILES; `fetch` is told itself)."""
     check_data_folder(data_dir)
-    missing = missing_files(data_dir)
+    missing = missing_files(data_dir, parts)
     if not missing:
         return
     option = "" if dataset == "mnist" else f" --dataset {dataset}"
@@ -581,7 +582,7 @@ def ensure_data(
     else:
         from nnx.data.download import download_mnist
 
-        download_mnist(data_dir, mirrors, None, False, dataset)
+        download_mnist(data_dir, mirrors, None, False, dataset, parts)
 
 
 def resumable_config(run_dir: Path, overrides: dict[str, Any] | None) -> Path | dict[str, Any]:

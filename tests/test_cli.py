@@ -85,6 +85,39 @@ def test_train_refuses_to_overwrite_a_run(trained: Path, tiny_mnist: Path) -> No
     assert (trained / "model.npz").read_bytes() == before
 
 
+def test_commands_that_measure_a_model_need_only_the_test_files(
+    trained: Path, tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine that evaluates models has no use for the 47 MB training set: nothing is fetched."""
+    import shutil
+
+    import nnx.data.download as download
+
+    asked: list[str] = []
+
+    def offline(file, *args, **kwargs):
+        asked.append(file.name)
+        raise DataError(f"{file.name}: offline")
+
+    monkeypatch.setattr(download, "download_file", offline)
+    test_only = tmp_path / "test-only"
+    test_only.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(tiny_mnist / name, test_only / name)
+    for args in (
+        ("evaluate", trained, "--data-dir", test_only, "-q"),
+        ("predict", trained, "--test-index", 2, "--data-dir", test_only),
+        ("plot", trained, "--data-dir", test_only),
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+    assert asked == []
+    (test_only / "t10k-labels-idx1-ubyte").unlink()  # a missing test file is still fetched, and only it
+    missing = assert_one_line_error(invoke("evaluate", trained, "--data-dir", test_only))
+    assert "t10k-labels-idx1-ubyte: offline" in missing
+    assert asked == ["t10k-labels-idx1-ubyte"]
+
+
 def test_evaluate(trained: Path, tiny_mnist: Path) -> None:
     result = invoke("evaluate", trained / "model.npz", "--data-dir", tiny_mnist)
     assert result.exit_code == 0, result.output

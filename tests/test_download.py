@@ -131,6 +131,20 @@ def test_download_mnist_fetches_only_what_is_missing(tmp_path: Path, serve, monk
     assert download_mnist(dest, [url]) == []
 
 
+def test_download_mnist_fetches_only_the_parts_asked_for(
+    tmp_path: Path, serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nnx.data.download as download
+
+    other = MnistFile("other-labels-idx1-ubyte", FILE.archive_sha256, FILE.sha256, FILE.size)
+    site = mirror_with(tmp_path, "m1", gzip.compress(CONTENT, mtime=0))
+    (site / (other.name + ".gz")).write_bytes(gzip.compress(CONTENT, mtime=0))
+    monkeypatch.setattr(download, "FILES", {"train_labels": other, "test_labels": FILE})
+    dest = tmp_path / "data"
+    assert [p.name for p in download_mnist(dest, [serve(site)], parts=("test_labels",))] == [FILE.name + ".gz"]
+    assert sorted(p.name for p in dest.iterdir()) == [FILE.name + ".gz"]
+
+
 def test_every_dataset_is_registered_with_checksums_mirrors_and_class_names() -> None:
     from nnx.data.datasets import DATASETS
 

@@ -18,7 +18,12 @@ from nnx.errors import DataError
 
 
 def download_with_progress(
-    data_dir: Path, console: Console, mirrors: list[str] | None = None, force: bool = False, dataset: str = "mnist"
+    data_dir: Path,
+    console: Console,
+    mirrors: list[str] | None = None,
+    force: bool = False,
+    dataset: str = "mnist",
+    parts: tuple[str, ...] | None = None,
 ) -> None:
     """Download what is missing, with a byte progress bar on a terminal and a line per file elsewhere."""
     mirrors = mirrors or list(get_dataset(dataset).mirrors)
@@ -33,21 +38,27 @@ def download_with_progress(
                     tasks[name] = bars.add_task(name, total=total)
                 bars.update(tasks[name], completed=done)
 
-            fetched = download_mnist(data_dir, mirrors, progress, force, dataset)
+            fetched = download_mnist(data_dir, mirrors, progress, force, dataset, parts)
     else:
-        fetched = download_mnist(data_dir, mirrors, None, force, dataset)
+        fetched = download_mnist(data_dir, mirrors, None, force, dataset, parts)
     for path in fetched:
         console.print(f"downloaded {path} (sha256 verified)", markup=False)
 
 
-def ensure_data(data_dir: Path, console: Console, download: bool = True, dataset: str = "mnist") -> None:
-    """nnx.api.ensure_data with a progress bar and the CLI's console."""
+def ensure_data(
+    data_dir: Path,
+    console: Console,
+    download: bool = True,
+    dataset: str = "mnist",
+    parts: tuple[str, ...] | None = None,
+) -> None:
+    """nnx.api.ensure_data with a progress bar and the CLI's console; `parts`: only these files."""
     from nnx.api import ensure_data as ensure
 
     def fetch(folder: Path, name: str) -> None:
-        download_with_progress(folder, console, dataset=name)
+        download_with_progress(folder, console, dataset=name, parts=parts)
 
-    ensure(data_dir, download, fetch, lambda line: console.print(line, markup=False), dataset)
+    ensure(data_dir, download, fetch, lambda line: console.print(line, markup=False), dataset, parts=parts)
 
 
 def run_download(data_dir: Path | None, mirrors: list[str] | None, force: bool, dataset: str = "mnist") -> None:

@@ -12,7 +12,7 @@ from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
 from nnx.cli.render import class_label, digit_text, probability_table
 from nnx.data.datasets import class_names
-from nnx.data.mnist import load_test
+from nnx.data.mnist import TEST_FILES, load_test
 from nnx.io import model_file, open_model
 from nnx.metrics import confusion_matrix, most_confident_mistakes, per_class_accuracy, predict_probabilities
 from nnx.runs import test_data
@@ -31,7 +31,8 @@ def run_evaluate(
     classes = class_names(loaded.header)
     folder, csv = test_data(run, data_dir, dataset)
     if csv is None:
-        ensure_data(folder, stderr_console() if as_json else console, dataset=dataset)  # stdout: the JSON alone
+        # the test files only; stdout: the JSON alone
+        ensure_data(folder, stderr_console() if as_json else console, dataset=dataset, parts=TEST_FILES)
     host_test = load_test(folder, csv)
     test = DeviceSplit(host_test, backend)
     loss, accuracy, predictions = evaluate(loaded.model, test, loaded.preprocess, backend)

@@ -13,6 +13,7 @@ from rich.table import Table
 from nnx.atomic import check_replaceable
 from nnx.cli.common import stderr_console, stdout_console
 from nnx.cli.data_cmd import ensure_data
+from nnx.data.mnist import TEST_FILES
 from nnx.errors import NnxError
 from nnx.runs import config_differences, is_figure, list_runs, read_run, test_data, unfinished_runs
 
@@ -28,7 +29,7 @@ def run_plot(run: Path, data_dir: Path | None, device: str) -> None:
     dataset = _run_dataset(run)
     folder, csv = test_data(run, data_dir, dataset)  # the run's own test set, unless --data-dir
     if csv is None:
-        ensure_data(folder, console, dataset=dataset)
+        ensure_data(folder, console, dataset=dataset, parts=TEST_FILES)
     for path in make_plots(run, folder, device, csv):
         console.print(f"wrote {path}", markup=False)
 

@@ -12,7 +12,7 @@ from nnx.cli.data_cmd import ensure_data
 from nnx.cli.render import class_label, digit_text, probability_table
 from nnx.data.csvfile import read_csv
 from nnx.data.datasets import class_names, get_dataset
-from nnx.data.mnist import load_test, resolve_data_dir
+from nnx.data.mnist import TEST_FILES, load_test, resolve_data_dir
 from nnx.errors import NnxError
 from nnx.images import image_to_digit, load_digit_image
 from nnx.io import open_model
@@ -33,7 +33,8 @@ def _read_input(
         raise NnxError("give exactly one of: an input file (PNG/JPEG/CSV) or --test-index N")
     if test_index is not None:
         folder = resolve_data_dir(data_dir, None, dataset)
-        ensure_data(folder, stderr_console(), dataset=dataset)  # stdout: the prediction alone (--json)
+        # the test files only; stdout: the prediction alone (--json)
+        ensure_data(folder, stderr_console(), dataset=dataset, parts=TEST_FILES)
         test = load_test(folder)
         if not 0 <= test_index < len(test):
             raise NnxError(f"--test-index {test_index}: the test set has images 0-{len(test) - 1}")

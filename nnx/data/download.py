@@ -128,9 +128,11 @@ def download_mnist(
     progress: Progress | None = None,
     force: bool = False,
     dataset: str = "mnist",
+    parts: tuple[str, ...] | None = None,
 ) -> list[Path]:
     """Download every file of `dataset` (MNIST, Fashion-MNIST, KMNIST) not already in `data_dir`,
-    from `mirrors` (default: the dataset's own, in order); returns the paths fetched."""
+    from `mirrors` (default: the dataset's own, in order); returns the paths fetched. `parts`: only
+    these of the files (keys of FILES: "train_images", ...)."""
     from nnx.data.datasets import get_dataset
 
     entry = get_dataset(dataset)
@@ -141,7 +143,9 @@ def download_mnist(
             raise DataError(f"--mirror {mirror!r}: {problem}")
     files = FILES if dataset == "mnist" else entry.files  # FILES: tests may stand in for it
     fetched = []
-    for file in files.values():
+    for key, file in files.items():
+        if parts is not None and key not in parts:
+            continue
         if not force and find_file(data_dir, file) is not None:
             continue
         fetched.append(download_file(file, data_dir, mirrors, progress, dataset=dataset))

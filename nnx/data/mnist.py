@@ -89,10 +89,15 @@ def csv_files(data_dir: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def missing_files(data_dir: Path) -> list[str]:
+# What evaluate, predict and plot read: a machine that only measures models needs no training set.
+TEST_FILES = ("test_images", "test_labels")
+
+
+def missing_files(data_dir: Path, parts: tuple[str, ...] | None = None) -> list[str]:
+    """The names of the files (of FILES' keys `parts`, default all) that `data_dir` lacks."""
     if csv_files(data_dir) is not None:
         return []
-    return [f.name for f in FILES.values() if find_file(data_dir, f) is None]
+    return [f.name for key, f in FILES.items() if (parts is None or key in parts) and find_file(data_dir, f) is None]
 
 
 def sha256_hex(data: bytes) -> str:
