@@ -566,7 +566,8 @@ def ensure_data(
 ) -> None:
     """Download what `dataset` lacks in `data_dir` (through `fetch(data_dir, dataset)` when given,
     `fetch(data_dir, dataset, mirrors)` when the config names its own), or say how to get it when
-    downloading is off. `parts`: only these of its files (keys of FILES; `fetch` is told itself)."""
+    downloading is off. `parts`: only these of its files (keys of FILES: "test_images", ...); a
+    `fetch` given must keep to them itself."""
     check_data_folder(data_dir)
     missing = missing_files(data_dir, parts)
     if not missing:
