@@ -412,7 +412,7 @@ class CpuOps(Ops):
         q = b.shape[1]
         row_cost = p + q + p * q // 16  # a row of a and b, and its p * q multiply-adds
         out = np.empty((p, q), dtype=np.result_type(a, b)) if out is None else out
-        if not self.own_threads or len(self.chunks(n, row_cost, p * q)) == 1:  # one product, no copies
+        if len(self.chunks(n, row_cost, p * q)) == 1:  # one product, no copies
             self.parallel_for(1, lambda _: np.matmul(a.T, b, out=out), n * row_cost)
             return out
         if p >= 2 * MIN_OUTPUT_ROWS:
@@ -463,11 +463,11 @@ class CpuOps(Ops):
         return self.normalize_rows(pixels, slice(None), scale, shift, dtype)
 
     def normalize_rows(self, images: Any, idx: Any, scale: float, shift: float, dtype: Any) -> Any:
-        # Each chunk gathers its rows and converts them while they are in cache.
         if self.kernels is not None and images.dtype == np.uint8 and images.flags.c_contiguous and images.ndim >= 1:
             return self._normalize_compiled(images, idx, scale, shift, dtype)
         if not self.own_threads:
             return Ops.normalize(self, images[idx], scale, shift, dtype)
+        # Each chunk gathers its rows and converts them while they are in cache.
         rows = images[idx] if isinstance(idx, slice) else None
         n = len(rows) if rows is not None else len(idx)
         x = np.empty((n, *images.shape[1:]), dtype=dtype)
