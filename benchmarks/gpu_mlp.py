@@ -61,8 +61,10 @@ def nnx_epochs(backend: Backend, sizes: list[int], batch: int, train, epochs: in
 
 def products_epochs(sizes: list[int], batch: int, n: int, epochs: int) -> list[float]:
     """Seconds per epoch of only the products an nnx MLP step calls on the CPU, as Linear calls
-    them: y = x W, dW = x^T dy and, above the first layer, dx = dy W^T, for every batch of an
-    epoch of n images (the last one shorter). The first epoch warms up and is dropped."""
+    them (through the CPU's ops: BLAS, or nnx/cpu_products.py on a CPU with AVX-512): y = x W,
+    dW = x^T dy and, above the first layer, dx = dy W^T, for every batch of an epoch of n images
+    (the last one shorter). The first epoch warms up and is dropped."""
+    ops = CpuOps()
     rng = np.random.default_rng(0)
     counts = [batch] * (n // batch) + ([n % batch] if n % batch else [])
     layers = []
@@ -78,10 +80,10 @@ def products_epochs(sizes: list[int], batch: int, n: int, epochs: int) -> list[f
         for m in counts:
             for i, (W, dW, by_rows) in enumerate(layers):
                 x, dy, dx, y = by_rows[m]
-                np.matmul(x, W, out=y)
-                np.matmul(x.T, dy, out=dW)
+                ops.matmul(x, W, 0)
+                ops.matmul_tn(x, dy, out=dW)
                 if i:  # the first layer's dx is never computed
-                    np.matmul(dy, W.T, out=dx)
+                    ops.matmul(dy, W.T, 0)
         times.append(time.perf_counter() - started)
     return times[1:]
 

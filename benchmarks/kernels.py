@@ -39,7 +39,10 @@ def cpu_loops() -> str:
         return "elementwise chains in NumPy (no Numba, or NNX_NUMBA=0)"
     import numba
 
-    return f"elementwise chains compiled by Numba {numba.__version__}"
+    from nnx.cpu_ops import avx512_products
+
+    products = ", float32 products by nnx's AVX-512 tiles" if avx512_products() is not None else ""
+    return f"elementwise chains compiled by Numba {numba.__version__}{products}"
 
 
 def torch_on(device: str):  # noqa: ANN201 (torch may not be installed)

@@ -57,6 +57,9 @@ MIN_HALF_ELEMENTS = 1 << 18
 UPDATE_PIECE_ELEMENTS = 1 << 22
 # matmul_tn splits a product's output rows into chunks of at least this many.
 MIN_OUTPUT_ROWS = 256
+# A product of at least this many multiply-adds is cut over the threads (cpu_products): at batch 64,
+# x W for a 784 -> 64 layer (3.2M) took 24.5 us on one thread, 14.9 us on two.
+PARALLEL_PRODUCT_MACS = 1 << 20
 # Products in chunks go through np.dot, not np.matmul (@): matmul lets go of the GIL only when its
 # result has over 500 elements (NumPy's threshold), so chunks with small results (a first
 # convolution's 32 x 9 dW, the sums of rows) ran one at a time: dW 1.45 ms on two threads, 0.68 with dot.
@@ -186,6 +189,39 @@ def compiled_kernels() -> ModuleType | None:
     return _kernels
 
 
+_products: ModuleType | None | bool = False  # False: not looked for yet
+
+
+def products_turned_off() -> bool:
+    """Whether the user set NNX_PRODUCTS=blas: BLAS does every matrix product."""
+    return os.environ.get("NNX_PRODUCTS", "") == "blas"
+
+
+def cpu_has_avx512() -> bool:
+    """Whether this CPU has AVX-512F, as LLVM (which compiles the loops) sees it; False where
+    llvmlite, which comes with Numba, is missing."""
+    try:
+        import llvmlite.binding as llvm
+    except ImportError:
+        return False
+    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+def avx512_products() -> ModuleType | None:
+    """nnx/cpu_products.py (float32 products on 16 lanes), where the compiled loops are on and this
+    CPU has AVX-512F (Numba compiles for the CPU it runs on); else None: BLAS does every product.
+    NNX_PRODUCTS=blas turns them off. Looked for once."""
+    global _products
+    if _products is False:
+        _products = None
+        if compiled_kernels() is not None and not products_turned_off() and cpu_has_avx512():
+            try:
+                _products = importlib.import_module("nnx.cpu_products")
+            except Exception as exc:  # an extension Numba refuses here: BLAS does the products
+                warnings.warn(f"Numba could not set up nnx's AVX-512 products ({exc}); using BLAS", stacklevel=2)
+    return _products
+
+
 def _loop_ready(*arrays: Any) -> bool:
     """Whether the compiled loops take these: C-contiguous NumPy arrays of one floating dtype (the
     first is never None; None among the others is allowed). Others go the reference's way. (A
@@ -294,6 +330,9 @@ class _Pool:
 
 
 _POOL = _Pool()
+# One product at a time on Numba's threads: its 'workqueue' layer (where neither OpenMP nor TBB is
+# found) aborts the process when two threads start parallel work at once, as `nnx serve`'s may.
+_PRODUCT_LOCK = threading.Lock()
 
 
 class CpuOps(Ops):
@@ -309,6 +348,8 @@ class CpuOps(Ops):
         self._local = threading.local()
         # The fused loops of nnx/cpu_kernels.py where Numba is there (and `compiled`), else None.
         self.kernels = compiled_kernels() if compiled else None
+        # The float32 products of nnx/cpu_products.py on a CPU with AVX-512, else None (BLAS).
+        self.products = avx512_products() if compiled else None
 
     def network_built(self, layers: list[Any]) -> None:
         if any(layer.kind == "conv2d" for layer in layers):
@@ -326,6 +367,12 @@ class CpuOps(Ops):
         except Exception as exc:  # numba.core.errors.NumbaError and LLVM's errors share no base
             warnings.warn(f"Numba could not compile nnx's CPU kernels ({exc}); using NumPy's", stacklevel=2)
             self.kernels = None
+        if self.products is not None and np.dtype(dtype) == np.float32:
+            try:
+                self.products.warm()
+            except Exception as exc:  # as above
+                warnings.warn(f"Numba could not compile nnx's AVX-512 products ({exc}); using BLAS", stacklevel=2)
+                self.products = None
 
     def conv_by_winograd(self, layer: Any) -> bool:
         """3x3, stride-1 convolutions wide enough for the products saved to pay for the transforms."""
@@ -392,7 +439,54 @@ class CpuOps(Ops):
             total += terms[start]
         return total
 
+    def _takes(self, a: Any, b: Any, m: int, n: int, k: int) -> bool:
+        """Whether nnx/cpu_products.py does this product: float32 2-d NumPy arrays, a C-contiguous,
+        b C-contiguous or the transpose of such an array, c (m, n) at least one tile, a sum over k.
+        Not with own threads (a network with convolutions): Numba's threads spin for a while after
+        each product and took the cores from the chunks' threads (mnist_fast: 15 -> 25-28 s)."""
+        return (
+            self.products is not None
+            and not self.own_threads
+            and type(a) is np.ndarray
+            and type(b) is np.ndarray
+            and a.dtype == np.float32
+            and b.dtype == np.float32
+            and a.ndim == 2
+            and b.ndim == 2
+            and a.flags.c_contiguous
+            and (b.flags.c_contiguous or b.flags.f_contiguous)
+            and self.products.applies(m, n, k)
+        )
+
+    def _takes_sum(self, x: Any, out: Any) -> bool:
+        """Whether nnx/cpu_products.py sums x's rows (float32, C-contiguous, as the products)."""
+        if self.own_threads or (out is not None and out.shape != x.shape[1:]):
+            return False
+        arrays = (x,) if out is None else (x, out)
+        return all(type(v) is np.ndarray and v.dtype == np.float32 and v.flags.c_contiguous for v in arrays)
+
+    def _product(self, a: Any, b: Any, c: Any, sa_i: int, sa_k: int) -> Any:
+        """c (m, n) = a b by nnx/cpu_products.py, a(i, kk) at a.flat[i sa_i + kk sa_k] (a C-contiguous
+        a's rows or, for a^T, its columns), b (k, n) or a transposed view of a (n, k) array: on
+        Numba's threads when large enough and no other thread has them, else in this thread."""
+        m, n = c.shape
+        k = len(b)
+        sb_k, sb_j = (n, 1) if b.flags.c_contiguous else (1, k)
+        a, b, c_flat = a.reshape(-1), (b if b.flags.c_contiguous else b.T).reshape(-1), c.reshape(-1)
+        parts = min(self.threads, m // self.products.NARROW_ROWS) if m * n * k >= PARALLEL_PRODUCT_MACS else 1
+        if parts > 1 and _PRODUCT_LOCK.acquire(blocking=False):
+            try:
+                self.products.product(a, b, c_flat, m, n, k, sa_i, sa_k, sb_k, sb_j, parts)
+            finally:
+                _PRODUCT_LOCK.release()
+        else:
+            self.products.product_rows(a, b, c_flat, 0, m, n, k, sa_i, sa_k, sb_k, sb_j)
+        return c
+
     def matmul(self, a: Any, b: Any, row_cost: int, shared: int = 0) -> Any:
+        if self._takes(a, b, len(a), b.shape[-1], len(b)):
+            out = np.empty((len(a), b.shape[1]), dtype=np.float32)
+            return self._product(a, b, out, sa_i=a.shape[1], sa_k=1)
         if not self.own_threads:  # BLAS spreads the one product
             return np.matmul(a, b)
         out = np.empty((len(a), b.shape[1]), dtype=np.result_type(a, b))
@@ -406,6 +500,10 @@ class CpuOps(Ops):
     def matmul_tn(self, a: Any, b: Any, out: Any = None) -> Any:
         """a^T b for a: (N, P), b: (N, Q), a sum over the N rows (dW = x^T dy). With many output
         rows (P), chunks of them, each a whole product; otherwise partial sums over chunks of N."""
+        if self._takes(a, b, a.shape[-1], b.shape[-1], len(a)) and b.flags.c_contiguous:
+            if out is None or (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous):
+                out = np.empty((a.shape[1], b.shape[1]), dtype=np.float32) if out is None else out
+                return self._product(a, b, out, sa_i=1, sa_k=a.shape[1])
         if not self.own_threads:  # BLAS spreads the one product (an MLP's step: no bookkeeping)
             return np.matmul(a.T, b, out=out)
         n, p = a.shape
@@ -434,6 +532,10 @@ class CpuOps(Ops):
         (0.19 vs 0.15 ms), handing chunks to a thread costing more than it saves."""
         if x.ndim != 2 or len(x) == 0:
             return Ops.sum_rows(self, x, out)
+        if self.products is not None and self._takes_sum(x, out):
+            out = np.empty(x.shape[1], dtype=np.float32) if out is None else out
+            self.products.sum_rows(x.reshape(-1), out)
+            return out
         ones = self._constant(1, len(x), x.dtype)
         if not self.own_threads:
             return np.dot(ones, x, out=out)

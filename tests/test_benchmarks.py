@@ -110,21 +110,27 @@ def test_the_products_floor_calls_the_products_an_mlp_step_calls(monkeypatch: py
     import numpy as np
 
     from nnx.backend import get_backend
+    from nnx.cpu_ops import CpuOps
     from nnx.nn import SoftmaxCrossEntropy, build_model, mlp_spec
 
-    calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
-    matmul = np.matmul
+    calls: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
 
-    def recording(a, b, *args, **kwargs):
-        calls.append((a.shape, b.shape))
-        return matmul(a, b, *args, **kwargs)
+    def recording(name):
+        product = getattr(CpuOps, name)
+
+        def record(self, a, b, *args, **kwargs):
+            calls.append((name, a.shape, b.shape))
+            return product(self, a, b, *args, **kwargs)
+
+        return record
 
     sizes, batch = [12, 6, 5, 4], 7
     backend = get_backend("cpu", "float32")
     model = build_model(mlp_spec(sizes), backend, np.random.default_rng(0))
     x = np.random.default_rng(1).normal(size=(batch, 12)).astype(np.float32)
     loss = SoftmaxCrossEntropy(backend)
-    monkeypatch.setattr(np, "matmul", recording)
+    for name in ("matmul", "matmul_tn"):
+        monkeypatch.setattr(CpuOps, name, recording(name))
     loss.forward(model.logits(x, training=True), np.arange(batch) % 4)
     model.backward(loss.backward())
     step_calls = sorted(calls)

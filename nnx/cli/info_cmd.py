@@ -12,7 +12,7 @@ from rich.table import Table
 from nnx import __version__
 from nnx.backend import gpu_unavailable_reason
 from nnx.cli.common import stdout_console
-from nnx.cpu_ops import blas_kernels, numba_turned_off
+from nnx.cpu_ops import blas_kernels, cpu_has_avx512, numba_turned_off, products_turned_off
 
 
 def _version(package: str) -> str:
@@ -52,6 +52,17 @@ def _cpu_loops() -> str:
     return f"compiled by Numba {numba} (NNX_NUMBA=0: NumPy's chains)"
 
 
+def _cpu_products() -> str:
+    """Who does the CPU's float32 matrix products: nnx/cpu_products.py's AVX-512 tiles or BLAS."""
+    if products_turned_off():
+        return "BLAS's (NNX_PRODUCTS=blas is set)"
+    if numba_turned_off() or _version("numba") == "not installed":
+        return "BLAS's (nnx's own need Numba)"
+    if not cpu_has_avx512():
+        return "BLAS's (this CPU has no AVX-512)"
+    return "float32: nnx's AVX-512 tiles, compiled by Numba (NNX_PRODUCTS=blas: BLAS's)"
+
+
 def run_info() -> None:
     console = stdout_console()
     versions = Table(title="nnx info", show_header=False)
@@ -68,6 +79,7 @@ def run_info() -> None:
     versions.add_row("backend cpu", "usable")
     versions.add_row("cpu blas", blas_kernels())
     versions.add_row("cpu loops", _cpu_loops())
+    versions.add_row("cpu products", _cpu_products())
     reason = gpu_unavailable_reason()
     versions.add_row("backend gpu", "usable" if reason is None else f"not usable: {reason}")
     if reason is None:
