@@ -484,7 +484,7 @@ class CpuOps(Ops):
         return c
 
     def matmul(self, a: Any, b: Any, row_cost: int, shared: int = 0) -> Any:
-        if self._takes(a, b, len(a), b.shape[-1], len(b)):
+        if self._takes(a, b, len(a), b.shape[-1], len(b)) and a.shape[1] == len(b):
             out = np.empty((len(a), b.shape[1]), dtype=np.float32)
             return self._product(a, b, out, sa_i=a.shape[1], sa_k=1)
         if not self.own_threads:  # BLAS spreads the one product
@@ -500,8 +500,13 @@ class CpuOps(Ops):
     def matmul_tn(self, a: Any, b: Any, out: Any = None) -> Any:
         """a^T b for a: (N, P), b: (N, Q), a sum over the N rows (dW = x^T dy). With many output
         rows (P), chunks of them, each a whole product; otherwise partial sums over chunks of N."""
-        if self._takes(a, b, a.shape[-1], b.shape[-1], len(a)) and b.flags.c_contiguous:
-            if out is None or (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous):
+        if self._takes(a, b, a.shape[-1], b.shape[-1], len(a)) and b.flags.c_contiguous and len(a) == len(b):
+            if out is None or (
+                type(out) is np.ndarray
+                and out.shape == (a.shape[1], b.shape[1])
+                and out.dtype == np.float32
+                and out.flags.c_contiguous
+            ):
                 out = np.empty((a.shape[1], b.shape[1]), dtype=np.float32) if out is None else out
                 return self._product(a, b, out, sa_i=1, sa_k=a.shape[1])
         if not self.own_threads:  # BLAS spreads the one product (an MLP's step: no bookkeeping)

@@ -136,6 +136,21 @@ def test_blas_keeps_what_the_tiles_do_not_take() -> None:
     close(o.matmul(x32[:3], W32[:, :10], 1), x32[:3].astype(np.float64) @ W32[:, :10])
 
 
+def test_mismatched_shapes_raise_as_numpy_s_do() -> None:
+    """The tiles index raw memory: shapes that do not fit go to NumPy, which raises, rather than
+    to a loop that would read or write past the arrays."""
+    o = ops()
+    x, W = np.ones((64, 30), dtype=np.float32), np.ones((31, 64), dtype=np.float32)
+    with pytest.raises(ValueError):
+        o.matmul(x, W, 1)
+    with pytest.raises(ValueError):
+        o.matmul_tn(x, np.ones((65, 64), dtype=np.float32))
+    with pytest.raises(ValueError):
+        o.matmul_tn(x, np.ones((64, 64), dtype=np.float32), out=np.empty((30, 63), dtype=np.float32))
+    with pytest.raises(ValueError):
+        o.sum_rows(np.ones((64, 70), dtype=np.float32), out=np.empty(69, dtype=np.float32))
+
+
 def test_nnx_products_blas_turns_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_ops, "_products", False)
     monkeypatch.setenv("NNX_PRODUCTS", "blas")
