@@ -41,7 +41,7 @@ def cpu_loops() -> str:
 
     from nnx.cpu_ops import avx512_products
 
-    products = ", float32 products by nnx's AVX-512 tiles" if avx512_products() is not None else ""
+    products = ", an MLP's float32 products by nnx's AVX-512 tiles" if avx512_products() is not None else ""
     return f"elementwise chains compiled by Numba {numba.__version__}{products}"
 
 
