@@ -70,16 +70,16 @@ def products_epochs(sizes: list[int], batch: int, n: int, epochs: int) -> list[f
     layers = []
     for a, b in zip(sizes, sizes[1:], strict=False):
         W, dW = rng.standard_normal((a, b), dtype=np.float32), np.empty((a, b), dtype=np.float32)
-        by_rows = {}  # x, dy, and the outputs dx, y for a batch of m rows
+        by_rows = {}  # x and dy for a batch of m rows (the ops allocate y and dx, as in a step)
         for m in set(counts):
-            by_rows[m] = tuple(rng.standard_normal(shape, dtype=np.float32) for shape in [(m, a), (m, b)] * 2)
+            by_rows[m] = tuple(rng.standard_normal(shape, dtype=np.float32) for shape in [(m, a), (m, b)])
         layers.append((W, dW, by_rows))
     times = []
     for _ in range(epochs + 1):
         started = time.perf_counter()
         for m in counts:
             for i, (W, dW, by_rows) in enumerate(layers):
-                x, dy, dx, y = by_rows[m]
+                x, dy = by_rows[m]
                 ops.matmul(x, W, 0)
                 ops.matmul_tn(x, dy, out=dW)
                 if i:  # the first layer's dx is never computed
