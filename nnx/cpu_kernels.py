@@ -160,20 +160,27 @@ def sgd(p: Any, g: Any, lr: Any, wd: Any) -> None:
 
 
 @_jit
-def sgd_momentum(p: Any, g: Any, v: Any, lr: Any, mu: Any, nesterov: bool, wd: Any) -> None:
-    """d = g + wd p;  v <- mu v + d;  p <- p - lr (d + mu v) (Nesterov) or p - lr v."""
+def _flushed(x: Any, tiny: Any) -> Any:
+    """x, or 0 where |x| < tiny (the dtype's smallest normal number): `flush_subnormals` of nnx/ops.py
+    for one element (NaN stays NaN)."""
+    return x if not (-tiny < x < tiny) else tiny - tiny  # (+0 in x's dtype)
+
+
+@_jit
+def sgd_momentum(p: Any, g: Any, v: Any, lr: Any, mu: Any, nesterov: bool, wd: Any, tiny: Any) -> None:
+    """d = g + wd p;  v <- flush(mu v + d);  p <- p - lr (d + mu v) (Nesterov) or p - lr v."""
     for i in range(p.shape[0]):
         d = g[i] + wd * p[i] if wd else g[i]
-        v[i] = mu * v[i] + d
+        v[i] = _flushed(mu * v[i] + d, tiny)
         p[i] -= lr * (d + mu * v[i]) if nesterov else lr * v[i]
 
 
 @_jit
 def adam(
     p: Any, g: Any, m: Any, v: Any, lr: Any, b1: Any, one_minus_b1: Any, b2: Any, one_minus_b2: Any,
-    eps: Any, c1: Any, c2: Any, wd: Any, decay: Any, decoupled: bool,
+    eps: Any, c1: Any, c2: Any, wd: Any, decay: Any, decoupled: bool, tiny: Any,
 ) -> None:  # fmt: skip
-    """d = g (+ wd p);  m <- b1 m + (1 - b1) d;  v <- b2 v + (1 - b2) d^2;
+    """d = g (+ wd p);  m <- flush(b1 m + (1 - b1) d);  v <- flush(b2 v + (1 - b2) d^2);
     p <- p - lr (m / c1) / (sqrt(v / c2) + eps), c1 = 1 - b1^t, c2 = 1 - b2^t; AdamW scales p by
     `decay` = 1 - lr wd first."""
     for i in range(p.shape[0]):
@@ -183,17 +190,17 @@ def adam(
             d = g[i]
         else:
             d = g[i] + wd * p[i] if wd else g[i]
-        m[i] = b1 * m[i] + one_minus_b1 * d
-        v[i] = b2 * v[i] + one_minus_b2 * (d * d)
+        m[i] = _flushed(b1 * m[i] + one_minus_b1 * d, tiny)
+        v[i] = _flushed(b2 * v[i] + one_minus_b2 * (d * d), tiny)
         p[i] -= lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
 
 
 @_jit
-def rmsprop(p: Any, g: Any, s: Any, lr: Any, rho: Any, one_minus_rho: Any, eps: Any, wd: Any) -> None:
-    """d = g + wd p;  s <- rho s + (1 - rho) d^2;  p <- p - lr d / (sqrt(s) + eps)."""
+def rmsprop(p: Any, g: Any, s: Any, lr: Any, rho: Any, one_minus_rho: Any, eps: Any, wd: Any, tiny: Any) -> None:
+    """d = g + wd p;  s <- flush(rho s + (1 - rho) d^2);  p <- p - lr d / (sqrt(s) + eps)."""
     for i in range(p.shape[0]):
         d = g[i] + wd * p[i] if wd else g[i]
-        s[i] = rho * s[i] + one_minus_rho * (d * d)
+        s[i] = _flushed(rho * s[i] + one_minus_rho * (d * d), tiny)
         p[i] -= lr * d / (math.sqrt(s[i]) + eps)
 
 
@@ -211,6 +218,6 @@ def warm(dtype: Any) -> None:
     count_correct(a, np.zeros(2, dtype=np.int64))
     p, g, m, v = (np.zeros(3, dtype=dtype) for _ in range(4))
     sgd(p, g, one, one)
-    sgd_momentum(p, g, v, one, one, True, one)
-    adam(p, g, m, v, one, one, one, one, one, one, one, one, one, one, True)
-    rmsprop(p, g, v, one, one, one, one, one)
+    sgd_momentum(p, g, v, one, one, True, one, one)
+    adam(p, g, m, v, one, one, one, one, one, one, one, one, one, one, True, one)
+    rmsprop(p, g, v, one, one, one, one, one, one)

@@ -166,6 +166,14 @@ def blas_kernels() -> str:
 
 _kernels: ModuleType | None | bool = False  # False: not looked for yet
 _LARGEST: dict[np.dtype, float] = {}  # the largest finite number of each float dtype (np.finfo takes ~1 us)
+_TINY: dict[np.dtype, Any] = {}  # the smallest normal number of each float dtype, as that dtype
+
+
+def _tiny(dtype: np.dtype) -> Any:
+    tiny = _TINY.get(dtype)
+    if tiny is None:
+        tiny = _TINY[dtype] = dtype.type(np.finfo(dtype).tiny)
+    return tiny
 
 
 def numba_turned_off() -> bool:
@@ -742,7 +750,7 @@ class CpuOps(Ops):
         if v is None:
             done = self._update_compiled(self.kernels and self.kernels.sgd, (p, g), (t(lr), t(wd)))
         else:
-            args = (t(lr), t(mu), bool(nesterov), t(wd))
+            args = (t(lr), t(mu), bool(nesterov), t(wd), _tiny(p.dtype))
             done = self._update_compiled(self.kernels and self.kernels.sgd_momentum, (p, g, v), args)
         if not done:
             self._update_in_chunks(_sgd, (p, g, v), (lr, mu, nesterov, wd), passes=6)
@@ -754,14 +762,14 @@ class CpuOps(Ops):
         t = p.dtype.type
         # the reference's constants, computed in double and then cast, as NumPy casts a Python float
         args = (t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(1 - b1**step), t(1 - b2**step), t(wd))
-        args += (t(1 - lr * wd), bool(decoupled))
+        args += (t(1 - lr * wd), bool(decoupled), _tiny(p.dtype))
         if not self._update_compiled(self.kernels and self.kernels.adam, (p, g, m, v), args):
             args = (lr, b1, b2, eps, step, wd, decoupled)
             self._update_in_chunks(_adam, (p, g, m, v), args, passes=10)
 
     def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
         t = p.dtype.type
-        args = (t(lr), t(rho), t(1 - rho), t(eps), t(wd))
+        args = (t(lr), t(rho), t(1 - rho), t(eps), t(wd), _tiny(p.dtype))
         if not self._update_compiled(self.kernels and self.kernels.rmsprop, (p, g, s), args):
             self._update_in_chunks(_rmsprop, (p, g, s), (lr, rho, eps, wd), passes=8)
 
@@ -779,6 +787,12 @@ def _decayed(p: Any, g: Any, wd: float, t: Any) -> Any:
     return t
 
 
+def _flush(a: Any, t: Any) -> None:
+    """flush_subnormals(np, a) of nnx/ops.py, with |a| written into t."""
+    np.abs(a, out=t)
+    np.copyto(a, 0, where=t < _tiny(a.dtype))
+
+
 def _sgd(p: Any, g: Any, v: Any, t1: Any, t2: Any, t3: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
     d = _decayed(p, g, wd, t2)
     if v is None:
@@ -786,6 +800,7 @@ def _sgd(p: Any, g: Any, v: Any, t1: Any, t2: Any, t3: Any, lr: float, mu: float
         return
     v *= mu
     v += d
+    _flush(v, t1)
     if nesterov:  # p -= lr (d + mu v)
         np.multiply(v, mu, out=t1)
         t1 += d
@@ -808,6 +823,8 @@ def _adam(
     t1 *= 1 - b2
     v *= b2
     v += t1  # v <- b2 v + (1 - b2) d^2
+    _flush(m, t1)
+    _flush(v, t1)
     np.divide(m, 1 - b1**step, out=t1)  # m_hat
     np.divide(v, 1 - b2**step, out=t2)  # v_hat
     np.sqrt(t2, out=t2)
@@ -823,6 +840,7 @@ def _rmsprop(p: Any, g: Any, s: Any, t1: Any, t2: Any, t3: Any, lr: float, rho: 
     t1 *= 1 - rho
     s *= rho
     s += t1  # s <- rho s + (1 - rho) d^2
+    _flush(s, t1)
     np.multiply(d, lr, out=t1)
     np.sqrt(s, out=t2)
     t2 += eps

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import cupy
+import numpy
 
 from nnx.ops import Ops, output_size, windows_tile
 
@@ -26,12 +27,14 @@ _relu_backward = cupy.ElementwiseKernel("T dy, T y", "T dx", "dx = dy * (y > (T)
 
 _sgd = cupy.ElementwiseKernel("T g, T lr, T wd", "T p", "p -= lr * (g + wd * p)", "nnx_sgd")
 
+# flush(x): 0 where |x| < tiny, the smallest normal number of T (nnx/ops.py's flush_subnormals).
 _sgd_momentum = cupy.ElementwiseKernel(
-    "T g, T lr, T mu, T wd, T nesterov",
+    "T g, T lr, T mu, T wd, T nesterov, T tiny",
     "T p, T v",
     """
     T d = g + wd * p;
     v = mu * v + d;
+    if (-tiny < v && v < tiny) v = (T)0;
     p -= lr * (nesterov != (T)0 ? d + mu * v : v);
     """,
     "nnx_sgd_momentum",
@@ -40,24 +43,27 @@ _sgd_momentum = cupy.ElementwiseKernel(
 # Constants such as 1 - b2 come from the host, computed in double as the reference does: in float32
 # on the device, 1 - 0.999f is 0.99998713e-3, not 1e-3.
 _adam = cupy.ElementwiseKernel(
-    "T g, T lr, T b1, T one_minus_b1, T b2, T one_minus_b2, T eps, T c1, T c2, T wd, T decay, T decoupled",
+    "T g, T lr, T b1, T one_minus_b1, T b2, T one_minus_b2, T eps, T c1, T c2, T wd, T decay, T decoupled, T tiny",
     "T p, T m, T v",
     """
     if (decoupled != (T)0) p *= decay;
     T d = decoupled != (T)0 ? g : g + wd * p;
     m = b1 * m + one_minus_b1 * d;
     v = b2 * v + one_minus_b2 * (d * d);
+    if (-tiny < m && m < tiny) m = (T)0;
+    if (-tiny < v && v < tiny) v = (T)0;
     p -= lr * (m / c1) / (sqrt(v / c2) + eps);
     """,
     "nnx_adam",
 )
 
 _rmsprop = cupy.ElementwiseKernel(
-    "T g, T lr, T rho, T one_minus_rho, T eps, T wd",
+    "T g, T lr, T rho, T one_minus_rho, T eps, T wd, T tiny",
     "T p, T s",
     """
     T d = g + wd * p;
     s = rho * s + one_minus_rho * (d * d);
+    if (-tiny < s && s < tiny) s = (T)0;
     p -= lr * d / (sqrt(s) + eps);
     """,
     "nnx_rmsprop",
@@ -195,6 +201,11 @@ _C_TYPES = {"float32": "float", "float64": "double"}
 _softmax_kernels: dict[str, Any] = {}
 
 
+def _tiny(t: Any) -> Any:
+    """The smallest normal number of the float type t, as t: what the updates flush to zero below."""
+    return t(numpy.finfo(t).tiny)
+
+
 def _softmax_kernel(dtype: Any) -> Any:
     c_type = _C_TYPES[cupy.dtype(dtype).name]
     if c_type not in _softmax_kernels:
@@ -310,16 +321,16 @@ class FusedOps(Ops):
         decay = 1 - lr * wd if decoupled else 1.0
         _adam(
             g, t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(c1), t(c2), t(wd), t(decay),
-            t(1 if decoupled else 0), p, m, v,
+            t(1 if decoupled else 0), _tiny(t), p, m, v,
         )  # fmt: skip
 
     def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
         t = p.dtype.type
-        _rmsprop(g, t(lr), t(rho), t(1 - rho), t(eps), t(wd), p, s)
+        _rmsprop(g, t(lr), t(rho), t(1 - rho), t(eps), t(wd), _tiny(t), p, s)
 
     def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
         t = p.dtype.type
         if v is None:
             _sgd(g, t(lr), t(wd), p)
         else:
-            _sgd_momentum(g, t(lr), t(mu), t(wd), t(1 if nesterov else 0), p, v)
+            _sgd_momentum(g, t(lr), t(mu), t(wd), t(1 if nesterov else 0), _tiny(t), p, v)

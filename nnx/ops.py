@@ -30,6 +30,17 @@ def mix_key(*parts: int) -> int:
     return h
 
 
+def flush_subnormals(xp: Any, a: Any) -> Any:
+    """a[|a| < tiny] = 0 in place, tiny = the smallest normal number of a's dtype (float32: 1.18e-38);
+    NaN stays NaN. The optimizers' state goes through this after every update: a unit whose gradient
+    is (almost) always zero has its momentum decay geometrically (v <- mu v), into the subnormal
+    range within a few hundred steps, and some CPUs take a microcode assist on every subnormal
+    operand. Nothing below tiny can move a parameter anyway: it is below the last bit of any
+    parameter larger than about 1e-31 (float32)."""
+    a[xp.abs(a) < xp.finfo(a.dtype).tiny] = 0
+    return a
+
+
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """How many windows of `kernel` fit along `size` (padded by `padding` at both ends) at `stride`."""
     return (size + 2 * padding - kernel) // stride + 1
@@ -261,14 +272,15 @@ class Ops:
         return loss, dz
 
     def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
-        """In place: d = g + wd p;  v <- mu v + d;  p <- p - lr (d + mu v) (Nesterov) or p - lr v.
-        With no velocity buffer (mu = 0): p <- p - lr d."""
+        """In place: d = g + wd p;  v <- flush(mu v + d);  p <- p - lr (d + mu v) (Nesterov) or p - lr v.
+        With no velocity buffer (mu = 0): p <- p - lr d. flush: `flush_subnormals`."""
         d = g + wd * p if wd else g
         if v is None:
             p -= lr * d
             return
         v *= mu
         v += d
+        flush_subnormals(self.xp, v)
         p -= lr * (d + mu * v if nesterov else v)
 
     def adam_update(
@@ -286,7 +298,7 @@ class Ops:
         decoupled: bool,
     ) -> None:
         """In place, Adam (Kingma & Ba 2015), with L2 (Adam) or decoupled (AdamW) weight decay:
-        d = g (+ wd p);  m <- b1 m + (1 - b1) d;  v <- b2 v + (1 - b2) d^2;
+        d = g (+ wd p);  m <- flush(b1 m + (1 - b1) d);  v <- flush(b2 v + (1 - b2) d^2);
         p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)  (- lr wd p for AdamW)."""
         xp = self.xp
         if decoupled and wd:
@@ -296,13 +308,16 @@ class Ops:
         m += (1 - b1) * d
         v *= b2
         v += (1 - b2) * (d * d)
+        flush_subnormals(xp, m)
+        flush_subnormals(xp, v)
         m_hat = m / (1 - b1**step)
         v_hat = v / (1 - b2**step)
         p -= lr * m_hat / (xp.sqrt(v_hat) + eps)
 
     def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
-        """In place, RMSprop: d = g + wd p;  s <- rho s + (1 - rho) d^2;  p <- p - lr d / (sqrt(s) + eps)."""
+        """In place, RMSprop: d = g + wd p;  s <- flush(rho s + (1 - rho) d^2);  p <- p - lr d / (sqrt(s) + eps)."""
         d = g + wd * p if wd else g
         s *= rho
         s += (1 - rho) * (d * d)
+        flush_subnormals(self.xp, s)
         p -= lr * d / (self.xp.sqrt(s) + eps)
