@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import signal
 import sys
@@ -25,9 +26,10 @@ from nnx import __version__
 from nnx.atomic import WriteError
 from nnx.augment import ShiftRotate
 from nnx.backend import Backend, get_backend
-from nnx.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint, saved_config
+from nnx.checkpoint import BEST, CHECKPOINT, checkpoint_cpu_path, load_checkpoint, save_checkpoint, saved_config
 from nnx.config import Config, apply_overrides, check_overrides, load_config, to_yaml, validate
-from nnx.cpu_ops import usable_cpus
+from nnx.cpu_choice import MAX_ROUND_STEPS, Choice, choose, cpu_candidates, forced_path
+from nnx.cpu_ops import CpuOps, default_threads, usable_cpus
 from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
 from nnx.errors import DataError, NnxError
@@ -228,7 +230,9 @@ def _train(
     check_loggers(config.training.log)
     if comm.size > 1:
         check_same_config(comm, config.model_dump(mode="json"))
-    backend = get_backend(_rank_device(config.device, comm), config.dtype, config.allow_tf32)
+    # On the CPU, NumPy's chains until the run's path is chosen (below), so that Numba is loaded
+    # only where it pays.
+    backend = get_backend(_rank_device(config.device, comm), config.dtype, config.allow_tf32, cpu_path="numpy")
     if comm.size > 1 and backend.is_gpu:
         comm = NCCLComm()  # gradients between GPUs through NCCL; host agreements stay on MPI
     dataset = get_dataset(config.data.dataset)
@@ -249,6 +253,14 @@ def _train(
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
     rows = -(-min(config.training.batch_size, len(mnist.train)) // comm.size)
     _check_batch_fits(model, config, rows, len(optimizer.state))
+    cpu = None
+    if isinstance(backend.ops, CpuOps):
+        steps = config.training.epochs * -(-len(mnist.train) // config.training.batch_size)
+        image = mnist.train.images.shape[1:]
+        cpu = _choose_cpu_path(config, model, rows, image, steps, resume, say) if root else None
+        if comm.size > 1:
+            cpu = Choice(**comm.broadcast_object(cpu.to_dict() if root else None))
+        backend.ops.use_path(cpu.path)
 
     lock = None
     if root:
@@ -257,10 +269,63 @@ def _train(
     run_dir = Path(comm.broadcast_object(str(run_dir) if root else None))
     try:
         return _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, dataset, resume,
-                         callbacks, say, handle_sigint)  # fmt: skip
+                         callbacks, say, handle_sigint, cpu)  # fmt: skip
     finally:
         if lock is not None:
             lock.release()
+
+
+def _choose_cpu_path(
+    config: Config,
+    model: Sequential,
+    rows: int,
+    image: tuple[int, ...],
+    steps: int,
+    resume: Path | None,
+    say: Callable[[str], None],
+) -> Choice:
+    """The CPU path of this run (nnx/cpu_choice.py): a resumed run's own, else measured on its
+    network and batch (or read from the cache of such measurements)."""
+    if resume is not None:
+        kept = checkpoint_cpu_path(resume / CHECKPOINT)
+        if kept is not None and forced_path() is None:  # the same code as before the stop: the same bits
+            return Choice(kept, "the path the run was started on (its checkpoint keeps it)", steps=steps,
+                          source="checkpoint")  # fmt: skip
+    convolutions = any(layer.kind == "conv2d" for layer in model.layers)
+    candidates = cpu_candidates(config.dtype, convolutions)
+    t = config.training
+    optimizer = config.optimizer.name + (
+        "-momentum" if config.optimizer.name == "sgd" and config.optimizer.momentum else ""
+    )
+    network = (
+        f"{model.describe()} x{rows} {config.dtype} {optimizer}{' augmented' if t.augment.enabled else ''} "
+        f"[{hashlib.sha256(json.dumps(model.spec(), sort_keys=True).encode()).hexdigest()[:8]}]"
+    )
+    preprocess = Preprocess.named(config.data.normalize)
+
+    def make_runner(path: str) -> Callable[[int], float]:
+        """k training steps of the run's network on `path`, on synthetic images: seconds per step."""
+        backend = get_backend("cpu", config.dtype, cpu_path=path)
+        net = build_model_for(config, backend)
+        augment = ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if t.augment.enabled else None
+        trainer = Trainer(net, build_optimizer(config, net, backend), backend, preprocess, augment=augment)
+        most = max(1, min(MAX_ROUND_STEPS, 8192 // rows))
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (rows * most, *image), dtype=np.uint8)
+        labels = rng.integers(0, 10, rows * most).astype(np.uint8)
+
+        def run(k: int) -> float:
+            k = min(k, most)
+            data = DeviceSplit(Split(images[: rows * k], labels[: rows * k]), backend)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return trainer.fit(data, None, 1, rows, 0).train_seconds / k
+
+        return run
+
+    choice = choose(network, candidates, steps, max(1, default_threads()), make_runner)
+    if choice.source == "measured":
+        say(f"cpu path {choice.path}, measured once on this machine for {network}: {choice.reason}")
+    return choice
 
 
 def _check_batch_fits(model: Sequential, config: Config, rows: int, state_arrays: int) -> None:
@@ -294,7 +359,7 @@ def check_train(
         resume, config = Path(resume), resumable_config(Path(resume), overrides)
     config, source = resolve_config(config, overrides, assignments)
     check_loggers(config.training.log)
-    backend = get_backend(config.device, config.dtype, config.allow_tf32)
+    backend = get_backend(config.device, config.dtype, config.allow_tf32, cpu_path="numpy")
     dataset = get_dataset(config.data.dataset)
     data_dir = resolve_data_dir(None, config.data.dir, dataset.name)
     config.data.dir = str(data_dir)
@@ -331,7 +396,7 @@ def check_train(
 
 
 def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, dataset, resume, callbacks, say,
-              handle_sigint) -> Run:  # fmt: skip
+              handle_sigint, cpu) -> Run:  # fmt: skip
     root = comm.is_root
     t = config.training
     preprocess = Preprocess.named(config.data.normalize)
@@ -385,7 +450,8 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
         if trainer.best_state is not None and current.best_epoch != saved_best_epoch:
             save_model(run_dir / BEST, _with_state(model, trainer.best_state), preprocess)
             saved_best_epoch = current.best_epoch
-        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, current, config.model_dump(mode="json"))
+        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, current, config.model_dump(mode="json"),
+                        cpu.path if cpu is not None else None)  # fmt: skip
 
     trainer.checkpoint = checkpoint
     train_data = DeviceSplit(mnist.train, backend)
@@ -415,7 +481,8 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
         result.stopped_by = stopped_by[0] if result.interrupted and stopped_by else ""
         # Ctrl-C from here on: the first is noted and the model is still evaluated and saved; a
         # second stops at once, and the checkpoint (already written) finishes the job on --resume.
-        return _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, mnist, dataset, writer)
+        return _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, mnist, dataset, writer,
+                       cpu)  # fmt: skip
     except TrainingDivergedError as exc:
         kept = f"; the last good checkpoint is {run_dir / CHECKPOINT}" if (run_dir / CHECKPOINT).exists() else ""
         raise TrainingDivergedError(f"{exc}{kept}; try a lower optimizer.lr or optimizer.clip_norm") from None
@@ -440,7 +507,7 @@ def _resumable(run_dir: Path) -> str:
     return f"; the last checkpoint is intact: nnx train --resume {run_dir} continues from it"
 
 
-def _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, mnist, dataset, writer) -> Run:
+def _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, mnist, dataset, writer, cpu) -> Run:
     """After the loop: the best weights (early stopping), the test set, the model file, the summary."""
     root, t = comm.is_root, config.training
     if trainer.early_stopping is not None and trainer.best_state is not None and not result.interrupted:
@@ -473,6 +540,7 @@ def _finish(run_dir, config, model, preprocess, backend, comm, trainer, result, 
         "ranks": comm.size,
         "blas_threads": _blas_threads(),
         "threads": getattr(backend.ops, "threads", None),  # the CPU's compute threads
+        "cpu_path": cpu.to_dict() if cpu is not None else None,  # which CPU code ran, and why
     }
     if not root:
         return Run(run_dir, config, summary, list(result.history), model, preprocess, backend, result, comm.rank)

@@ -170,27 +170,38 @@ def _open_gpu(index: int, allow_tf32: bool) -> ModuleType:
     return cupy
 
 
-def _cpu_ops(fused: bool) -> Ops:
+def _cpu_ops(fused: bool, cpu_path: str | None) -> Ops:
+    if not fused:
+        return Ops(np)
     from nnx.cpu_ops import CpuOps
 
-    return CpuOps() if fused else Ops(np)
+    if cpu_path is None:  # the fastest code this machine can have: Numba's loops and products
+        return CpuOps()
+    return CpuOps(compiled=cpu_path in ("compiled", "tiles"), products=cpu_path == "tiles")
 
 
-def get_backend(device: str = "cpu", dtype: str = "float32", allow_tf32: bool = False, fused: bool = True) -> Backend:
+def get_backend(
+    device: str = "cpu",
+    dtype: str = "float32",
+    allow_tf32: bool = False,
+    fused: bool = True,
+    cpu_path: str | None = None,
+) -> Backend:
     """Make the backend for `device` ("cpu", "gpu", "gpu:N" or "auto"). `fused` picks the fast
     versions of the hot chains (fused CUDA kernels on a GPU, all cores on the CPU) over the plain
-    xp reference in nnx/ops.py."""
+    xp reference in nnx/ops.py. `cpu_path` (nnx/cpu_choice.py: numpy, compiled, tiles) says which
+    of the CPU's fast versions; None: Numba's compiled loops and products wherever they run."""
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype {dtype!r}: use float32 or float64")
     kind, index = _parse_device(device)
     np_dtype = np.dtype(DTYPES[dtype])
     if kind == "cpu":
-        return Backend("cpu", np, np_dtype, ops=_cpu_ops(fused))
+        return Backend("cpu", np, np_dtype, ops=_cpu_ops(fused, cpu_path))
     if kind == "auto":
         try:
             cupy = _open_gpu(index, allow_tf32)
         except BackendError as exc:
-            return Backend("cpu", np, np_dtype, auto_fallback=str(exc), ops=_cpu_ops(fused))
+            return Backend("cpu", np, np_dtype, auto_fallback=str(exc), ops=_cpu_ops(fused, cpu_path))
     else:
         cupy = _open_gpu(index, allow_tf32)
     tf32 = os.environ.get("CUPY_TF32", "0") == "1" and np_dtype == np.float32

@@ -18,6 +18,7 @@ import numpy as np
 
 from nnx import __version__
 from nnx.atomic import write_atomic
+from nnx.cpu_choice import PATHS
 from nnx.errors import ModelFileError, NnxError
 from nnx.io import check_members, digest, memory_limit, read_json_member
 from nnx.nn.sequential import Sequential
@@ -31,9 +32,15 @@ FORMAT_VERSION = 2  # 2: per-array SHA-256 and shapes in the header
 
 
 def save_checkpoint(
-    path: Path, model: Sequential, optimizer: Optimizer, state: TrainState, config: dict[str, Any] | None = None
+    path: Path,
+    model: Sequential,
+    optimizer: Optimizer,
+    state: TrainState,
+    config: dict[str, Any] | None = None,
+    cpu_path: str | None = None,
 ) -> None:
-    """`config`: the run's config as JSON data, so that a resume can say what changed since."""
+    """`config`: the run's config as JSON data, so that a resume can say what changed since;
+    `cpu_path`: the CPU code it ran on (nnx/cpu_choice.py), which a resume takes again."""
     arrays = {f"model/{k}": v for k, v in model.state().items()}
     arrays.update({f"optim/{k}": v for k, v in optimizer.state_arrays(model.backend.to_numpy).items()})
     header = {
@@ -44,6 +51,7 @@ def save_checkpoint(
         "optimizer_steps": optimizer.steps,
         "architecture": model.spec(),
         "config": config,
+        "cpu_path": cpu_path,
         # As in model files: a tampered checkpoint is refused, never loaded into the weights.
         "arrays": {name: {"shape": list(a.shape), "sha256": digest(a)} for name, a in arrays.items()},
     }
@@ -59,6 +67,17 @@ def saved_config(path: Path) -> dict[str, Any] | None:
     except ModelFileError:
         return None
     return config if isinstance(config, dict) else None
+
+
+def checkpoint_cpu_path(path: Path) -> str | None:
+    """The CPU path (nnx/cpu_choice.py) a checkpoint's run took, or None (a GPU run, an older
+    checkpoint, an unreadable one: load_checkpoint says what is wrong with it)."""
+    try:
+        header = read_json_member(path)
+    except (ModelFileError, OSError):
+        return None
+    kept = header.get("cpu_path") if isinstance(header, dict) else None
+    return kept if isinstance(kept, str) and kept in PATHS else None
 
 
 def load_checkpoint(path: Path, model: Sequential, optimizer: Optimizer) -> TrainState:

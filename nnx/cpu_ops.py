@@ -349,20 +349,42 @@ class CpuOps(Ops):
     spread over `threads` threads (1: the same chunks, one after another) with BLAS on one
     thread; without, BLAS spreads the products and everything runs in one piece."""
 
-    def __init__(self, threads: int | None = None, own_threads: bool = False, compiled: bool = True) -> None:
+    def __init__(
+        self, threads: int | None = None, own_threads: bool = False, compiled: bool = True, products: bool = True
+    ) -> None:
         super().__init__(np)
         self._threads = threads
         self.own_threads = own_threads
         self._local = threading.local()
         # The fused loops of nnx/cpu_kernels.py where Numba is there (and `compiled`), else None.
         self.kernels = compiled_kernels() if compiled else None
-        # The float32 products of nnx/cpu_products.py on a CPU with AVX-512, else None (BLAS).
-        self.products = avx512_products() if compiled else None
+        # The float32 products of nnx/cpu_products.py on a CPU with AVX-512 (and `products`), else None (BLAS).
+        self.products = avx512_products() if compiled and products else None
+        self._dtypes: set[np.dtype] = set()  # what the networks built on these ops compute in
+
+    @property
+    def path(self) -> str:
+        """Which of nnx/cpu_choice.py's paths these ops take: numpy, compiled or tiles."""
+        if self.kernels is None:
+            return "numpy"
+        return "compiled" if self.products is None else "tiles"
+
+    def use_path(self, path: str) -> None:
+        """Take `path` (numpy, compiled or tiles) from now on, loading and compiling what it needs
+        for the networks already built: a run's path is chosen once its network and data are known
+        (nnx/cpu_choice.py). Where Numba or AVX-512 is missing, the path falls back as __init__ does."""
+        self.kernels = compiled_kernels() if path in ("compiled", "tiles") else None
+        self.products = avx512_products() if path == "tiles" else None
+        for dtype in self._dtypes:
+            if self.kernels is not None:
+                self._warm(dtype)
 
     def network_built(self, layers: list[Any]) -> None:
         if any(layer.kind == "conv2d" for layer in layers):
             self.own_threads = True
             keep_freed_memory()
+        if layers:
+            self._dtypes.add(np.dtype(layers[0].backend.dtype))
         if self.kernels is not None and layers:
             self._warm(layers[0].backend.dtype)
 

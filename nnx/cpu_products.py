@@ -1,9 +1,8 @@
 """Matrix products for CPUs with AVX-512, compiled by Numba: c = a b on float32, 16 lanes at a time.
 
-Why our own: NumPy's BLAS (OpenBLAS) picks its kernels by the CPU, and our machines force its
-AVX2 ones (OPENBLAS_CORETYPE=Haswell, for older OpenBLAS builds that misbehave on these
-processors), which run at 95-97% of the 8-lane peak: half of what the CPU's 16-lane FMAs can do.
-An MLP's step at batch 1,024 is three quarters such products. This is one kernel, the classic
+A candidate to BLAS's products for an MLP: whether it is faster depends on the CPU and on the
+kernels BLAS picked (OpenBLAS's AVX2 kernels run at most 8 lanes wide), so nnx/cpu_choice.py
+measures both on the run's own network and takes the faster. It is one kernel, the classic
 register tile: a block of 4 rows of c by 64 columns (16 vectors of 16 lanes, 16 of the 32 zmm
 registers) stays in registers while the sum over k runs,
 

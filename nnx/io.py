@@ -252,7 +252,7 @@ def open_model(path: Path, device: str = "cpu") -> LoadedModel:
     """Load a model file onto `device` in the dtype it was saved in, reading the file once."""
     path = model_file(path)
     header, arrays = read_model_file(path)
-    return _rebuild(path, header, arrays, get_backend(device, header.get("dtype", "float32")))
+    return _rebuild(path, header, arrays, get_backend(device, header.get("dtype", "float32"), cpu_path="numpy"))
 
 
 def _rebuild(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray], backend: Backend) -> LoadedModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import emulated_cupy
@@ -14,6 +15,10 @@ from nnx.data.idx import write_idx
 from nnx.data.mnist import missing_files, resolve_data_dir
 
 _gpu_reason: list[str | None] = []
+
+# Measurements of CPU paths (nnx/cpu_choice.py) go to a folder of this session's, never the user's
+# cache: a test sees what a new machine sees, whatever ran before it elsewhere.
+os.environ["NNX_CACHE_DIR"] = tempfile.mkdtemp(prefix="nnx-test-cache-")
 
 
 def gpu_skip_reason() -> str | None:

@@ -12,7 +12,9 @@ from rich.table import Table
 from nnx import __version__
 from nnx.backend import gpu_unavailable_reason
 from nnx.cli.common import stdout_console
-from nnx.cpu_ops import blas_kernels, cpu_has_avx512, numba_turned_off, products_turned_off
+from nnx.cpu_choice import ENV, PATHS, Cache, forced_path, host, host_key
+from nnx.cpu_ops import blas_kernels, cpu_has_avx512, default_threads, numba_turned_off, products_turned_off
+from nnx.errors import NnxError
 
 
 def _version(package: str) -> str:
@@ -42,25 +44,51 @@ def _extra_row(extra: str, packages: list[str]) -> str:
 
 
 def _cpu_loops() -> str:
-    """Who runs the CPU's elementwise chains (nnx/cpu_kernels.py's compiled loops, or NumPy), read
+    """Whether the CPU's elementwise chains can run as nnx/cpu_kernels.py's compiled loops, read
     from the installed packages and the environment without importing Numba (0.2 s)."""
     if numba_turned_off():
         return "NumPy's chains (NNX_NUMBA=0 is set)"
     numba = _version("numba")
     if numba == "not installed":
         return "NumPy's chains (Numba is not installed: pip install numba)"
-    return f"compiled by Numba {numba} (NNX_NUMBA=0: NumPy's chains)"
+    return f"NumPy's chains, or compiled by Numba {numba} where a run's measurement says (NNX_NUMBA=0: never)"
 
 
 def _cpu_products() -> str:
-    """Who does the CPU's float32 matrix products: nnx/cpu_products.py's AVX-512 tiles or BLAS."""
+    """Whether the CPU's float32 matrix products can be nnx/cpu_products.py's AVX-512 tiles."""
     if products_turned_off():
         return "BLAS's (NNX_PRODUCTS=blas is set)"
     if numba_turned_off() or _version("numba") == "not installed":
         return "BLAS's (nnx's own need Numba)"
     if not cpu_has_avx512():
         return "BLAS's (this CPU has no AVX-512)"
-    return "float32: nnx's AVX-512 tiles, compiled by Numba (NNX_PRODUCTS=blas: BLAS's)"
+    return "BLAS's, or nnx's AVX-512 tiles where an MLP's measurement says (NNX_PRODUCTS=blas: never)"
+
+
+def _cpu_path_rows() -> list[tuple[str, str]]:
+    """How a run's CPU path is chosen, and the measurements kept for this machine (as a run with
+    the default thread count describes it)."""
+    try:
+        forced = forced_path()
+    except NnxError as exc:
+        return [("cpu path", str(exc))]
+    if forced is not None:
+        rows = [("cpu path", f"{forced} for every run ({ENV}={forced} is set)")]
+    else:
+        rows = [("cpu path", f"measured per network on this machine, once (nnx/cpu_choice.py); {ENV}: "
+                 f"{', '.join(PATHS)}")]  # fmt: skip
+    cache = Cache()
+    here = host_key(host(max(1, default_threads())))
+    for entry in cache.hosts():
+        if host_key(entry.get("host", {})) != here:
+            continue
+        for network, measured in sorted(entry.get("networks", {}).items()):
+            figures = measured.get("step_seconds", {}) if isinstance(measured, dict) else {}
+            text = ", ".join(f"{path} {1e3 * s:.3g} ms" for path, s in figures.items() if isinstance(s, (int, float)))
+            rows.append(("cpu measured", f"{network}: a step {text} ({str(measured.get('measured', '?'))[:10]})"))
+    if len(rows) == 1:
+        rows.append(("cpu measured", f"nothing yet ({cache.path})"))
+    return rows
 
 
 def run_info() -> None:
@@ -80,6 +108,8 @@ def run_info() -> None:
     versions.add_row("cpu blas", blas_kernels())
     versions.add_row("cpu loops", _cpu_loops())
     versions.add_row("cpu products", _cpu_products())
+    for name, value in _cpu_path_rows():
+        versions.add_row(name, value)
     reason = gpu_unavailable_reason()
     versions.add_row("backend gpu", "usable" if reason is None else f"not usable: {reason}")
     if reason is None:

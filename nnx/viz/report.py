@@ -38,7 +38,9 @@ def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu", csv: tuple[Pa
     test = load_test(data_dir, csv)
     images = backend.asarray(test.images)
     probabilities = predict_probabilities(loaded.model, images, loaded.preprocess, backend)
-    confusion = confusion_matrix(test.labels.astype("int64"), probabilities.argmax(axis=1), get_backend("cpu"))
+    confusion = confusion_matrix(
+        test.labels.astype("int64"), probabilities.argmax(axis=1), get_backend("cpu", cpu_path="numpy")
+    )
     paths = [
         plot_curves({run_dir.name: history}, run_dir / "curves.png"),
         plot_confusion(confusion, run_dir / "confusion.png", classes),
