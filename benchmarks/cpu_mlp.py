@@ -1,10 +1,14 @@
 """CPU benchmark of the default config (784-64-10, float32, batch 64, Nesterov SGD).
 
-Measures, on this machine:
-1. epoch time of nnx's Trainer against a minimal hand-written NumPy loop doing the same math on
-   the same batches, alternating the two so both see the same machine state;
-2. `nnx train` with the default config: test accuracy, training seconds, peak RSS of the process;
-3. `nnx --help` start-up time.
+Measures, on this machine (its host line is printed first):
+1. epoch time of nnx's Trainer on each CPU path this machine has (nnx/cpu_choice.py: NumPy's
+   chains, Numba's compiled loops, those with nnx's AVX-512 products) against a minimal
+   hand-written NumPy loop doing the same math on the same batches, all taking turns;
+2. `nnx train` with the default config, run twice (the first may measure its CPU path): test
+   accuracy, training seconds, the path it took and why, and the peak RSS of the second process;
+3. `nnx train --epochs 4 --lr 0.1` with the default momentum and with plain SGD: every epoch's
+   seconds (the slowest over the fastest, and momentum over plain SGD, epoch by epoch);
+4. `nnx --help` start-up time.
 
 Run: NNX_DATA_DIR=../shared/data/mnist python benchmarks/cpu_mlp.py
 """
@@ -13,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nnx.backend import get_backend
+from nnx.cpu_choice import cpu_candidates
 from nnx.data.mnist import load_mnist, resolve_data_dir
 from nnx.nn import build_model, mlp_spec
 from nnx.optim import SGD
@@ -71,13 +74,16 @@ def numpy_epoch(images, labels, params, velocity, order, pre: Preprocess) -> tup
 TURN_PAUSE = 0.5  # seconds between the contenders' turns
 
 
-def epoch_times(data_dir: Path, epochs: int) -> tuple[list[float], list[float]]:
-    backend = get_backend("cpu", "float32")
+def epoch_times(data_dir: Path, epochs: int) -> dict[str, list[float]]:
+    """Seconds per epoch of nnx on each CPU path here and of the hand-written loop, taking turns."""
     mnist = load_mnist(data_dir, 5000)
     pre = Preprocess.named("standard")
-    model = build_model(mlp_spec([784, 64, 10]), backend, np.random.default_rng([0, 0]))
-    trainer = Trainer(model, SGD(model.flat_parameters(), LR, MOMENTUM, nesterov=True, ops=backend.ops), backend, pre)
-    train = DeviceSplit(mnist.train, backend)
+    trainers = {}
+    for path in cpu_candidates("float32", convolutions=False):
+        backend = get_backend("cpu", "float32", cpu_path=path)
+        model = build_model(mlp_spec([784, 64, 10]), backend, np.random.default_rng([0, 0]))
+        optimizer = SGD(model.flat_parameters(), LR, MOMENTUM, nesterov=True, ops=backend.ops)
+        trainers[f"nnx {path}"] = (Trainer(model, optimizer, backend, pre), DeviceSplit(mnist.train, backend))
     rng = np.random.default_rng([0, 0])
     params = [
         (rng.normal(0, np.sqrt(2 / 784), (784, 64))).astype(np.float32),
@@ -87,19 +93,29 @@ def epoch_times(data_dir: Path, epochs: int) -> tuple[list[float], list[float]]:
     ]
     velocity = [np.zeros_like(p) for p in params]
     labels = mnist.train.labels.astype(np.int64)
-    nnx_times, numpy_times = [], []
+    times: dict[str, list[float]] = {name: [] for name in [*trainers, "NumPy loop"]}
     for epoch in range(1, epochs + 1):
-        result = trainer.fit(train, None, 1, BATCH, epoch)
-        nnx_times.append(result.train_seconds)
+        for name, (trainer, train) in trainers.items():
+            times[name].append(trainer.fit(train, None, 1, BATCH, epoch).train_seconds)
+            time.sleep(TURN_PAUSE)
         order = epoch_order(epoch, 1, len(labels))
         started = time.perf_counter()
         numpy_epoch(mnist.train.images, labels, params, velocity, order, pre)
-        numpy_times.append(time.perf_counter() - started)
+        times["NumPy loop"].append(time.perf_counter() - started)
         # BLAS's threads spin for ~0.1 s after the NumPy loop's last product, and took a core from
         # the next nnx epoch's products (on Numba's threads, with AVX-512): 0.128 against 0.080 s
         # with this pause, which no epoch's time includes.
         time.sleep(TURN_PAUSE)
-    return nnx_times, numpy_times
+    return times
+
+
+def train_epochs(data_dir: Path, *settings: str) -> list[float]:
+    """Every epoch's seconds of `nnx train --epochs 4 --batch-size 64 --lr 0.1` with `settings`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        nnx_cli("train", "--quiet", "--data-dir", str(data_dir), "--out", f"{tmp}/run", "--epochs", "4",
+                "--batch-size", "64", "--lr", "0.1", *settings)  # fmt: skip
+        lines = Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["seconds"] for line in lines]
 
 
 def nnx_cli(*args: str) -> subprocess.CompletedProcess:
@@ -108,13 +124,17 @@ def nnx_cli(*args: str) -> subprocess.CompletedProcess:
 
 def main() -> None:
     data_dir = resolve_data_dir()
-    nnx_times, numpy_times = epoch_times(data_dir, epochs=int(os.environ.get("BENCH_EPOCHS", "10")))
-    nnx_epoch, numpy_epoch_s = statistics.median(nnx_times), statistics.median(numpy_times)
+    times = epoch_times(data_dir, epochs=int(os.environ.get("BENCH_EPOCHS", "10")))
+    medians = {name: statistics.median(values) for name, values in times.items()}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        nnx_cli("train", "--quiet", "--data-dir", str(data_dir), "--out", f"{tmp}/run")
-        summary = json.loads(Path(f"{tmp}/run/summary.json").read_text())
-    peak_rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    runs = []
+    for _ in range(2):  # the first may measure the CPU path; the second reads it from the cache
+        with tempfile.TemporaryDirectory() as tmp:
+            nnx_cli("train", "--quiet", "--data-dir", str(data_dir), "--out", f"{tmp}/run")
+            runs.append(json.loads(Path(f"{tmp}/run/summary.json").read_text()))
+    summary = runs[-1]
+    momentum = train_epochs(data_dir)
+    plain = train_epochs(data_dir, "--set", "optimizer.momentum=0")
 
     help_times = []
     for _ in range(5):
@@ -122,27 +142,28 @@ def main() -> None:
         nnx_cli("--help")
         help_times.append(time.perf_counter() - started)
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        model_name = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        model_name = cpu
-    print(f"machine: {model_name}, {os.cpu_count()} cores, numpy {np.__version__}, python {platform.python_version()}")
     print("| measure | value |")
     print("| --- | --- |")
-    print(f"| nnx epoch (median of {len(nnx_times)}) | {nnx_epoch:.3f} s |")
-    print(f"| hand-written NumPy epoch (same math, same batches) | {numpy_epoch_s:.3f} s |")
-    print(f"| nnx / NumPy | {nnx_epoch / numpy_epoch_s:.2f}x |")
+    for name, median in medians.items():
+        ratio = "" if name == "NumPy loop" else f" ({median / medians['NumPy loop']:.2f}x the loop's)"
+        print(f"| {name} epoch (median of {len(times[name])}, taking turns) | {median:.3f} s{ratio} |")
     print(f"| `nnx train` default config: test accuracy | {summary['test_accuracy']:.2%} |")
-    print(
-        f"| `nnx train` default config: training time ({summary['epochs']} epochs) | {summary['train_seconds']:.2f} s |"
-    )
-    print(f"| `nnx train` samples/s | {summary['samples_per_second']:,.0f} |")
-    print(f"| `nnx train` peak RSS (whole process) | {peak_rss_children:.0f} MB |")
+    print(f"| `nnx train` default config: training time ({summary['epochs']} epochs) | "
+          f"{summary['train_seconds']:.2f} s (first run {runs[0]['train_seconds']:.2f} s) |")  # fmt: skip
+    path = summary["cpu_path"]
+    print(f"| `nnx train` CPU path | {path['path']} ({path['source']}: {path['reason']}) |")
+    print(f"| `nnx train` peak RSS (second run) | {summary['peak_rss_mb']:.0f} MB |")
+    shown = ", ".join(f"{s:.3f}" for s in momentum)
+    print(f"| epochs at lr 0.1, momentum 0.9 (s) | {shown}: slowest {max(momentum) / min(momentum):.2f}x the fastest |")
+    shown = ", ".join(f"{s:.3f}" for s in plain)
+    print(f"| epochs at lr 0.1, plain SGD (s) | {shown}: slowest {max(plain) / min(plain):.2f}x the fastest |")
+    ratios = ", ".join(f"{a / b:.2f}x" for a, b in zip(momentum, plain, strict=True))
+    print(f"| momentum / plain SGD, epoch by epoch | {ratios} |")
     print(f"| `nnx --help` (median of 5) | {statistics.median(help_times):.3f} s |")
 
 
 if __name__ == "__main__":
+    from kernels import host_line  # (this script's folder is on sys.path)
+
+    print(host_line(), flush=True)  # the machine these figures belong to, and no other
     main()

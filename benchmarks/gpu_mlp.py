@@ -11,12 +11,15 @@ With --floor, each CPU row also times an epoch of only the matrix products nnx's
 same shapes and calls, on random numbers): no step on this BLAS can take less, so PyTorch's time
 over it is the most nnx could be faster by here, whatever else it saved.
 
-With --numpy-chains, each CPU row also times nnx with its elementwise chains run by NumPy (what
-runs where Numba is missing) instead of nnx/cpu_kernels.py's compiled loops; --rounds R measures
-every row R times, the contenders taking turns, for a shared machine whose speed drifts.
+nnx_cpu is nnx on the fastest code this machine can have (Numba's compiled loops, and nnx's own
+AVX-512 products where the CPU has AVX-512). With --numpy-chains, each CPU row also times nnx with
+its elementwise chains run by NumPy (what a short run takes, or where Numba is missing) instead of
+nnx/cpu_kernels.py's compiled loops; with --blas-products, nnx with the compiled loops and BLAS's
+products (the three are nnx/cpu_choice.py's paths); --rounds R measures every row R times, the
+contenders taking turns, for a shared machine whose speed drifts.
 
 Run: NNX_DATA_DIR=... python benchmarks/gpu_mlp.py [--epochs 2] [--no-cpu] [--floor] [--numpy-chains]
-     [--rounds R] [--json out.json]
+     [--blas-products] [--rounds R] [--json out.json]
 """
 
 from __future__ import annotations
@@ -213,6 +216,10 @@ def main() -> None:
         help="CPU rows: also nnx with its elementwise chains in NumPy instead of Numba's compiled loops",
     )  # fmt: skip
     parser.add_argument(
+        "--blas-products", action="store_true",
+        help="CPU rows: also nnx with its compiled loops but BLAS's products (nnx/cpu_choice.py's 'compiled' path)",
+    )  # fmt: skip
+    parser.add_argument(
         "--rounds", type=int, default=1,
         help="measure each row this many times, the contenders taking turns (medians over all rounds)",
     )  # fmt: skip
@@ -234,6 +241,10 @@ def main() -> None:
                     numpy_chains = Backend("cpu", np, np.dtype(np.float32), ops=CpuOps(compiled=False))
                     epochs = nnx_epochs(numpy_chains, sizes, batch, mnist.train, args.epochs)
                     times.setdefault("nnx_cpu_numpy", []).extend(epochs)
+                if device == "cpu" and args.blas_products:
+                    blas = Backend("cpu", np, np.dtype(np.float32), ops=CpuOps(compiled=True, products=False))
+                    epochs = nnx_epochs(blas, sizes, batch, mnist.train, args.epochs)
+                    times.setdefault("nnx_cpu_blas", []).extend(epochs)
                 device_of_torch = "cuda" if device == "gpu" else "cpu"
                 torch_times = torch_epochs(device_of_torch, sizes, batch, mnist.train, args.epochs)
                 if torch_times:
@@ -277,10 +288,11 @@ def main() -> None:
         f"PyTorch {result['torch']}; epoch = {n:,} images; median of {args.epochs} epochs after a warm-up"
         + (f", {args.rounds} rounds" if args.rounds > 1 else "")
         + ("; nnx_cpu_numpy: nnx with NumPy's chains (no Numba)" if args.numpy_chains else "")
+        + ("; nnx_cpu_blas: nnx's compiled loops, BLAS's products" if args.blas_products else "")
     )
     if not args.no_cpu:
         print(cpu_kernels())
-    columns = ("nnx_cpu", "nnx_cpu_numpy", "torch_cpu", "nnx_gpu", "torch_gpu")
+    columns = ("nnx_cpu", "nnx_cpu_blas", "nnx_cpu_numpy", "torch_cpu", "nnx_gpu", "torch_gpu")
     columns = [c for c in columns if any(c in r for r in rows)]
     print(
         "| model | batch | " + " | ".join(f"{c} s/epoch (samples/s)" for c in columns) + " | GPU speed-up vs nnx CPU |"
@@ -322,4 +334,7 @@ def floor_table(rows: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
+    from kernels import host_line  # (this script's folder is on sys.path)
+
+    print(host_line(), flush=True)  # the machine these figures belong to, and no other
     main()

@@ -95,4 +95,7 @@ def batchnorm_parts(backend: Any, rs: Any, b: int) -> None:
 
 
 if __name__ == "__main__":
+    from kernels import host_line  # (this script's folder is on sys.path)
+
+    print(host_line(), flush=True)  # the machine these figures belong to, and no other
     main()

@@ -17,6 +17,31 @@ import os
 from nnx.cpu_ops import blas_kernels
 
 TORCH_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+# Variables that change which code runs or on how many threads: printed with every figure.
+HOST_ENV = (
+    "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NPY_DISABLE_CPU_FEATURES",
+    "NNX_CPU_PATH", "NNX_NUMBA", "NNX_PRODUCTS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", *TORCH_CAPS,
+)  # fmt: skip
+
+
+def host_line() -> str:
+    """The machine a benchmark's figures belong to, in one line: CPU model, CPUs this process may use
+    (of all), vector extensions, BLAS and its kernels, versions, and every variable of HOST_ENV set.
+    Every benchmark prints it first: these figures hold for that host and no other."""
+    import platform
+
+    import numpy as np
+
+    from nnx.cpu_choice import _cpu_model, _isa, numba_installed
+    from nnx.cpu_ops import usable_cpus
+
+    numba = "Numba " + __import__("importlib.metadata").metadata.version("numba") if numba_installed() else "no Numba"
+    env = [f"{name}={os.environ[name]}" for name in HOST_ENV if name in os.environ]
+    return (
+        f"host: {_cpu_model()}, {usable_cpus()} of {os.cpu_count()} CPUs, {_isa()}; BLAS: {blas_kernels()}; "
+        f"Python {platform.python_version()}, NumPy {np.__version__}, {numba}; "
+        f"environment: {' '.join(env) if env else 'none of ' + ', '.join(HOST_ENV[:3]) + ', ... set'}"
+    )
 
 
 def cpu_kernels() -> str:

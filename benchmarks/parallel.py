@@ -70,6 +70,9 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.batches if args.worker == "cnn" else 0)
         return
+    from kernels import host_line  # (this script's folder is on sys.path)
+
+    print(host_line(), flush=True)  # the machine these figures belong to, and no other
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
     rows = []
     cores = os.cpu_count() or 1

@@ -160,4 +160,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from kernels import host_line  # (this script's folder is on sys.path)
+
+    print(host_line(), flush=True)  # the machine these figures belong to, and no other
     main()
