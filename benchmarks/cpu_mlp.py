@@ -6,8 +6,9 @@ Measures, on this machine (its host line is printed first):
    hand-written NumPy loop doing the same math on the same batches, all taking turns;
 2. `nnx train` with the default config, run twice (the first may measure its CPU path): test
    accuracy, training seconds, the path it took and why, and the peak RSS of the second process;
-3. `nnx train --epochs 4 --lr 0.1` with the default momentum and with plain SGD: every epoch's
-   seconds (the slowest over the fastest, and momentum over plain SGD, epoch by epoch);
+3. `nnx train --epochs 4 --lr 0.1` with the default momentum and with plain SGD, three runs each
+   taking turns: every epoch's median seconds (the slowest over the fastest, and momentum over
+   plain SGD, epoch by epoch);
 4. `nnx --help` start-up time.
 
 Run: NNX_DATA_DIR=../shared/data/mnist python benchmarks/cpu_mlp.py
@@ -133,8 +134,12 @@ def main() -> None:
             nnx_cli("train", "--quiet", "--data-dir", str(data_dir), "--out", f"{tmp}/run")
             runs.append(json.loads(Path(f"{tmp}/run/summary.json").read_text()))
     summary = runs[-1]
-    momentum = train_epochs(data_dir)
-    plain = train_epochs(data_dir, "--set", "optimizer.momentum=0")
+    momentum, plain = [], []
+    for _ in range(3):  # taking turns, epoch by epoch the median: this machine's speed drifts
+        momentum.append(train_epochs(data_dir))
+        plain.append(train_epochs(data_dir, "--set", "optimizer.momentum=0"))
+    momentum = [statistics.median(epoch) for epoch in zip(*momentum, strict=True)]
+    plain = [statistics.median(epoch) for epoch in zip(*plain, strict=True)]
 
     help_times = []
     for _ in range(5):
@@ -153,10 +158,10 @@ def main() -> None:
     path = summary["cpu_path"]
     print(f"| `nnx train` CPU path | {path['path']} ({path['source']}: {path['reason']}) |")
     print(f"| `nnx train` peak RSS (second run) | {summary['peak_rss_mb']:.0f} MB |")
-    shown = ", ".join(f"{s:.3f}" for s in momentum)
-    print(f"| epochs at lr 0.1, momentum 0.9 (s) | {shown}: slowest {max(momentum) / min(momentum):.2f}x the fastest |")
-    shown = ", ".join(f"{s:.3f}" for s in plain)
-    print(f"| epochs at lr 0.1, plain SGD (s) | {shown}: slowest {max(plain) / min(plain):.2f}x the fastest |")
+    for name, epochs in (("momentum 0.9", momentum), ("plain SGD", plain)):
+        shown = ", ".join(f"{s:.3f}" for s in epochs)
+        spread = max(epochs) / min(epochs)
+        print(f"| epochs at lr 0.1, {name} (s, medians of 3 runs) | {shown}: slowest {spread:.2f}x the fastest |")
     ratios = ", ".join(f"{a / b:.2f}x" for a, b in zip(momentum, plain, strict=True))
     print(f"| momentum / plain SGD, epoch by epoch | {ratios} |")
     print(f"| `nnx --help` (median of 5) | {statistics.median(help_times):.3f} s |")

@@ -161,9 +161,9 @@ def sgd(p: Any, g: Any, lr: Any, wd: Any) -> None:
 
 @_jit
 def _flushed(x: Any, tiny: Any) -> Any:
-    """x, or 0 where |x| < tiny (the dtype's smallest normal number): `flush_subnormals` of nnx/ops.py
-    for one element (NaN stays NaN)."""
-    return x if not (-tiny < x < tiny) else tiny - tiny  # (+0 in x's dtype)
+    """x * [|x| >= tiny], tiny the dtype's smallest normal number: `flush_subnormals` of nnx/ops.py
+    for one element (a zero of x's sign below tiny; NaN stays NaN)."""
+    return x if not (-tiny < x < tiny) else x * 0
 
 
 @_jit

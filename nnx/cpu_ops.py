@@ -716,6 +716,9 @@ class CpuOps(Ops):
         than UPDATE_PIECE_ELEMENTS goes in pieces of that, so the scratch stays that small however
         large the network (three arrays of all its parameters had been three more copies of it)."""
         p = arrays[0]
+        if not self.own_threads and p.size <= UPDATE_PIECE_ELEMENTS:  # one call (an MLP's step: ~5 us less)
+            update(*arrays, *self._scratch(p.shape, p.dtype), *args)
+            return
         row = max(p[:1].size, 1)
         piece = max(UPDATE_PIECE_ELEMENTS // row, 1)
 
@@ -809,10 +812,13 @@ def _decayed(p: Any, g: Any, wd: float, t: Any) -> Any:
     return t
 
 
-def _flush(a: Any, t: Any) -> None:
-    """flush_subnormals(np, a) of nnx/ops.py, with |a| written into t."""
+def _flush(a: Any, t: Any, spare: Any) -> None:
+    """flush_subnormals(np, a) of nnx/ops.py, with |a| written into t and the mask into spare's
+    memory (scratch of a's shape and dtype, as t)."""
     np.abs(a, out=t)
-    np.copyto(a, 0, where=t < _tiny(a.dtype))
+    mask = spare.reshape(-1).view(np.bool_)[: a.size].reshape(a.shape)
+    np.greater_equal(t, _tiny(a.dtype), out=mask)
+    np.multiply(a, mask, out=a)
 
 
 def _sgd(p: Any, g: Any, v: Any, t1: Any, t2: Any, t3: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
@@ -822,7 +828,7 @@ def _sgd(p: Any, g: Any, v: Any, t1: Any, t2: Any, t3: Any, lr: float, mu: float
         return
     v *= mu
     v += d
-    _flush(v, t1)
+    _flush(v, t1, t3)
     if nesterov:  # p -= lr (d + mu v)
         np.multiply(v, mu, out=t1)
         t1 += d
@@ -845,8 +851,8 @@ def _adam(
     t1 *= 1 - b2
     v *= b2
     v += t1  # v <- b2 v + (1 - b2) d^2
-    _flush(m, t1)
-    _flush(v, t1)
+    _flush(m, t1, t2)
+    _flush(v, t1, t2)
     np.divide(m, 1 - b1**step, out=t1)  # m_hat
     np.divide(v, 1 - b2**step, out=t2)  # v_hat
     np.sqrt(t2, out=t2)
@@ -862,7 +868,7 @@ def _rmsprop(p: Any, g: Any, s: Any, t1: Any, t2: Any, t3: Any, lr: float, rho: 
     t1 *= 1 - rho
     s *= rho
     s += t1  # s <- rho s + (1 - rho) d^2
-    _flush(s, t1)
+    _flush(s, t1, t2)
     np.multiply(d, lr, out=t1)
     np.sqrt(s, out=t2)
     t2 += eps

@@ -27,14 +27,14 @@ _relu_backward = cupy.ElementwiseKernel("T dy, T y", "T dx", "dx = dy * (y > (T)
 
 _sgd = cupy.ElementwiseKernel("T g, T lr, T wd", "T p", "p -= lr * (g + wd * p)", "nnx_sgd")
 
-# flush(x): 0 where |x| < tiny, the smallest normal number of T (nnx/ops.py's flush_subnormals).
+# flush(x): x * 0 where |x| < tiny, the smallest normal number of T (nnx/ops.py's flush_subnormals).
 _sgd_momentum = cupy.ElementwiseKernel(
     "T g, T lr, T mu, T wd, T nesterov, T tiny",
     "T p, T v",
     """
     T d = g + wd * p;
     v = mu * v + d;
-    if (-tiny < v && v < tiny) v = (T)0;
+    if (-tiny < v && v < tiny) v *= (T)0;
     p -= lr * (nesterov != (T)0 ? d + mu * v : v);
     """,
     "nnx_sgd_momentum",
@@ -50,8 +50,8 @@ _adam = cupy.ElementwiseKernel(
     T d = decoupled != (T)0 ? g : g + wd * p;
     m = b1 * m + one_minus_b1 * d;
     v = b2 * v + one_minus_b2 * (d * d);
-    if (-tiny < m && m < tiny) m = (T)0;
-    if (-tiny < v && v < tiny) v = (T)0;
+    if (-tiny < m && m < tiny) m *= (T)0;
+    if (-tiny < v && v < tiny) v *= (T)0;
     p -= lr * (m / c1) / (sqrt(v / c2) + eps);
     """,
     "nnx_adam",
@@ -63,7 +63,7 @@ _rmsprop = cupy.ElementwiseKernel(
     """
     T d = g + wd * p;
     s = rho * s + one_minus_rho * (d * d);
-    if (-tiny < s && s < tiny) s = (T)0;
+    if (-tiny < s && s < tiny) s *= (T)0;
     p -= lr * d / (sqrt(s) + eps);
     """,
     "nnx_rmsprop",
