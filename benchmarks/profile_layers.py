@@ -9,7 +9,7 @@ near the device time the GPU is waiting on kernel launches and Python, not compu
 totals say the same of the whole step.
 
 Run: NNX_DATA_DIR=... python benchmarks/profile_layers.py [--config mnist_cnn] [--batches 30] [--device gpu]
-     [--compare-conv ROUNDS]  (CPU: the step with convolutions as chosen vs im2col for all, alternating)
+     [--compare-conv ROUNDS]  (CPU: the step with candidate convolutions by Winograd vs im2col, alternating)
 """
 
 from __future__ import annotations
@@ -118,20 +118,20 @@ def cpu_table(config: str, batches: int) -> None:
 
 
 def compare_conv(config: str, batches: int, rounds: int) -> None:
-    """The CPU step with convolutions as the CPU's ops choose them (Winograd where it pays) against
-    im2col for all, alternating `rounds` times in this process (this machine's speed drifts)."""
-    import nnx.cpu_ops as cpu_ops
+    """The CPU step with its candidate convolutions by Winograd (nnx/cpu_ops.winograd_candidate)
+    against im2col for all, alternating `rounds` times in this process (this machine's speed
+    drifts): what nnx/cpu_choice.py measures for a run, part by part."""
+    from nnx.cpu_ops import CpuOps
 
-    chosen = cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO
-    steps: dict[str, list[float]] = {"as chosen": [], "im2col": []}
+    steps: dict[str, list[float]] = {"winograd": [], "im2col": []}
     convs: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in steps}
     for _ in range(rounds):
-        for name, ratio in (("as chosen", chosen), ("im2col", float("inf"))):
-            cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO = ratio
+        for name in steps:
+            CpuOps.winograd = name == "winograd"
             try:
                 host = profile(config, batches).host
             finally:
-                cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO = chosen
+                CpuOps.winograd = False
             steps[name].append(sum(host.values()))
             for key, seconds in host.items():
                 if "conv2d" in key:

@@ -29,7 +29,7 @@ from nnx.backend import Backend, get_backend
 from nnx.checkpoint import BEST, CHECKPOINT, checkpoint_cpu_path, load_checkpoint, save_checkpoint, saved_config
 from nnx.config import Config, apply_overrides, check_overrides, load_config, to_yaml, validate
 from nnx.cpu_choice import MAX_ROUND_STEPS, Choice, choose, cpu_candidates, forced_path
-from nnx.cpu_ops import CpuOps, default_threads, usable_cpus
+from nnx.cpu_ops import CpuOps, default_threads, usable_cpus, winograd_candidate
 from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import Split, load_mnist, missing_files, resolve_data_dir
 from nnx.errors import DataError, NnxError
@@ -291,8 +291,8 @@ def _choose_cpu_path(
         if kept is not None and forced_path() is None:  # the same code as before the stop: the same bits
             return Choice(kept, "the path the run was started on (its checkpoint keeps it)", steps=steps,
                           source="checkpoint")  # fmt: skip
-    convolutions = any(layer.kind == "conv2d" for layer in model.layers)
-    candidates = cpu_candidates(config.dtype, convolutions)
+    convolutions = [layer for layer in model.layers if layer.kind == "conv2d"]
+    candidates = cpu_candidates(config.dtype, bool(convolutions), any(map(winograd_candidate, convolutions)))
     t = config.training
     optimizer = config.optimizer.name + (
         "-momentum" if config.optimizer.name == "sgd" and config.optimizer.momentum else ""

@@ -175,9 +175,11 @@ def _cpu_ops(fused: bool, cpu_path: str | None) -> Ops:
         return Ops(np)
     from nnx.cpu_ops import CpuOps
 
-    if cpu_path is None:  # the fastest code this machine can have: Numba's loops and products
+    if cpu_path is None:  # Numba's loops and products wherever they run
         return CpuOps()
-    return CpuOps(compiled=cpu_path in ("compiled", "tiles"), products=cpu_path == "tiles")
+    ops = CpuOps(compiled=False)
+    ops.use_path(cpu_path)
+    return ops
 
 
 def get_backend(
@@ -189,8 +191,9 @@ def get_backend(
 ) -> Backend:
     """Make the backend for `device` ("cpu", "gpu", "gpu:N" or "auto"). `fused` picks the fast
     versions of the hot chains (fused CUDA kernels on a GPU, all cores on the CPU) over the plain
-    xp reference in nnx/ops.py. `cpu_path` (nnx/cpu_choice.py: numpy, compiled, tiles) says which
-    of the CPU's fast versions; None: Numba's compiled loops and products wherever they run."""
+    xp reference in nnx/ops.py. `cpu_path` (nnx/cpu_choice.py: numpy, compiled, tiles, each with
+    "+winograd" or not) says which of the CPU's fast versions; None: Numba's compiled loops and
+    products wherever they run, convolutions by im2col."""
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype {dtype!r}: use float32 or float64")
     kind, index = _parse_device(device)

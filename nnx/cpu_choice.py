@@ -5,22 +5,27 @@ Three ways to run a training step on the CPU compute the same thing:
 - `numpy`: NumPy's chains for the elementwise work, BLAS for the matrix products;
 - `compiled`: Numba's fused loops (nnx/cpu_kernels.py) instead of the chains, BLAS's products;
 - `tiles`: the compiled loops, and nnx's own AVX-512 float32 products (nnx/cpu_products.py)
-  instead of BLAS's, for networks without convolutions on CPUs with AVX-512.
+  instead of BLAS's, for networks without convolutions on CPUs with AVX-512;
 
-The compiled loops give the chains' bits; the tiles' products differ from BLAS's in the last bits
-(another order of the sums). Which is fastest depends on the CPU, on BLAS and the kernels it
-picked, on the thread count and on the network and batch, so nothing here assumes an answer: a
-run's candidates are timed on its own network and batch (a few training steps each on synthetic
-data, alternating, best of several rounds), and the figures are kept in a cache file keyed by a
-description of this machine (`host()`), so each network is measured once per machine.
+and a network with wide 3x3 convolutions (cpu_ops.winograd_candidate) can run them by im2col and
+BLAS's products or by Winograd's F(2x2, 3x3) (nnx/nn/winograd.py): `numpy+winograd`,
+`compiled+winograd`. They differ in the last bits (sums in another order: the tiles' products and
+Winograd's transforms from BLAS's im2col products, the compiled loss's from NumPy's), so a run
+keeps its path when it resumes.
+
+Which is fastest depends on the CPU, on BLAS and the kernels it picked, on the thread count and
+on the network and batch, so nothing here assumes an answer: a run's candidates are timed on its
+own network and batch (a few training steps each on synthetic data, alternating, best of several
+rounds), and the figures are kept in a cache file keyed by a description of this machine
+(`host()`), so each network is measured once per machine.
 
 The choice then projects the run's training time from the figures. Numba's candidates must
 shorten the run by at least MIN_SAVING_SECONDS and by MIN_SAVING_FRACTION of a step: they cost
 memory (Numba and LLVM add about 100 MB to the process), time to load (about 0.3 s from Numba's
-cache) and, the first time on a machine, seconds to compile. The tiles must beat BLAS's products
-by MIN_TILES_FRACTION. A run that could not gain MIN_SAVING_SECONDS even if Numba saved
-MAX_SAVING_FRACTION of each NumPy step is not measured at all: it stays on NumPy, and Numba is
-never imported. `NNX_CPU_PATH` (numpy, compiled, tiles) sets the path instead; NNX_NUMBA=0 and
+cache) and, the first time on a machine, seconds to compile. The tiles must beat BLAS's products,
+and Winograd im2col, by MIN_TILES_FRACTION. A run that could not gain MIN_SAVING_SECONDS even if
+Numba saved MAX_SAVING_FRACTION of each NumPy step is not measured at all: it stays on NumPy (by
+im2col), and Numba is never imported. `NNX_CPU_PATH` sets the path instead; NNX_NUMBA=0 and
 NNX_PRODUCTS=blas rule out Numba and the tiles.
 """
 
@@ -56,8 +61,10 @@ MIN_SAVING_FRACTION = 0.05
 # reach MIN_SAVING_SECONDS: the most any saved is 40% (784-64-10 at batch 64, AMD EPYC, OpenBLAS's
 # SkylakeX kernels; the README's CPU paths).
 MAX_SAVING_FRACTION = 0.5
-# The tiles must be this much faster a step than the compiled loops on BLAS's products.
+# The tiles must be this much faster a step than the compiled loops on BLAS's products, and
+# Winograd than im2col.
 MIN_TILES_FRACTION = 0.02
+WINOGRAD = "+winograd"
 # Measuring: rounds of about ROUND_SECONDS per candidate, alternating; each candidate's figure is
 # its best round (the others met the machine's other work).
 ROUNDS = 5
@@ -72,10 +79,11 @@ def forced_path() -> str | None:
     value = os.environ.get(ENV, "auto").strip().lower()
     if value in ("", "auto"):
         return None
-    if value not in PATHS:
-        close = difflib.get_close_matches(value, [*PATHS, "auto"], n=1)
+    known = [*PATHS, *(path + WINOGRAD for path in PATHS if path != "tiles")]
+    if value not in known:
+        close = difflib.get_close_matches(value, [*known, "auto"], n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise BackendError(f"{ENV}={value}: not a CPU path{hint}; use auto, {', '.join(PATHS)}")
+        raise BackendError(f"{ENV}={value}: not a CPU path{hint}; use auto, {', '.join(known)}")
     return value
 
 
@@ -87,18 +95,21 @@ def numba_installed() -> bool:
     return True
 
 
-def cpu_candidates(dtype: str, convolutions: bool) -> list[str]:
+def cpu_candidates(dtype: str, convolutions: bool, winograd: bool = False) -> list[str]:
     """The paths a network can take here, numpy first: Numba's where it is installed and not turned
     off (NNX_NUMBA=0), the tiles for float32 networks without convolutions on CPUs with AVX-512
     (convolutions spread their work over nnx's own threads, whose Numba threads would compete),
-    unless NNX_PRODUCTS=blas. Read without importing Numba."""
+    unless NNX_PRODUCTS=blas; each with Winograd's convolutions too where the network has
+    candidates for them (`winograd`). Read without importing Numba."""
     from nnx.cpu_ops import numba_turned_off, products_turned_off
 
-    if numba_turned_off() or not numba_installed():
-        return ["numpy"]
-    candidates = ["numpy", "compiled"]
-    if dtype == "float32" and not convolutions and not products_turned_off() and _has_avx512():
-        candidates.append("tiles")
+    candidates = ["numpy"]
+    if not numba_turned_off() and numba_installed():
+        candidates.append("compiled")
+        if dtype == "float32" and not convolutions and not products_turned_off() and _has_avx512():
+            candidates.append("tiles")
+    if winograd:
+        candidates += [path + WINOGRAD for path in candidates if path != "tiles"]
     return candidates
 
 
@@ -195,21 +206,24 @@ class Choice:
 
 def decide(step_seconds: dict[str, float], steps: int) -> tuple[str, str]:
     """(path, reason) for a run of `steps` steps from the measured seconds per step of each
-    candidate (numpy always among them)."""
-    numpy_step = step_seconds["numpy"]
-    path, step = "numpy", numpy_step
-    if "compiled" in step_seconds:
-        path, step = "compiled", step_seconds["compiled"]
-        if "tiles" in step_seconds and step_seconds["tiles"] <= step * (1 - MIN_TILES_FRACTION):
-            path, step = "tiles", step_seconds["tiles"]
-    elif "tiles" in step_seconds:
-        path, step = "tiles", step_seconds["tiles"]
+    candidate (numpy always among them): the fastest of NumPy's (with Winograd's convolutions or
+    not), unless one of Numba's saves enough to pay for itself."""
+
+    def faster(a: str | None, b: str) -> str | None:
+        """b where it is measured and beats a by MIN_TILES_FRACTION, else a."""
+        if b not in step_seconds or (a is not None and step_seconds[b] > step_seconds[a] * (1 - MIN_TILES_FRACTION)):
+            return a
+        return b
+
+    lean = faster("numpy", "numpy" + WINOGRAD)
+    path = faster(faster(faster(None, "compiled"), "compiled" + WINOGRAD), "tiles") or lean
+    numpy_step, step = step_seconds[lean], step_seconds[path]
     figures = ", ".join(f"{name} {1e3 * s:.3g} ms" for name, s in step_seconds.items())
     saving = steps * (numpy_step - step)
-    if path == "numpy":
-        return "numpy", f"a step: {figures}"
+    if path == lean:
+        return lean, f"a step: {figures}"
     if saving < MIN_SAVING_SECONDS or step > numpy_step * (1 - MIN_SAVING_FRACTION):
-        return "numpy", (
+        return lean, (
             f"a step: {figures}; {path} would save {saving:.2f} s of {steps * numpy_step:.2f} s, "
             f"less than Numba's load and memory are worth (>= {MIN_SAVING_SECONDS:g} s and "
             f"{MIN_SAVING_FRACTION:.0%} of a step)"
@@ -294,7 +308,9 @@ def choose(
     optimizer) among `candidates` (numpy first; the others where they can run here)."""
     forced = forced_path()
     if forced is not None:
-        path = forced if forced in candidates else candidates[-1]
+        base = forced.partition("+")[0]
+        fallbacks = (forced, base + WINOGRAD, base, "compiled", "numpy")  # nearest first (tiles need Numba too)
+        path = next(option for option in fallbacks if option in candidates)
         why = f"{ENV}={forced}" + ("" if path == forced else f", which cannot run here: {path}")
         return Choice(path, why, steps=steps, source=ENV)
     if candidates == ["numpy"]:

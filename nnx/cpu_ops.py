@@ -65,17 +65,20 @@ PARALLEL_PRODUCT_MACS = 1 << 20
 # convolution's 32 x 9 dW, the sums of rows) ran one at a time: dW 1.45 ms on two threads, 0.68 with dot.
 
 
-# A 3x3 stride-1 convolution goes by Winograd's F(2x2, 3x3) (nnx/nn/winograd.py) when C K / (C + K)
-# is at least this (C, K: input and output channels): it saves 20 C K multiply-adds per 2x2 outputs
-# and pays passes over the tiles in proportion to C + K. Measured on mnist_cnn's 32 -> 64 (21.3): a
-# step 28.0 -> 23.6 ms (medians of 6 alternations, `profile_layers.py --compare-conv`); on
-# mnist_fast's 12 -> 32 (8.7) it gains nothing (its conv2 2.69 vs 2.64 ms; the first version lost).
+# A 3x3 stride-1 convolution is a candidate for Winograd's F(2x2, 3x3) (nnx/nn/winograd.py) when
+# C K / (C + K) is at least this (C, K: input and output channels): it saves 20 C K multiply-adds
+# per 2x2 outputs and pays passes over the tiles in proportion to C + K, so narrower ones cannot
+# gain (mnist_fast's 12 -> 32, 8.7: 2.69 against 2.64 ms by im2col). Whether the candidates do
+# gain depends on how fast BLAS's products are here: nnx/cpu_choice.py measures both ways.
 WINOGRAD_MIN_CHANNEL_RATIO = 16
-# ... and only where BLAS runs one of these OpenBLAS kernel families (AVX2; Zen's are Haswell's),
-# the only ones it was measured to pay on. With AVX-512 kernels (SkylakeX) the products are about
-# twice as fast and the transforms' passes cost more than they save: mnist_cnn's step 24.1-24.8 ms
-# by im2col against 26.0-27.5 ms by Winograd, in one run. Elsewhere (MKL, other families) im2col.
-WINOGRAD_BLAS_KERNELS = ("haswell", "zen")
+
+
+def winograd_candidate(layer: Any) -> bool:
+    """Whether Winograd's F(2x2, 3x3) could pay for this Conv2D: 3x3, stride 1, wide enough."""
+    c, k = layer.in_channels, layer.out_channels
+    wide = c * k >= WINOGRAD_MIN_CHANNEL_RATIO * (c + k)
+    return wide and winograd.applies(layer.kernel, layer.stride, layer.padding)
+
 
 # glibc malloc: arrays up to this size come from the heap, which keeps this much freed memory.
 MALLOC_HEAP_ARRAYS = 32 << 20
@@ -130,18 +133,6 @@ def default_threads() -> int:
         return _POOL.threads_outside
     blas = [pool["num_threads"] for pool in blas_pools()]
     return max(1, min(blas)) if blas else usable_cpus()
-
-
-_architectures: tuple[str, ...] | None = None
-
-
-def blas_architectures() -> tuple[str, ...]:
-    """The kernel family of each of NumPy's BLAS libraries as threadpoolctl reports it ('Haswell',
-    'SkylakeX'; '' where it reports none, as for MKL). Read once: it takes milliseconds."""
-    global _architectures
-    if _architectures is None:
-        _architectures = tuple(pool.get("architecture") or "" for pool in blas_pools())
-    return _architectures
 
 
 def blas_kernels() -> str:
@@ -349,6 +340,9 @@ class CpuOps(Ops):
     spread over `threads` threads (1: the same chunks, one after another) with BLAS on one
     thread; without, BLAS spreads the products and everything runs in one piece."""
 
+    # Convolutions by Winograd where they are candidates (the "+winograd" of a path); im2col else.
+    winograd = False
+
     def __init__(
         self, threads: int | None = None, own_threads: bool = False, compiled: bool = True, products: bool = True
     ) -> None:
@@ -364,17 +358,20 @@ class CpuOps(Ops):
 
     @property
     def path(self) -> str:
-        """Which of nnx/cpu_choice.py's paths these ops take: numpy, compiled or tiles."""
-        if self.kernels is None:
-            return "numpy"
-        return "compiled" if self.products is None else "tiles"
+        """Which of nnx/cpu_choice.py's paths these ops take: numpy, compiled or tiles, and
+        "+winograd" when convolutions may go by Winograd."""
+        base = "numpy" if self.kernels is None else "compiled" if self.products is None else "tiles"
+        return base + ("+winograd" if self.winograd else "")
 
     def use_path(self, path: str) -> None:
-        """Take `path` (numpy, compiled or tiles) from now on, loading and compiling what it needs
-        for the networks already built: a run's path is chosen once its network and data are known
-        (nnx/cpu_choice.py). Where Numba or AVX-512 is missing, the path falls back as __init__ does."""
-        self.kernels = compiled_kernels() if path in ("compiled", "tiles") else None
-        self.products = avx512_products() if path == "tiles" else None
+        """Take `path` (numpy, compiled or tiles, with "+winograd" or not) from now on, loading and
+        compiling what it needs for the networks already built: a run's path is chosen once its
+        network and data are known (nnx/cpu_choice.py). Where Numba or AVX-512 is missing, the path
+        falls back as __init__ does."""
+        base, _, conv = path.partition("+")
+        self.winograd = conv == "winograd"
+        self.kernels = compiled_kernels() if base in ("compiled", "tiles") else None
+        self.products = avx512_products() if base == "tiles" else None
         for dtype in self._dtypes:
             if self.kernels is not None:
                 self._warm(dtype)
@@ -405,13 +402,9 @@ class CpuOps(Ops):
                 self.products = None
 
     def conv_by_winograd(self, layer: Any) -> bool:
-        """3x3, stride-1 convolutions wide enough for the products saved to pay for the transforms."""
-        c, k = layer.in_channels, layer.out_channels
-        wide = c * k >= WINOGRAD_MIN_CHANNEL_RATIO * (c + k)
-        if not (wide and winograd.applies(layer.kernel, layer.stride, layer.padding)):
-            return False
-        kernels = blas_architectures()
-        return bool(kernels) and all(name.lower() in WINOGRAD_BLAS_KERNELS for name in kernels)
+        """Winograd for the candidates (winograd_candidate) when this run's path says so
+        (nnx/cpu_choice.py measured it faster here); im2col, the reference's, otherwise."""
+        return self.winograd and winograd_candidate(layer)
 
     @property
     def threads(self) -> int:

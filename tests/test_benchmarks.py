@@ -83,23 +83,21 @@ def test_the_kernel_line_names_both_contenders_vector_widths(monkeypatch: pytest
 def test_compare_conv_alternates_and_restores_the_choice(monkeypatch, capsys) -> None:
     import profile_layers
 
-    import nnx.cpu_ops as cpu_ops
+    from nnx.cpu_ops import CpuOps
 
     seen = []
 
     def fake_profile(config: str, batches: int) -> SimpleNamespace:
-        im2col = cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO == float("inf")
-        seen.append(im2col)
-        conv = 0.012 if im2col else 0.010
+        seen.append(CpuOps.winograd)
+        conv = 0.010 if CpuOps.winograd else 0.012
         return SimpleNamespace(host={"4 conv2d backward": conv, "9 linear forward": 0.001})
 
     monkeypatch.setattr(profile_layers, "profile", fake_profile)
-    chosen = cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO
     profile_layers.compare_conv("mnist_cnn", 2, rounds=3)
-    assert seen == [False, True] * 3 and cpu_ops.WINOGRAD_MIN_CHANNEL_RATIO == chosen
+    assert seen == [True, False] * 3 and CpuOps.winograd is False
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[0].endswith("| ms a step | 4 conv2d backward |")
-    assert rows[2] == "| as chosen | 11.00 | 10.00 |" and rows[3] == "| im2col | 13.00 | 12.00 |"
+    assert rows[2] == "| winograd | 11.00 | 10.00 |" and rows[3] == "| im2col | 13.00 | 12.00 |"
 
 
 def test_the_products_floor_calls_the_products_an_mlp_step_calls(monkeypatch: pytest.MonkeyPatch) -> None:

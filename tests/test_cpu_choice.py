@@ -216,3 +216,74 @@ def test_the_path_is_recorded_and_a_resume_keeps_it(tiny_mnist: Path, tmp_path: 
     finished = nnx.train(resume=tmp_path / "run")
     assert not finished.interrupted and finished.summary["cpu_path"]["path"] == "numpy"
     assert np.isfinite(finished.summary["test_loss"])
+
+
+def figures(numpy: float, compiled: float, numpy_winograd: float, compiled_winograd: float) -> dict[str, float]:
+    """Seconds per step (in units of 10 ms) of a CNN's four candidates."""
+    steps = {"numpy": numpy, "compiled": compiled, "numpy+winograd": numpy_winograd,
+             "compiled+winograd": compiled_winograd}  # fmt: skip
+    return {path: 1e-2 * s for path, s in steps.items()}
+
+
+@pytest.mark.parametrize(
+    ("figures", "path"),
+    [
+        # Winograd faster on both: the compiled one, which saves enough
+        (figures(1.0, 0.8, 0.9, 0.7), "compiled+winograd"),
+        # Winograd slower (AVX-512 products): im2col
+        (figures(1.0, 0.8, 1.1, 0.9), "compiled"),
+        # Numba gains too little, Winograd pays on NumPy's chains: NumPy by Winograd
+        (figures(1.0, 0.99, 0.8, 0.79), "numpy+winograd"),
+        # within the margin: im2col, the reference's algorithm
+        ({"numpy": 1e-2, "numpy+winograd": 0.99e-2}, "numpy"),
+    ],
+)
+def test_winograd_is_a_measured_choice_too(figures, path) -> None:
+    assert decide(figures, 100_000)[0] == path
+
+
+def test_networks_with_candidate_convolutions_measure_both_algorithms(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_choice, "numba_installed", lambda: True)
+    assert cpu_choice.cpu_candidates("float32", True, winograd=True) == [
+        "numpy", "compiled", "numpy+winograd", "compiled+winograd"
+    ]  # fmt: skip
+    monkeypatch.setenv("NNX_NUMBA", "0")
+    assert cpu_choice.cpu_candidates("float32", True, winograd=True) == ["numpy", "numpy+winograd"]
+
+
+@pytest.mark.parametrize(
+    ("forced", "candidates", "path"),
+    [
+        ("compiled+winograd", ["numpy", "compiled", "tiles"], "compiled"),  # an MLP: no convolutions to transform
+        ("tiles", ["numpy", "compiled", "numpy+winograd", "compiled+winograd"], "compiled"),  # a CNN
+        ("numpy+winograd", ["numpy", "numpy+winograd"], "numpy+winograd"),
+        ("compiled", ["numpy"], "numpy"),  # no Numba
+    ],
+)
+def test_a_forced_path_that_cannot_run_here_takes_the_nearest(monkeypatch, forced, candidates, path) -> None:
+    monkeypatch.setenv("NNX_CPU_PATH", forced)
+    assert choose("net", candidates, 10, 2, runners({})).path == path
+
+
+def test_the_cnn_s_path_is_measured_with_its_winograd_candidates(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    """A network with a wide 3x3 convolution: its run measures both algorithms (long enough a run),
+    and the ops of the run take the chosen one."""
+    measured: list[str] = []
+
+    def measure(candidates, make_runner):
+        measured.extend(candidates)
+        return {path: (0.5e-3 if path.endswith("+winograd") else 1e-3) for path in candidates}
+
+    monkeypatch.setattr(cpu_choice, "measure", measure)
+    monkeypatch.setattr(cpu_choice, "MIN_SAVING_SECONDS", 0.0)  # any run is long enough here
+    conv = {"kernel": 3, "padding": 1}
+    layers = [{"conv2d": {"out": 32, **conv}}, "relu", {"conv2d": {"out": 64, **conv}}, "relu",
+              {"maxpool2d": {"size": 4}}, "flatten", {"linear": {"out": 10}}]  # fmt: skip
+    run = nnx.train(
+        {"name": "wide", "model": {"layers": layers}, "training": {"epochs": 1, "validation": 100}},
+        {"data.dir": str(tiny_mnist)},
+        out=tmp_path / "run",
+    )
+    assert "numpy+winograd" in measured and run.summary["cpu_path"]["path"].endswith("+winograd")
+    first, second = [layer for layer in run.model.layers if layer.kind == "conv2d"]
+    assert run.backend.ops.conv_by_winograd(second) and not run.backend.ops.conv_by_winograd(first)

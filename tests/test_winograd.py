@@ -18,9 +18,9 @@ from nnx.testing import numerical_gradient, relative_error
 
 @pytest.fixture
 def every_3x3(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every 3x3 stride-1 convolution by Winograd, however narrow, whatever the BLAS."""
+    """Every 3x3 stride-1 convolution by Winograd, however narrow."""
     monkeypatch.setattr(cpu_ops, "WINOGRAD_MIN_CHANNEL_RATIO", 0)
-    monkeypatch.setattr(cpu_ops, "blas_architectures", lambda: ("Haswell",))
+    monkeypatch.setattr(cpu_ops.CpuOps, "winograd", True)
 
 
 def backends(dtype: type) -> tuple[Backend, Backend]:
@@ -94,43 +94,28 @@ def test_winograd_gradients_against_central_differences(every_3x3) -> None:
         assert relative_error(layer.grads[name].copy(), numerical_gradient(loss, param)) < 1e-6, name
 
 
-def test_the_cpu_chooses_it_for_wide_3x3_stride_1_convolutions_on_avx2_blas_only(monkeypatch) -> None:
-    ops = CpuOps()
-    monkeypatch.setattr(cpu_ops, "blas_architectures", lambda: ("Haswell",))
-
-    def chosen(config: str) -> list[bool]:
-        model = build_model(
-            load_config(config)[0].model.layer_specs(), backends(np.float32)[0], np.random.default_rng(0), 10
-        )
-        return [ops.conv_by_winograd(layer) for layer in model.layers if layer.kind == "conv2d"]
-
-    assert chosen("mnist_cnn") == [False, True]  # 1 -> 32 im2col; 32 -> 64 by tiles
-    assert chosen("mnist_fast") == [False, False]  # 12 -> 32: the transforms cost what the products save
+def test_it_runs_where_a_run_s_path_says_and_the_convolution_is_a_candidate() -> None:
+    """Candidates: wide 3x3 stride-1 convolutions. They go by Winograd when the ops' path has
+    "+winograd" (nnx/cpu_choice.py measured it faster on this machine), by im2col otherwise."""
     backend = backends(np.float32)[0]
-    assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, stride=2, padding=1))
-    assert not ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=5, padding=2))
-    assert ops.conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=3))
-    assert not Ops(np).conv_by_winograd(Conv2D(backend, 32, 64, kernel=3, padding=1))  # the reference: never
+
+    def candidates(config: str) -> list[bool]:
+        model = build_model(load_config(config)[0].model.layer_specs(), backend, np.random.default_rng(0), 10)
+        return [cpu_ops.winograd_candidate(layer) for layer in model.layers if layer.kind == "conv2d"]
+
+    assert candidates("mnist_cnn") == [False, True]  # 1 -> 32 im2col; 32 -> 64 a candidate
+    assert candidates("mnist_fast") == [False, False]  # 12 -> 32: the transforms cost what the products save
+    assert not cpu_ops.winograd_candidate(Conv2D(backend, 32, 64, kernel=3, stride=2, padding=1))
+    assert not cpu_ops.winograd_candidate(Conv2D(backend, 32, 64, kernel=5, padding=2))
+    assert cpu_ops.winograd_candidate(Conv2D(backend, 32, 64, kernel=3, padding=3))
     wide = Conv2D(backend, 32, 64, kernel=3, padding=1)
-    assert ops.conv_by_winograd(wide)
-    for kernels in [("SkylakeX",), ("",), ("Haswell", "SkylakeX"), ()]:  # AVX-512, MKL, a mix, no BLAS seen
-        monkeypatch.setattr(cpu_ops, "blas_architectures", lambda kernels=kernels: kernels)
-        assert not ops.conv_by_winograd(wide), kernels
-    monkeypatch.setattr(cpu_ops, "blas_architectures", lambda: ("Zen",))
-    assert ops.conv_by_winograd(wide)
-
-
-def test_the_blas_architectures_are_read_once_in_library_order(monkeypatch) -> None:
-    calls = []
-
-    def pools() -> list[dict]:
-        calls.append(1)
-        return [{"architecture": "Haswell"}, {"internal_api": "mkl"}]  # MKL reports no family
-
-    monkeypatch.setattr(cpu_ops, "blas_pools", pools)
-    monkeypatch.setattr(cpu_ops, "_architectures", None)
-    assert cpu_ops.blas_architectures() == ("Haswell", "")
-    assert cpu_ops.blas_architectures() == ("Haswell", "") and len(calls) == 1
+    ops = CpuOps()
+    assert not ops.conv_by_winograd(wide) and ops.path in ("numpy", "compiled", "tiles")  # by default: im2col
+    for path, by_winograd in [("compiled+winograd", True), ("numpy+winograd", True), ("numpy", False)]:
+        ops.use_path(path)
+        assert ops.conv_by_winograd(wide) == by_winograd and ops.path == path
+        assert not ops.conv_by_winograd(Conv2D(backend, 1, 32, kernel=3, padding=1))  # never a narrow one
+    assert not Ops(np).conv_by_winograd(wide)  # the reference: never
 
 
 def test_dw_is_the_same_from_kept_tiles_or_tiles_built_again(every_3x3) -> None:
