@@ -253,14 +253,6 @@ def _train(
         mnist.train = Split(mnist.train.images[: config.data.limit], mnist.train.labels[: config.data.limit])
     rows = -(-min(config.training.batch_size, len(mnist.train)) // comm.size)
     _check_batch_fits(model, config, rows, len(optimizer.state))
-    cpu = None
-    if isinstance(backend.ops, CpuOps):
-        steps = config.training.epochs * -(-len(mnist.train) // config.training.batch_size)
-        image = mnist.train.images.shape[1:]
-        cpu = _choose_cpu_path(config, model, rows, image, steps, resume, say) if root else None
-        if comm.size > 1:
-            cpu = Choice(**comm.broadcast_object(cpu.to_dict() if root else None))
-        backend.ops.use_path(cpu.path)
 
     lock = None
     if root:
@@ -268,6 +260,14 @@ def _train(
         lock = RunLock(run_dir)  # a second `nnx train --out` here fails now, not halfway
     run_dir = Path(comm.broadcast_object(str(run_dir) if root else None))
     try:
+        cpu = None
+        if isinstance(backend.ops, CpuOps):  # which CPU code trains this network here
+            steps = config.training.epochs * -(-len(mnist.train) // config.training.batch_size)
+            image = mnist.train.images.shape[1:]
+            cpu = _choose_cpu_path(config, model, rows, image, steps, resume, say) if root else None
+            if comm.size > 1:
+                cpu = Choice(**comm.broadcast_object(cpu.to_dict() if root else None))
+            backend.ops.use_path(cpu.path)
         return _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, dataset, resume,
                          callbacks, say, handle_sigint, cpu)  # fmt: skip
     finally:
