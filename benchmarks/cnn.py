@@ -2,6 +2,7 @@
 its test accuracy over seeds.
 
   python benchmarks/cnn.py speed      # epoch time, CPU (and GPU where usable), nnx vs PyTorch
+                                      # (NNX_CPU_PATH=compiled+winograd ...: nnx on that CPU path)
   python benchmarks/cnn.py accuracy   # nnx train -c mnist_cnn for seeds 0, 1, 2: the median
   python benchmarks/cnn.py time-to [--device gpu]  # training seconds to 99% test accuracy (also
                                                    # configs/mnist_fast_gpu.yaml's, made for a GPU)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -46,7 +48,9 @@ BATCH = 128
 
 
 def nnx_seconds(device: str, train: Split, repeats: int) -> float:
-    backend = get_backend(device, "float32")
+    """nnx's epoch; on the CPU on the path NNX_CPU_PATH names (nnx/cpu_choice.py), else Numba's
+    compiled loops with im2col."""
+    backend = get_backend(device, "float32", cpu_path=os.environ.get("NNX_CPU_PATH") or None)
     config, _ = load_config("mnist_cnn")
     model = build_model(config.model.layer_specs(), backend, np.random.default_rng([0, 0]), classes=10)
     trainer = Trainer(model, Adam(model.flat_parameters(), LR, ops=backend.ops), backend, PRE)
@@ -166,7 +170,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     devices = ([] if args.no_cpu else ["cpu"]) + (["gpu"] if gpu_unavailable_reason() is None else [])
     results: dict[str, Any] = {}
     if "cpu" in devices:
-        print(cpu_kernels())
+        print(cpu_kernels() + f"; nnx's CPU path: {os.environ.get('NNX_CPU_PATH') or 'compiled (NNX_CPU_PATH unset)'}")
     print(f"| device | nnx s/epoch | PyTorch eager s/epoch | nnx / PyTorch |  (55,000 images, batch {BATCH})")
     print("| --- | --- | --- | --- |")
     for device in devices:

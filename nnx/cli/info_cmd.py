@@ -76,7 +76,7 @@ def _cpu_path_rows() -> list[tuple[str, str]]:
         rows = [("cpu path", f"{forced} for every run ({ENV}={forced} is set)")]
     else:
         rows = [("cpu path", f"measured per network on this machine, once (nnx/cpu_choice.py); {ENV}: "
-                 f"{', '.join(PATHS)}")]  # fmt: skip
+                 f"{', '.join(PATHS)} (+winograd for 3x3 convolutions)")]  # fmt: skip
     cache = Cache()
     here = host_key(host(max(1, default_threads())))
     for entry in cache.hosts():
