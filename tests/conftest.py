@@ -96,7 +96,7 @@ def cpu64():
 def mnist_dir() -> Path:
     """The real MNIST (CI: NNX_DATA_DIR=../shared/data/mnist). Missing data fails in CI, where
     it must be present, and skips elsewhere with the reason."""
-    folder = resolve_data_dir()
+    folder = resolve_data_dir().resolve()  # absolute: tests that change folder still find it
     missing = missing_files(folder)
     if missing:
         message = f"MNIST not found in {folder} (missing {', '.join(missing)}); set NNX_DATA_DIR"
