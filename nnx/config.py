@@ -5,6 +5,8 @@ Every error names the dotted key and what was expected, and all errors are repor
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,7 +137,7 @@ def _normalise_layer(index: int, item: Any) -> dict[str, Any]:
     try:
         parsed = LAYER_SCHEMAS[kind].model_validate(options)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e, prefix=f"{index}.{kind}") for e in exc.errors())
+        problems = "; ".join(_describe(e, f"{index}.{kind}", LAYER_SCHEMAS[kind]) for e in exc.errors())
         raise ValueError(problems) from None
     return {"type": kind, **parsed.model_dump(exclude_none=True)}
 
@@ -294,10 +296,51 @@ class Config(Strict):
         return name
 
 
-def _describe(error: dict[str, Any], prefix: str = "") -> str:
+# Names other tools and tutorials use for nnx's keys: suggested when such a key is unknown.
+KEY_SYNONYMS = {
+    "learning_rate": "lr", "learningrate": "lr", "optimiser": "optimizer", "optim": "optimizer",
+    "lr_schedule": "schedule", "scheduler": "schedule", "num_epochs": "epochs", "n_epochs": "epochs",
+    "batchsize": "batch_size", "batch": "batch_size", "weight_decay_rate": "weight_decay",
+    "hidden_layers": "hidden", "hidden_sizes": "hidden", "layer": "layers", "val": "validation",
+    "validation_size": "validation", "activation_function": "activation", "augmentation": "augment",
+    "num_trials": "trials", "n_trials": "trials", "objective": "metric", "space": "search",
+}  # fmt: skip
+
+
+def _fields_at(model: type[BaseModel] | None, path: list[Any]) -> list[str]:
+    """The keys a mapping at `path` (dotted parts) inside `model` may hold, or [] when the path
+    leaves the models (a list, a free mapping)."""
+    free_key = False  # the next part is a key of a mapping of models (a sweep's search:)
+    for part in path:
+        if free_key:
+            free_key = False
+            continue
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        free_key = typing.get_origin(annotation) is dict
+        candidates = typing.get_args(annotation) or (annotation,)
+        model = next((t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    if model is None or free_key:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def suggestion(key: str, known: list[str]) -> str:
+    """ " (did you mean X?)" for a key or value close to one of `known`, or a known synonym; else ""."""
+    close = [KEY_SYNONYMS[key.lower()]] if KEY_SYNONYMS.get(key.lower()) in known else []
+    close = close or difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _describe(error: dict[str, Any], prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One problem of a pydantic validation of `model`, as `key: what is wrong`; an unknown key with
+    the nearest known one."""
     key = ".".join(str(part) for part in ([prefix] if prefix else []) + list(error["loc"])) or "(top level)"
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
+        loc = list(error["loc"])
+        hint = suggestion(str(loc[-1]), _fields_at(model, loc[:-1])) if loc else ""
+        return f"{key}: unknown key{hint}"
     value = error.get("input")
     shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
     message = error["msg"].removeprefix("Value error, ")
@@ -314,6 +357,8 @@ def validate(raw: dict[str, Any], source: str, assigned: dict[str, str] | None =
     """A Config from `raw`, or one ConfigError listing every problem. `assigned` maps dotted keys
     set on the command line to how they were given (`--set k=v`, `--lr`): a problem with one of
     them names that, not the YAML file."""
+    if isinstance(raw, dict) and "search" in raw and ("trials" in raw or "sampler" in raw or "metric" in raw):
+        raise ConfigError(f"{source}: a sweep file (it has search:), not a run's config: run it with `nnx sweep FILE`")
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -323,7 +368,8 @@ def validate(raw: dict[str, Any], source: str, assigned: dict[str, str] | None =
             # The key itself, a key within it, or a section it created (--set a.b=1: "a: unknown key").
             related = [v for k, v in (assigned or {}).items() if key in (k, *_sections(k)) or k in _sections(key)]
             given = related[0] if related else None
-            (problems if given else from_file).append(f"{given}: {_describe(error)}" if given else _describe(error))
+            problem = _describe(error, model=Config)
+            (problems if given else from_file).append(f"{given}: {problem}" if given else problem)
         message = "; ".join(problems + ([f"{source}: " + "; ".join(from_file)] if from_file else []))
         raise ConfigError(message) from None
 
@@ -338,6 +384,10 @@ def resolve_config_path(name_or_path: str | None) -> Path:
     builtin = BUILTIN_CONFIGS / f"{name_or_path}.yaml"
     if "/" not in name_or_path and builtin.is_file():
         return builtin
+    # configs/mnist_cnn.yaml, as the README writes it, outside a clone of the repository: the
+    # built-in of that name (the clone's configs/ folder holds the same files).
+    if path.parent.name == "configs" and path.suffix == ".yaml" and (BUILTIN_CONFIGS / path.name).is_file():
+        return BUILTIN_CONFIGS / path.name
     known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
     shown = name_or_path or "''"
     if name_or_path and path.exists():  # a folder, /dev/zero: there, but not a file to read

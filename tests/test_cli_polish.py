@@ -376,3 +376,39 @@ def test_runs_lists_a_run_whose_lock_it_may_not_read(tmp_path: Path, monkeypatch
     listed = invoke("runs", "--dir", tmp_path / "runs")
     assert listed.exit_code == 0, listed.output
     assert "training now: theirs (pid ?; 0 of 3 epochs done)" in listed.output
+
+
+def test_compare_takes_the_names_runs_lists(tiny_mnist: Path, tmp_path: Path, monkeypatch) -> None:
+    """`nnx runs` prints names; `nnx runs compare` takes them back (from ./runs, or --dir)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("one", "two"):
+        assert invoke("train", "-q", "--data-dir", tiny_mnist, *TINY, "--out", f"runs/{name}").exit_code == 0
+    listed = invoke("runs")
+    assert "one" in listed.output and "two" in listed.output
+    assert invoke("runs", "compare", "one", "two").exit_code == 0
+    monkeypatch.chdir(tiny_mnist)
+    elsewhere = invoke("runs", "compare", "one", "two", "--dir", tmp_path / "runs")
+    assert elsewhere.exit_code == 0, elsewhere.output
+    missing = invoke("runs", "compare", "one", "three", "--dir", tmp_path / "runs")
+    assert missing.exit_code == 2 and "three: not a finished run" in missing.output
+
+
+def test_the_help_lists_every_built_in_config_and_the_flags_other_tools_use(tmp_path: Path, monkeypatch) -> None:
+    from nnx.config import BUILTIN_CONFIGS
+
+    monkeypatch.setenv("COLUMNS", "200")  # rich folds and cuts the options' table to fit
+    text = invoke("train", "--help").output
+    for path in BUILTIN_CONFIGS.glob("*.yaml"):
+        assert path.stem in text, path.stem
+    assert "--learning-rate" in text
+    dry = invoke("train", "--learning-rate", "0.05", "--dry-run", "--out", tmp_path / "run")
+    assert dry.exit_code == 0 and "lr: 0.05" in dry.output, dry.output
+
+
+def test_configs_paths_of_the_readme_work_outside_a_clone(tmp_path: Path, monkeypatch) -> None:
+    """-c configs/mnist_cnn.yaml as the README writes it, from a folder without configs/: the built-in."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", "-c", "configs/mnist_cnn.yaml", "--dry-run")
+    assert result.exit_code == 0 and "name: mnist_cnn" in result.output, result.output
+    missing = invoke("train", "-c", "configs/mnist_cnm.yaml", "--dry-run")
+    assert missing.exit_code == 2 and "no such config file" in missing.output

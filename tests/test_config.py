@@ -284,3 +284,46 @@ def test_a_file_too_large_to_be_a_config_is_refused_unread(tmp_path: Path) -> No
         load_config(str(path))
     path.write_text("name: big\n" + "#" * (MAX_CONFIG_BYTES - 20))
     assert load_config(str(path))[0].name == "big"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("optimiser: {lr: 0.1}", "optimiser: unknown key (did you mean optimizer?)"),
+        ("training: {epocs: 3}", "training.epocs: unknown key (did you mean epochs?)"),
+        ("trainig: {epochs: 3}", "trainig: unknown key (did you mean training?)"),
+        ("optimizer: {learning_rate: 0.1}", "optimizer.learning_rate: unknown key (did you mean lr?)"),
+        ("training: {early_stopping: {patiense: 3}}",
+         "training.early_stopping.patiense: unknown key (did you mean patience?)"),
+        ("model: {layers: [{conv2d: {out: 8, kernal: 3}}, flatten, {linear: {out: 10}}]}",
+         "0.conv2d.kernal: unknown key (did you mean kernel?)"),
+        ("zzz: 1", "zzz: unknown key"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_key_gets_the_nearest_known_one(tmp_path, text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    assert message in str(error.value)
+    if "zzz" in text:
+        assert "did you mean" not in str(error.value)
+
+
+def test_a_sweep_file_given_as_a_config_points_to_nnx_sweep() -> None:
+    from nnx.config import BUILTIN_CONFIGS
+
+    sweep = next((BUILTIN_CONFIGS / "sweeps").glob("*.yaml"))
+    with pytest.raises(ConfigError, match=r"a sweep file \(it has search:\), not a run's config: run it with `nnx sw"):
+        load_config(str(sweep))
+
+
+def test_a_mistyped_sweep_key_gets_the_nearest_known_one(tmp_path) -> None:
+    from nnx.sweep.spec import read_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ntrails: 3\nsearch: {optimizer.lr: {log_uniform: [0.01, 0.1], lgo: 1}}\n")
+    with pytest.raises(ConfigError) as error:
+        read_sweep(path)
+    assert "trails: unknown key (did you mean trials?)" in str(error.value)
+    assert "search.optimizer.lr.lgo: unknown key" in str(error.value)

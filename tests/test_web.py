@@ -114,6 +114,18 @@ def test_bad_requests_get_a_4xx_naming_the_problem(client: TestClient, kwargs, s
     assert_prediction(client.post("/api/predict", json={"pixels": [0] * 783 + [255]}))
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "application/octet-stream"])
+def test_a_body_sent_without_a_telling_content_type_is_read_by_its_first_bytes(client, content_type) -> None:
+    """`curl --data-binary @digit.png URL` sends the form type: the PNG is still read, as is JSON."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((28, 28), 255, dtype=np.uint8)).save(buffer, format="PNG")
+    headers = {"content-type": content_type} if content_type else {}
+    assert_prediction(client.post("/api/predict", content=buffer.getvalue(), headers=headers))
+    assert_prediction(client.post("/api/predict", content=b'{"pixels": [' + b"0," * 783 + b"255]}", headers=headers))
+    response = client.post("/api/predict", content=b"hello", headers=headers)
+    assert response.status_code == 415 and "not supported" in response.json()["error"]
+
+
 def test_chunked_body_over_the_limit_is_refused(client: TestClient) -> None:
     def chunks():
         for _ in range(20):

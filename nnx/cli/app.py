@@ -9,6 +9,9 @@ import typer
 
 from nnx.cli.common import handles_errors
 
+# The built-in configs, by name (read from the package's folder: `nnx --help` imports no pydantic).
+BUILTINS = ", ".join(sorted(p.stem for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")))
+
 app = typer.Typer(
     name="nnx",
     help="A from-scratch neural network toolkit: train, evaluate and run MNIST classifiers on CPU or GPU.",
@@ -56,12 +59,12 @@ def train(
         typer.Option(
             "--config",
             "-c",
-            help="YAML file or built-in: mnist_mlp (default), mnist_cnn, mnist_fast, mnist_fast_gpu, seed.",
+            help=f"YAML file or built-in: {BUILTINS} (default mnist_mlp).",
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="training.epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="training.batch_size")] = None,
-    lr: Annotated[float | None, typer.Option(help="optimizer.lr")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", "--learning-rate", help="optimizer.lr")] = None,
     device: Device = None,
     seed: Annotated[int | None, typer.Option(help="training.seed")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32 or float64")] = None,
@@ -186,13 +189,14 @@ def runs(
 @runs_app.command("compare")
 @handles_errors
 def runs_compare(
-    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories, or names as `nnx runs` lists them.")],
     plot: Annotated[Path | None, typer.Option("--plot", help="Write their curves overlaid to this PNG.")] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="Where runs given by name are.")] = Path("runs"),
 ) -> None:
     """The config keys that differ between runs, and their metrics side by side."""
     from nnx.cli.plot_cmd import run_compare
 
-    run_compare(runs, plot)
+    run_compare([run if run.is_dir() or not (directory / run).is_dir() else directory / run for run in runs], plot)
 
 
 @app.command()

@@ -162,7 +162,7 @@ def read_sweep(path: Path) -> SweepSpec:
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise ConfigError(f"{path}: " + "; ".join(_describe(e, model=SweepSpec) for e in exc.errors())) from None
 
 
 def check_against_config(spec: SweepSpec, path: Path, base: Config, resolve: Any) -> None:

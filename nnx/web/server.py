@@ -36,6 +36,10 @@ MAX_BODY = 1 << 20  # 1 MB
 logger = logging.getLogger("nnx.serve")
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
+# Content types that say nothing of the body: `curl --data-binary @digit.png` sends the form type,
+# some clients none or octet-stream. The body's first bytes then tell an image or JSON.
+UNSAID_TYPES = ("", "application/x-www-form-urlencoded", "application/octet-stream")
+MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif", b"BM": "image/bmp"}
 
 
 class BadRequestError(Exception):
@@ -191,9 +195,25 @@ async def _read_limited(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def sniffed(content_type: str, body: bytes) -> str:
+    """The content type, or for a body sent without a telling one (UNSAID_TYPES), what its first
+    bytes are: an image format's magic number, or JSON's opening brace."""
+    if content_type not in UNSAID_TYPES:
+        return content_type
+    for magic, kind in MAGIC.items():
+        if body.startswith(magic):
+            return kind
+    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        return "image/webp"
+    if body.lstrip()[:1] == b"{":
+        return "application/json"
+    return content_type
+
+
 def _pixels(content_type: str, body: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if not body:
         raise BadRequestError(400, "the body is empty: send a PNG, or JSON with pixels")
+    content_type = sniffed(content_type, body)
     if content_type == "application/json":
         pixels, preprocess = pixels_from_json(body)
         return mnist_style(pixels) if preprocess else np.uint8(np.rint(pixels)).reshape(784)
