@@ -170,7 +170,9 @@ def train(
 
         from nnx.progress import make_progress
 
-        callbacks = [*make_progress(Console(), quiet=False), *callbacks]
+        # soft_wrap: in a pipe or a log, each epoch's line stays one line (not cut at 80 columns)
+        console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+        callbacks = [*make_progress(console, quiet=False), *callbacks]
     comm = MPIComm() if distributed else None
     if threads is None and comm is not None and comm.local_size > 1:
         # Ranks on one machine share its cores: each gets its part, not all of them.
@@ -418,6 +420,9 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
     if resume is not None:
         changes = _changes_since(run_dir, config) if root else ""
         say(f"resuming at epoch {state.epoch}, batch {state.batch}" + (f"; {changes}" if changes else ""))
+        stretched = _stretched_schedule(run_dir, config, len(mnist.train), state) if root else ""
+        if stretched:
+            say(stretched)
 
     early = t.early_stopping
     loggers = make_loggers(t.log, run_dir, state.history, to_yaml(config)) if writer is not None else []
@@ -596,6 +601,28 @@ def _changes_since(run_dir: Path, config: Config) -> str:
     return "changed since the checkpoint: " + ", ".join(f"{key} {a} -> {b}" for key, (a, b) in changes.items())
 
 
+def _stretched_schedule(run_dir: Path, config: Config, images: int, state: TrainState) -> str:
+    """What a resume with another training.epochs does to a schedule that depends on the run's
+    length (cosine, onecycle): it is computed over the new length, so the learning rate goes
+    back up from where the old one ended. Said, with both figures, since a finished run's
+    schedule had brought it to about zero; "" when nothing changes."""
+    saved = saved_config(run_dir / CHECKPOINT) or {}
+    old_epochs = saved.get("training", {}).get("epochs") if isinstance(saved.get("training"), dict) else None
+    name, epochs = config.schedule.name, config.training.epochs
+    if name not in ("cosine", "onecycle") or not isinstance(old_epochs, int) or old_epochs == epochs:
+        return ""
+    per_epoch = -(-images // config.training.batch_size)
+    schedule, lr = Schedule(**config.schedule.model_dump()), config.optimizer.lr
+    step = (state.epoch - 1) * per_epoch + state.batch
+    was = schedule.lr(lr, max(step - 1, 0), old_epochs * per_epoch, per_epoch)
+    now = schedule.lr(lr, step, epochs * per_epoch, per_epoch)
+    return (
+        f"the {name} schedule now spans {epochs} epochs instead of {old_epochs}: the learning rate goes from "
+        f"{was:.3g} (where it was) to {now:.3g} and follows the longer schedule from there (--set "
+        f"schedule.name=none with --lr R trains on at a constant rate R instead)"
+    )
+
+
 def _resume(run_dir: Path, model: Sequential, optimizer: Optimizer, comm: Communicator) -> TrainState:
     """Rank 0 reads the checkpoint (whatever number of ranks wrote it) and sends its contents to
     the others, which need no access to the run directory."""
@@ -697,6 +724,23 @@ def _with_state(model: Sequential, arrays: dict[str, np.ndarray]) -> Sequential:
     return copy
 
 
+class LayerTable(list):
+    """Model.summary()'s rows (dicts: layer, output, parameters), which print as a table."""
+
+    def __repr__(self) -> str:
+        cells = [
+            (row["layer"], "x".join(map(str, row["output"] or ())) or "-", f"{row['parameters']:,}") for row in self
+        ]
+        total = f"{sum(row['parameters'] for row in self):,}"
+        cells = [("layer", "output", "parameters"), *cells, ("total", "", total)]
+        widths = [max(len(row[i]) for row in cells) for i in range(3)]
+        lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in cells]
+        rule = "-" * len(lines[0])
+        return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1]])
+
+    __str__ = __repr__
+
+
 @dataclass
 class Prediction:
     """What `Model.predict` returns: a class index and 10 probabilities per image."""
@@ -728,10 +772,11 @@ class Model:
     def metrics(self) -> dict[str, Any]:
         return dict(self.header.get("metrics", {}))
 
-    def summary(self) -> list[dict[str, Any]]:
+    def summary(self) -> LayerTable:
         """A dict per layer, as `nnx info MODEL` shows them: what it is, its output shape for one
-        image and its parameter count."""
-        return [{"layer": text, "output": shape, "parameters": count} for text, shape, count in self.network.summary()]
+        image and its parameter count; shown (in a notebook, at a prompt, by print) as a table."""
+        rows = [{"layer": text, "output": shape, "parameters": count} for text, shape, count in self.network.summary()]
+        return LayerTable(rows)
 
     @property
     def classes(self) -> list[str]:

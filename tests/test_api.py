@@ -62,6 +62,10 @@ def test_train_load_predict_evaluate(tiny_mnist: Path, tmp_path: Path) -> None:
     assert [row["layer"].split("(")[0] for row in layers] == ["linear", "relu", "linear"]
     assert [row["output"] for row in layers] == [(64,), (64,), (10,)]
     assert sum(row["parameters"] for row in layers) == 50_890
+    shown = repr(layers).splitlines()  # at a prompt or in a notebook: a table, as Keras's summary
+    assert shown[0].split() == ["layer", "output", "parameters"] and shown[-1].split() == ["total", "50,890"]
+    assert any(line.startswith("linear(in=784, out=64") and line.endswith("50,240") for line in shown)
+    assert str(layers) == repr(layers)
 
     result = model.evaluate(data_dir=tiny_mnist)
     assert abs(result["accuracy"] - run.summary["test_accuracy"]) < 1e-12

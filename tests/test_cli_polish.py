@@ -412,3 +412,14 @@ def test_configs_paths_of_the_readme_work_outside_a_clone(tmp_path: Path, monkey
     assert result.exit_code == 0 and "name: mnist_cnn" in result.output, result.output
     missing = invoke("train", "-c", "configs/mnist_cnm.yaml", "--dry-run")
     assert missing.exit_code == 2 and "no such config file" in missing.output
+
+
+def test_plot_of_a_run_stopped_before_its_first_epoch_says_so(tmp_path: Path) -> None:
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: early\n")
+    result = invoke("plot", run)
+    assert result.exit_code == 2 and "stopped before its first epoch ended: nothing to plot yet" in result.output
+    (run / "checkpoint.npz").write_bytes(b"")
+    assert f"nnx train --resume {run} continues it" in invoke("plot", run).output
+    assert "not a run directory?" in invoke("plot", tmp_path).output

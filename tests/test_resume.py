@@ -342,3 +342,21 @@ def test_predict_with_a_softmax_output_layer(tiny_mnist: Path, tmp_path: Path) -
     assert result.exit_code == 0
     confidence = float(re.search(r"with ([\d.]+)% confidence", result.output).group(1))
     assert confidence > 90  # a softmax of the probabilities would flatten them to about 25%
+
+
+def test_more_epochs_for_a_finished_cosine_run_say_what_the_schedule_does(tiny_mnist: Path, tmp_path: Path) -> None:
+    """The schedule is computed over the new length: its rate, near zero at the old end, goes up
+    again. Said with both rates, and how to train on at a constant rate instead."""
+    run = tmp_path / "cos"
+    tiny = ["--set", "training.validation=100", "--set", "schedule.name=cosine"]
+    assert invoke("train", "--data-dir", tiny_mnist, "--epochs", "2", "--out", run, *tiny).exit_code == 0
+    longer = invoke("train", "--resume", run, "--epochs", "4")
+    assert longer.exit_code == 0, longer.output
+    said = re.search(r"the cosine schedule now spans 4 epochs instead of 2: the learning rate goes from (\S+) "
+                     r"\(where it was\) to (\S+) ", longer.output)  # fmt: skip
+    assert said and float(said[1]) < 1e-3 < float(said[2]), longer.output
+    assert "--set schedule.name=none with --lr R" in longer.output
+    run2 = tmp_path / "flat"
+    flat = ["--set", "training.validation=100", "--set", "schedule.name=none"]
+    assert invoke("train", "--data-dir", tiny_mnist, "--epochs", "1", "--out", run2, *flat).exit_code == 0
+    assert "schedule now spans" not in invoke("train", "--resume", run2, "--epochs", "2").output

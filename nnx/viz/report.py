@@ -23,6 +23,9 @@ PLOTS = ("curves.png", "confusion.png", "misclassified.png", "weights.png")
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
+        if (run_dir / "config.yaml").is_file():  # a run that stopped before its first epoch ended
+            resume = f"; nnx train --resume {run_dir} continues it" if (run_dir / "checkpoint.npz").is_file() else ""
+            raise NnxError(f"{run_dir}: this run stopped before its first epoch ended: nothing to plot yet{resume}")
         raise NnxError(f"{run_dir}: no metrics.jsonl (not a run directory?)")
     return read_metrics(path)
 
