@@ -24,7 +24,7 @@ import numpy as np
 
 from nnx import __version__
 from nnx.atomic import WriteError
-from nnx.augment import ShiftRotate
+from nnx.augment import make_augment
 from nnx.backend import Backend, get_backend
 from nnx.checkpoint import BEST, CHECKPOINT, checkpoint_cpu_path, load_checkpoint, save_checkpoint, saved_config
 from nnx.config import Config, apply_overrides, check_overrides, load_config, to_yaml, validate
@@ -300,7 +300,7 @@ def _choose_cpu_path(
         "-momentum" if config.optimizer.name == "sgd" and config.optimizer.momentum else ""
     )
     network = (
-        f"{model.describe()} x{rows} {config.dtype} {optimizer}{' augmented' if t.augment.enabled else ''} "
+        f"{model.describe()} x{rows} {config.dtype} {optimizer}{_augmented(t.augment)} "
         f"[{hashlib.sha256(json.dumps(model.spec(), sort_keys=True).encode()).hexdigest()[:8]}]"
     )
     preprocess = Preprocess.named(config.data.normalize)
@@ -309,8 +309,8 @@ def _choose_cpu_path(
         """k training steps of the run's network on `path`, on synthetic images: seconds per step."""
         backend = get_backend("cpu", config.dtype, cpu_path=path)
         net = build_model_for(config, backend)
-        augment = ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if t.augment.enabled else None
-        trainer = Trainer(net, build_optimizer(config, net, backend), backend, preprocess, augment=augment)
+        trainer = Trainer(net, build_optimizer(config, net, backend), backend, preprocess,
+                          augment=make_augment(backend, t.augment))  # fmt: skip
         most = max(1, min(MAX_ROUND_STEPS, 8192 // rows))
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (rows * most, *image), dtype=np.uint8)
@@ -328,6 +328,13 @@ def _choose_cpu_path(
     if choice.source == "measured":
         say(f"cpu path {choice.path}, measured once on this machine for {network}: {choice.reason}")
     return choice
+
+
+def _augmented(augment: Any) -> str:
+    """How a run's augmentation shows in the name of its CPU path's measurements."""
+    if not augment.enabled:
+        return ""
+    return " augmented" + (" elastic" if augment.elastic is not None else "")
 
 
 def _check_batch_fits(model: Sequential, config: Config, rows: int, state_arrays: int) -> None:
@@ -433,7 +440,7 @@ def _train_in(run_dir, config, source, backend, comm, model, optimizer, mnist, d
         preprocess,
         ([MetricsWriter(writer)] if writer is not None else []) + loggers + callbacks,
         Schedule(**config.schedule.model_dump()),
-        augment=ShiftRotate(backend, t.augment.max_shift, t.augment.max_rotation) if t.augment.enabled else None,
+        augment=make_augment(backend, t.augment),
         early_stopping=EarlyStopping(early.metric, early.patience, early.min_delta) if early else None,
         comm=comm,
     )

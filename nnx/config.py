@@ -232,12 +232,29 @@ class EarlyStoppingConfig(Strict):
     min_delta: float = Field(0.0, ge=0)
 
 
+class ElasticConfig(Strict):
+    """Simard et al. (2003)'s elastic distortion: a random displacement at every pixel, uniform in
+    [-1, 1], smoothed by a Gaussian of width sigma and scaled by alpha (pixels). Their MNIST
+    figures used alpha 34, sigma 4."""
+
+    alpha: float = Field(34.0, gt=0, le=100)
+    sigma: float = Field(4.0, ge=0.5, le=28)
+
+
 class AugmentConfig(Strict):
-    """Random shifts and rotations of each training image, on the device; off by default."""
+    """Random shifts and rotations of each training image, on the device, and optionally an
+    elastic distortion; off by default."""
 
     enabled: bool = False
     max_shift: int = Field(2, ge=0, le=8)  # pixels
     max_rotation: float = Field(10.0, ge=0, le=45)  # degrees
+    elastic: ElasticConfig | None = None  # {alpha: 34, sigma: 4}; null: none
+
+    @model_validator(mode="after")
+    def _elastic_needs_enabled(self) -> AugmentConfig:
+        if self.elastic is not None and not self.enabled:
+            raise ValueError("elastic distortions are augmentation: set training.augment.enabled: true too")
+        return self
 
 
 class TrainingConfig(Strict):

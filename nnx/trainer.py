@@ -279,7 +279,7 @@ class Trainer:
                 if self.augment is None:
                     x = self.preprocess.rows(train.images, idx, backend)
                 else:
-                    pixels = self.augment(train.images[idx], _key(seed, epoch, batch, "augment"), lo)
+                    pixels = self.augment(train.images[idx], batch_key(seed, epoch, batch, "augment"), lo)
                     x = self.preprocess(pixels, backend)
                 model.set_random_key(seed, epoch, batch, row_offset=lo)
                 z = model.logits(x, training=True)
@@ -405,5 +405,7 @@ class Trainer:
             self.checkpoint(state)
 
 
-def _key(seed: int, epoch: int, batch: int, purpose: str) -> int:
+def batch_key(seed: int, epoch: int, batch: int, purpose: str) -> int:
+    """The key of a batch's random numbers for `purpose` ("augment"): a function of (seed, epoch,
+    batch) alone, so a resumed run draws what it would have drawn."""
     return mix_key(seed, epoch, batch, sum(map(ord, purpose)))

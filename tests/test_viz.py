@@ -169,3 +169,16 @@ def test_plots_of_a_run_trained_on_csv_files_use_its_csv_test_set(tiny_mnist: Pa
     assert data["test_images"] == 150 and data["accuracy"] == summary["test_accuracy"]
     from_python = nnx.load(run).evaluate()  # the Python API, given the run directory, as well
     assert from_python["confusion"].sum() == 150 and from_python["accuracy"] == summary["test_accuracy"]
+
+
+def test_a_run_with_augmentation_shows_its_distortions(tiny_mnist: Path, tmp_path: Path, plotted_run: Path) -> None:
+    """augmented.png, in the report too, for a run that augments (elastic here); none without."""
+    run = tmp_path / "runs" / "elastic"
+    elastic = ["--set", "training.augment={enabled: true, elastic: {alpha: 34, sigma: 4}}"]
+    result = invoke("train", "--data-dir", tiny_mnist, "--out", run, "--plots", *TINY, *elastic)
+    assert result.exit_code == 0, result.output
+    with Image.open(run / "augmented.png") as image:
+        pixels = np.asarray(image.convert("L"), dtype=np.float64)
+    assert pixels.std() > 5
+    assert "three draws of the run" in (run / "report.html").read_text()  # (its caption, HTML-escaped)
+    assert not (plotted_run / "augmented.png").exists()

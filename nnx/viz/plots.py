@@ -140,3 +140,19 @@ def plot_first_layer(architecture: list[dict[str, Any]], arrays: dict[str, np.nd
     if image is not None:
         fig.colorbar(image, ax=np.atleast_1d(axes).ravel().tolist(), fraction=0.03, label="weight")
     return _save(fig, path)
+
+
+def plot_augmented(images: np.ndarray, variants: list[np.ndarray], path: Path, what: str) -> Path:
+    """Some images (top row) and, under each, what augmentation made of it in a few
+    batches (one row a draw): the distortions a run trains on, to check by eye."""
+    plt = pyplot()
+    rows, columns = 1 + len(variants), len(images)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.1 + 0.5))
+    for row, batch in enumerate([images, *variants]):
+        for column, image in enumerate(batch):
+            ax = np.atleast_2d(axes)[row, column]
+            ax.imshow(image.reshape(28, 28), cmap="gray_r")
+            ax.axis("off")
+    fig.suptitle(f"images (top) and {len(variants)} draws of their augmentation: {what}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -15,7 +15,7 @@ from nnx.errors import NnxError
 from nnx.io import open_model
 from nnx.metrics import confusion_matrix, predict_probabilities
 from nnx.runs import human_value, read_json, read_metrics
-from nnx.viz.plots import plot_confusion, plot_curves, plot_first_layer, plot_misclassified
+from nnx.viz.plots import plot_augmented, plot_confusion, plot_curves, plot_first_layer, plot_misclassified
 
 PLOTS = ("curves.png", "confusion.png", "misclassified.png", "weights.png")
 
@@ -50,8 +50,37 @@ def make_plots(run_dir: Path, data_dir: Path, device: str = "cpu", csv: tuple[Pa
         plot_misclassified(test.images, test.labels, probabilities, run_dir / "misclassified.png", classes=classes),
         plot_first_layer(loaded.header["architecture"], loaded.model.state(), run_dir / "weights.png"),
     ]
+    augmented = _plot_augmentation(run_dir, test.images[:10], backend)
+    if augmented is not None:
+        paths.append(augmented)
     paths.append(write_report(run_dir, paths, confusion))
     return paths
+
+
+def _plot_augmentation(run_dir: Path, images: Any, backend: Any) -> Path | None:
+    """augmented.png, for a run whose config.yaml turns augmentation on: its shifts, rotations
+    and elastic distortions, as its training drew them (the keys of its first batches)."""
+    import yaml
+
+    from nnx.augment import make_augment
+    from nnx.config import AugmentConfig
+    from nnx.trainer import batch_key
+
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        augment = AugmentConfig.model_validate(raw.get("training", {}).get("augment", {}))
+        seed = int(raw.get("training", {}).get("seed", 0))
+    except Exception:  # no config, or one of an older nnx: no picture, never a failed report
+        return None
+    transform = make_augment(backend, augment)
+    if transform is None:
+        return None
+    pixels = backend.asarray(images)
+    draws = [backend.to_numpy(transform(pixels, batch_key(seed, 1, batch, "augment"))) for batch in range(3)]
+    what = f"shift <= {augment.max_shift} px, rotation <= {augment.max_rotation:g} degrees"
+    if augment.elastic is not None:
+        what += f", elastic alpha {augment.elastic.alpha:g}, sigma {augment.elastic.sigma:g}"
+    return plot_augmented(images, draws, run_dir / "augmented.png", what)
 
 
 def _image(path: Path, alt: str) -> str:
@@ -99,4 +128,5 @@ CAPTIONS = {
     "confusion.png": "Test set: how often each true class (rows) was predicted as each class (columns).",
     "misclassified.png": "The test images the model got wrong most confidently: true → predicted, confidence.",
     "weights.png": "The first layer's weights (red positive, blue negative): what each unit or filter looks for.",
+    "augmented.png": "Test images (top) and three draws of the run's augmentation of them, as its training drew them.",
 }
