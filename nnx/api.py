@@ -750,10 +750,12 @@ class LayerTable(list):
 
 @dataclass
 class Prediction:
-    """What `Model.predict` returns: a class index and 10 probabilities per image."""
+    """What `Model.predict` returns: a class index and 10 probabilities per image, and whether the
+    image held a digit at all (a blank picture, or all zeros, holds none: its class means nothing)."""
 
     classes: np.ndarray  # (N,) int64
     probabilities: np.ndarray  # (N, 10) float64, rows summing to 1
+    found: np.ndarray | None = None  # (N,) bool
 
 
 class Model:
@@ -790,10 +792,12 @@ class Model:
         """The ten class names (digits for MNIST; garment names for Fashion-MNIST...)."""
         return class_names(self.header)
 
-    def predict(self, images: Any, batch_size: int = 500, mnist_style: bool = False) -> Prediction:
+    def predict(self, images: Any, batch_size: int = 500, mnist_style: bool | None = None) -> Prediction:
         """Classes and probabilities of uint8 pixels or floats (one 28x28 image, a batch (N, 28, 28),
         (N, 784) or (N, 1, 28, 28)), or of image files or PIL images of any size, prepared as `nnx
-        predict FILE` prepares them (`mnist_style`: cropped and centred, as --mnist-style)."""
+        predict FILE` prepares them: as MNIST's digits were (cropped, fitted to 20x20, centred by
+        mass, dark ink on light paper inverted) unless they look so already; `mnist_style` True:
+        always, False: never (as --mnist-style / --as-is)."""
         from nnx.images import as_pixels
         from nnx.metrics import predict_probabilities
 
@@ -803,7 +807,7 @@ class Model:
         probabilities = predict_probabilities(
             self.network, self.backend.asarray(pixels), self.preprocess, self.backend, batch_size
         )
-        return Prediction(probabilities.argmax(axis=1), probabilities)
+        return Prediction(probabilities.argmax(axis=1), probabilities, pixels.any(axis=1))
 
     def export(self, path: str | Path, format: str | None = None, force: bool = False) -> Path:
         """Write this model's file as ONNX or safetensors (`format`, or by `path`'s suffix, as

@@ -62,14 +62,10 @@ def grey_pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"))
 
 
-def load_digit_image(path: Path) -> np.ndarray:
-    """uint8 (784,): greyscale, fitted into 28x28 keeping the aspect ratio, white ink on black
-    (inverted when the background is light, as in a scan of dark ink on paper)."""
-    return fit_digit(read_grey(path))
-
-
 def fit_digit(grey: np.ndarray) -> np.ndarray:
-    """load_digit_image's preparation of uint8 greyscale pixels of any size."""
+    """uint8 (784,) from uint8 greyscale pixels of any size: fitted into 28x28 keeping the aspect
+    ratio, white ink on black (inverted when the background is light, as in a scan of dark ink
+    on paper)."""
     ink = Image.fromarray(to_ink_on_black(grey))
     if ink.size != (28, 28):
         ink = ImageOps.pad(ink, (28, 28), method=Image.Resampling.LANCZOS, color=0)
@@ -81,10 +77,15 @@ BOX = 20  # MNIST's digits are size-normalised into 20x20 ...
 SIDE = 28  # ... and centred by centre of mass in 28x28
 
 
+def light_background(grey: np.ndarray) -> bool:
+    """Whether a greyscale picture is dark ink on light paper: its border is mostly light."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    return bool(np.median(border) > 127)
+
+
 def to_ink_on_black(grey: np.ndarray) -> np.ndarray:
     """uint8 greyscale -> white ink on black, inverting when the background (border) is light."""
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    return 255 - grey if np.median(border) > 127 else grey
+    return 255 - grey if light_background(grey) else grey
 
 
 def mnist_style(ink: np.ndarray) -> np.ndarray:
@@ -123,17 +124,62 @@ def image_to_digit(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> np.nda
     return mnist_style(to_ink_on_black(read_grey(source, max_pixels)))
 
 
+# A picture whose ink-on-black version spans fewer grey levels than this holds no digit (a blank
+# canvas, an evenly lit page); a digit's strokes stand out from their paper by far more.
+BLANK_CONTRAST = 32
+MNIST_LIKE_BOX = 22  # a 28x28 picture whose ink fits a box this size, centred within
+MNIST_LIKE_OFFSET = 3.0  # pixels, by its centre of mass, is taken as prepared already
+
+
+def is_mnist_like(grey: np.ndarray) -> bool:
+    """Whether a greyscale picture already looks as MNIST's digits do: 28x28, light ink on a dark
+    background, the ink within MNIST_LIKE_BOX pixels and its centre of mass near the centre."""
+    if grey.shape != (SIDE, SIDE) or light_background(grey):
+        return False
+    ink = grey.astype(np.float64)
+    peak = ink.max(initial=0.0)
+    if peak <= 0:
+        return True
+    rows = np.flatnonzero((ink > INK_THRESHOLD * peak).any(axis=1))
+    cols = np.flatnonzero((ink > INK_THRESHOLD * peak).any(axis=0))
+    if rows[-1] - rows[0] + 1 > MNIST_LIKE_BOX or cols[-1] - cols[0] + 1 > MNIST_LIKE_BOX:
+        return False
+    ys, xs = np.indices(ink.shape)
+    cy, cx = (ys * ink).sum() / ink.sum(), (xs * ink).sum() / ink.sum()
+    return max(abs(cy - (SIDE - 1) / 2), abs(cx - (SIDE - 1) / 2)) <= MNIST_LIKE_OFFSET
+
+
+def is_blank(grey: np.ndarray) -> bool:
+    """Whether a greyscale picture holds no digit: its pixels span fewer than BLANK_CONTRAST levels."""
+    return grey.size == 0 or int(grey.max()) - int(grey.min()) < BLANK_CONTRAST
+
+
+def prepare_picture(grey: np.ndarray, mnist_like: bool | None = None) -> np.ndarray:
+    """uint8 (784,) from a greyscale picture of any size, as every reader of pictures prepares it
+    (`nnx predict`, `Model.predict`, `nnx serve`): by default (None) a picture that is not MNIST-like
+    already (is_mnist_like) is prepared as MNIST's digits were (mnist_style: cropped, fitted to 20x20,
+    centred by mass, dark ink on light paper inverted); True: always; False: only inverted where its
+    background is light and fitted into 28x28, as it is. A blank picture gives all zeros."""
+    if is_blank(grey):
+        return np.zeros(SIDE * SIDE, dtype=np.uint8)
+    if mnist_like is None:
+        mnist_like = not is_mnist_like(grey)
+    return mnist_style(to_ink_on_black(grey)) if mnist_like else fit_digit(grey)
+
+
 def _is_picture(item: Any) -> bool:
     return isinstance(item, (str, PathLike, Image.Image))
 
 
-def picture_pixels(picture: str | PathLike | Image.Image, centre: bool = False) -> np.ndarray:
-    """uint8 (784,) from an image file or a PIL image, prepared as `nnx predict FILE` prepares
-    it (`centre`: as --mnist-style does)."""
-    if isinstance(picture, Image.Image):
-        grey = grey_pixels(picture)
-        return mnist_style(to_ink_on_black(grey)) if centre else fit_digit(grey)
-    return image_to_digit(Path(picture)) if centre else load_digit_image(Path(picture))
+def picture_grey(picture: str | PathLike | Image.Image) -> np.ndarray:
+    """An image file or a PIL image as uint8 greyscale (transparent: white paper)."""
+    return grey_pixels(picture) if isinstance(picture, Image.Image) else read_grey(Path(picture))
+
+
+def picture_pixels(picture: str | PathLike | Image.Image, centre: bool | None = None) -> np.ndarray:
+    """uint8 (784,) from an image file or a PIL image, prepared by prepare_picture (`centre`:
+    None, True or False, as its `mnist_like`)."""
+    return prepare_picture(picture_grey(picture), centre)
 
 
 def _batch_of_784(array: np.ndarray) -> np.ndarray:
@@ -157,13 +203,13 @@ def _batch_of_784(array: np.ndarray) -> np.ndarray:
     )
 
 
-def as_pixels(images: Any, centre: bool = False) -> np.ndarray:
+def as_pixels(images: Any, centre: bool | None = None) -> np.ndarray:
     """uint8 (N, 784) from what a notebook holds: one 28x28 image or 784 values, a batch (N, 28, 28),
     (N, 784) or (N, 1, 28, 28); uint8 as they are, floats in 0-1 (or 0-255 when any value exceeds
     1) rounded. Also an image file's path or a PIL image (or a list of them), prepared as `nnx
-    predict FILE` does: any size, dark ink on light paper inverted; `centre` crops and centres them
-    as MNIST's digits were (`nnx predict --mnist-style`). A CSV file's path gives all its data rows
-    (label then 784 pixels, or the pixels alone; `nnx predict FILE.csv --all-rows`)."""
+    predict FILE` does (prepare_picture: MNIST-style unless MNIST-like already; `centre` True:
+    always, False: never). A CSV file's path gives all its data rows (label then 784 pixels, or the
+    pixels alone; `nnx predict FILE.csv --all-rows`)."""
     if isinstance(images, (str, Path)) and Path(images).suffix.lower() == ".csv":
         from nnx.data.csvfile import read_csv
 

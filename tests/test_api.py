@@ -93,8 +93,8 @@ def test_predict_takes_image_files_and_pil_images_as_nnx_predict_does(tiny_mnist
     assert np.array_equal(model.predict([str(f) for f in files]).probabilities, by_file.probabilities)
     assert np.array_equal(model.predict(paper).probabilities, by_file.probabilities)
     assert model.predict(files[1]).classes[0] == by_file.classes[1]
-    for centre in (False, True):
-        cli = CliRunner().invoke(app, ["predict", str(run.path), str(files[2])] + ["--mnist-style"] * centre)
+    for centre, flags in ((None, []), (False, ["--as-is"]), (True, ["--mnist-style"])):
+        cli = CliRunner().invoke(app, ["predict", str(run.path), str(files[2]), *flags])
         predicted = model.predict(paper[2], mnist_style=centre).classes[0]
         assert f"predicted {predicted} with" in cli.output, cli.output
     with pytest.raises(NnxError, match="nowhere.png: no such file"):

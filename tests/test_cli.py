@@ -164,7 +164,8 @@ def test_predict_png_dark_ink_on_white(trained: Path, tiny_mnist: Path, tmp_path
     test = load_test(tiny_mnist)
     png = tmp_path / "digit.png"
     Image.fromarray(255 - test.images[3].reshape(28, 28)).resize((56, 56)).save(png)
-    result = invoke("predict", trained / "model.npz", png)
+    # --as-is: the tiny set's classes are patterns filling the whole frame, not digits to centre
+    result = invoke("predict", trained / "model.npz", png, "--as-is")
     assert result.exit_code == 0, result.output
     assert f"predicted {int(test.labels[3])}" in result.output
 
@@ -328,3 +329,32 @@ def test_model_trained_in_float64_predicts(tiny_mnist: Path, tmp_path: Path) -> 
     with np.load(run / "model.npz") as npz:
         assert npz["0.W"].dtype == np.float64
     assert invoke("predict", run / "model.npz", "--test-index", 0, "--data-dir", tiny_mnist).exit_code == 0
+
+
+@pytest.mark.mnist
+def test_pictures_are_prepared_as_mnist_s_digits_unless_they_look_so_already(trained_mlp: Path, mnist_dir: Path,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    """One preparation for every picture: a thick dark digit on a white 200x200 page, small and off
+    centre, is read as --mnist-style reads it (it was read as-is, and wrongly); a 28x28 MNIST
+    digit as it is; a blank page is "no digit found", not a confident class."""
+    test = load_test(mnist_dir)
+    model = nnx.load(trained_mlp)
+    right = 0
+    for i in range(10):
+        page = np.full((200, 200), 255, dtype=np.uint8)
+        digit = Image.fromarray(255 - test.images[i].reshape(28, 28)).resize((70, 70))
+        page[20:90, 110:180] = np.asarray(digit)  # small, in a corner
+        path = tmp_path / f"page{i}.png"
+        Image.fromarray(page).save(path)
+        default, centred = (invoke("predict", trained_mlp, path, *flags).output for flags in ([], ["--mnist-style"]))
+        assert default.split("predicted ")[1].split()[0] == centred.split("predicted ")[1].split()[0]
+        right += model.predict(path).classes[0] == test.labels[i]
+    assert right >= 9
+    as_is = tmp_path / "as_is.png"
+    Image.fromarray(test.images[0].reshape(28, 28)).save(as_is)
+    assert np.array_equal(nnx.images.picture_pixels(as_is), test.images[0].reshape(784))  # MNIST-like: untouched
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((120, 90), 250, dtype=np.uint8)).save(blank)
+    result = invoke("predict", trained_mlp, blank)
+    assert result.exit_code == 0 and f"{blank}: no digit found (the picture is blank)" in result.output
+    assert model.predict(blank).found.tolist() == [False] and model.predict(as_is).found.tolist() == [True]

@@ -142,9 +142,13 @@ def predict(
     row: Annotated[int | None, typer.Option(help="Which data row of a CSV file (default 0).")] = None,
     all_rows: Annotated[bool, typer.Option("--all-rows", help="Every data row of the CSV files: a line each.")] = False,
     mnist_style: Annotated[
-        bool,
-        typer.Option(help="Prepare an image as MNIST's digits were: crop, fit 20x20, centre by mass (for drawings)."),
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--mnist-style/--as-is",
+            help="Images: prepare as MNIST's digits were (crop, fit 20x20, centre by mass), or take as they are "
+            "(fitted to 28x28); by default prepared unless they look MNIST-like already.",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     device: Device = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON (for scripts).")] = False,

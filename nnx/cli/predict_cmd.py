@@ -14,7 +14,7 @@ from nnx.data.csvfile import read_csv
 from nnx.data.datasets import class_names, get_dataset
 from nnx.data.mnist import TEST_FILES, load_test, resolve_data_dir
 from nnx.errors import NnxError
-from nnx.images import image_to_digit, load_digit_image
+from nnx.images import picture_pixels
 from nnx.io import open_model
 from nnx.metrics import predict_probabilities
 
@@ -24,7 +24,7 @@ def _read_input(
     test_index: int | None,
     row: int | None,
     data_dir: Path | None,
-    mnist_style: bool = False,
+    mnist_style: bool | None = None,
     dataset: str = "mnist",
 ) -> list[tuple[np.ndarray, int | None, str]]:
     """[(pixels uint8 (784,), true label if known, description)]: one image, or with `row` None
@@ -51,7 +51,7 @@ def _read_input(
             raise NnxError(f"--row {row}: {input} has data rows 0-{len(images) - 1}")
         rows = range(len(images)) if row is None else [row]
         return [(images[i], None if labels is None else int(labels[i]), f"{input} row {i}") for i in rows]
-    return [((image_to_digit(input) if mnist_style else load_digit_image(input)), None, str(input))]
+    return [(picture_pixels(input, mnist_style), None, str(input))]
 
 
 def run_predict(
@@ -61,7 +61,7 @@ def run_predict(
     row: int | None,
     data_dir: Path | None,
     device: str,
-    mnist_style: bool = False,
+    mnist_style: bool | None = None,
     as_json: bool = False,
     all_rows: bool = False,
 ) -> None:
@@ -86,22 +86,27 @@ def run_predict(
     if as_json:
         answers = [
             {"input": source, "predicted": int(p.argmax()), "class": classes[int(p.argmax())],
-             "confidence": float(p.max()), "label": label, "probabilities": p.tolist()}
-            for (_, label, source), p in zip(read, probabilities, strict=True)
+             "confidence": float(p.max()), "label": label, "probabilities": p.tolist(),
+             "found": bool(pixels.any())}
+            for (pixels, label, source), p in zip(read, probabilities, strict=True)
         ]  # fmt: skip
         console.print(json.dumps(answers, indent=1), markup=False, highlight=False, soft_wrap=True)
     elif len(read) > 1:
-        for (_, label, source), p in zip(read, probabilities, strict=True):  # a line each, paths never cut
-            console.print(_verdict(source, p, label, classes), markup=False, soft_wrap=True)
+        for (pixels, label, source), p in zip(read, probabilities, strict=True):  # a line each, paths never cut
+            console.print(_verdict(source, p, label, classes, pixels), markup=False, soft_wrap=True)
     else:
         (pixels, label, source), p = read[0], probabilities[0]
         console.print(digit_text(pixels, console))
-        console.print(_verdict(source, p, label, classes), markup=False)
-        console.print(probability_table(p, classes=classes))
+        console.print(_verdict(source, p, label, classes, pixels), markup=False)
+        if pixels.any():
+            console.print(probability_table(p, classes=classes))
 
 
-def _verdict(source: str, probabilities: np.ndarray, label: int | None, classes: list[str]) -> str:
-    """ "digit.png: predicted 7 with 98.1% confidence (label 7: correct)"."""
+def _verdict(source: str, probabilities: np.ndarray, label: int | None, classes: list[str], pixels: np.ndarray) -> str:
+    """ "digit.png: predicted 7 with 98.1% confidence (label 7: correct)", or "no digit found" for a
+    blank picture (all zeros once prepared), whose class would mean nothing."""
+    if not pixels.any():
+        return f"{source}: no digit found (the picture is blank)"
     predicted = int(np.argmax(probabilities))
     verdict = "correct" if label == predicted else "wrong"
     truth = f" (label {class_label(label, classes)}: {verdict})" if label is not None else ""

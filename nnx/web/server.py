@@ -164,6 +164,7 @@ def create_app(model_path: Path, device: str = "cpu", max_pixels: int = MAX_PIXE
                 "label": classifier.classes[int(probabilities.argmax())],
                 "probabilities": [round(float(p), 6) for p in probabilities],
                 "input": pixels.tolist(),  # the 28x28 the network saw
+                "found": bool(pixels.any()),  # false: a blank picture, whose class means nothing
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             }
         )
