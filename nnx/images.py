@@ -145,7 +145,8 @@ def ink_only(grey: np.ndarray) -> np.ndarray:
     thumb = np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.BOX), dtype=np.float64)
     paper = thumb <= np.quantile(thumb, PAPER_SHARE)
     if np.ptp(thumb[paper]) <= PAPER_EVEN:  # even paper: its level off, nothing else to do
-        return np.uint8(np.clip(ink.astype(np.int16) - int(thumb[paper].max()), 0, 255))
+        level = int(thumb[paper].max())
+        return ink if level == 0 else np.uint8(np.clip(ink.astype(np.int16) - level, 0, 255))
     median = ImageFilter.MedianFilter(5 if min(h, w) >= 4 * SIDE else 3)  # narrower than a stroke
     filtered = Image.fromarray(ink).filter(median)
     thumb = np.asarray(filtered.resize(size, Image.Resampling.BOX), dtype=np.float64)
