@@ -51,7 +51,6 @@ from nnx.atomic import write_atomic
 from nnx.errors import BackendError
 
 PATHS = ("numpy", "compiled", "tiles")
-NUMBA_PATHS = ("compiled", "tiles")
 ENV = "NNX_CPU_PATH"
 
 # A Numba path must save at least this much of a run's training time, and this fraction of a step.
@@ -237,7 +236,8 @@ def measure(candidates: list[str], make_runner: Callable[[str], Callable[[int], 
     allocations), then in alternating rounds of about ROUND_SECONDS; each figure is the
     candidate's best round."""
     runners = {path: make_runner(path) for path in candidates}
-    per_step = {path: run(1) for path, run in runners.items()}  # the first run: loading, page faults
+    for run in runners.values():  # the first steps: Numba's loading, the first allocations
+        run(1)
     per_step = {path: run(1) for path, run in runners.items()}
     k = {path: max(1, min(MAX_ROUND_STEPS, int(ROUND_SECONDS / max(s, 1e-6)))) for path, s in per_step.items()}
     rounds: dict[str, list[float]] = {path: [] for path in candidates}
