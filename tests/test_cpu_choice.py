@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -184,7 +185,9 @@ def test_a_short_training_run_stays_on_numpy_and_never_imports_numba(tiny_mnist:
         f"out={str(tmp_path / 'run')!r})\n"
         "print(run.summary['cpu_path']['path'], run.summary['cpu_path']['source'], 'numba' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    # a machine of its own: the session's cache may hold this network's figures from a longer run
+    env = {**os.environ, "NNX_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
     assert out.split() == ["numpy", "short", "run", "False"]
 
 
@@ -276,6 +279,7 @@ def test_the_cnn_s_path_is_measured_with_its_winograd_candidates(tiny_mnist: Pat
 
     monkeypatch.setattr(cpu_choice, "measure", measure)
     monkeypatch.setattr(cpu_choice, "MIN_SAVING_SECONDS", 0.0)  # any run is long enough here
+    monkeypatch.setenv("NNX_CACHE_DIR", str(tmp_path / "cache"))  # these made-up figures stay here
     conv = {"kernel": 3, "padding": 1}
     layers = [{"conv2d": {"out": 32, **conv}}, "relu", {"conv2d": {"out": 64, **conv}}, "relu",
               {"maxpool2d": {"size": 4}}, "flatten", {"linear": {"out": 10}}]  # fmt: skip
