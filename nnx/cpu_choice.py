@@ -57,8 +57,7 @@ ENV = "NNX_CPU_PATH"
 MIN_SAVING_SECONDS = 2.0
 MIN_SAVING_FRACTION = 0.05
 # No Numba path is measured for a run in which saving this fraction of every NumPy step would not
-# reach MIN_SAVING_SECONDS: the most any saved is 40% (784-64-10 at batch 64, AMD EPYC, OpenBLAS's
-# SkylakeX kernels; the README's CPU paths).
+# reach MIN_SAVING_SECONDS: above what any network was measured to save (the README's CPU paths).
 MAX_SAVING_FRACTION = 0.5
 # The tiles must be this much faster a step than the compiled loops on BLAS's products, and
 # Winograd than im2col.

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from nnx.nn import winograd
-from nnx.ops import Ops
+from nnx.ops import Ops, smallest_normal
 
 # About this many array elements a chunk should touch: enough to pay for the hand-over to a thread
 # (tens of microseconds), small enough that a chunk's temporaries stay in a core's cache.
@@ -157,14 +157,6 @@ def blas_kernels() -> str:
 
 _kernels: ModuleType | None | bool = False  # False: not looked for yet
 _LARGEST: dict[np.dtype, float] = {}  # the largest finite number of each float dtype (np.finfo takes ~1 us)
-_TINY: dict[np.dtype, Any] = {}  # the smallest normal number of each float dtype, as that dtype
-
-
-def _tiny(dtype: np.dtype) -> Any:
-    tiny = _TINY.get(dtype)
-    if tiny is None:
-        tiny = _TINY[dtype] = dtype.type(np.finfo(dtype).tiny)
-    return tiny
 
 
 def numba_turned_off() -> bool:
@@ -372,8 +364,8 @@ class CpuOps(Ops):
         self.winograd = conv == "winograd"
         self.kernels = compiled_kernels() if base in ("compiled", "tiles") else None
         self.products = avx512_products() if base == "tiles" else None
-        for dtype in self._dtypes:
-            if self.kernels is not None:
+        if self.kernels is not None:
+            for dtype in self._dtypes:
                 self._warm(dtype)
 
     def network_built(self, layers: list[Any]) -> None:
@@ -709,7 +701,7 @@ class CpuOps(Ops):
         than UPDATE_PIECE_ELEMENTS goes in pieces of that, so the scratch stays that small however
         large the network (three arrays of all its parameters had been three more copies of it)."""
         p = arrays[0]
-        if not self.own_threads and p.size <= UPDATE_PIECE_ELEMENTS:  # one call (an MLP's step: ~5 us less)
+        if not self.own_threads and p.size <= UPDATE_PIECE_ELEMENTS:  # one piece: one call, no closure
             update(*arrays, *self._scratch(p.shape, p.dtype), *args)
             return
         row = max(p[:1].size, 1)
@@ -768,7 +760,7 @@ class CpuOps(Ops):
         if v is None:
             done = self._update_compiled(self.kernels and self.kernels.sgd, (p, g), (t(lr), t(wd)))
         else:
-            args = (t(lr), t(mu), bool(nesterov), t(wd), _tiny(p.dtype))
+            args = (t(lr), t(mu), bool(nesterov), t(wd), smallest_normal(p.dtype))
             done = self._update_compiled(self.kernels and self.kernels.sgd_momentum, (p, g, v), args)
         if not done:
             self._update_in_chunks(_sgd, (p, g, v), (lr, mu, nesterov, wd), passes=6)
@@ -780,14 +772,14 @@ class CpuOps(Ops):
         t = p.dtype.type
         # the reference's constants, computed in double and then cast, as NumPy casts a Python float
         args = (t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(1 - b1**step), t(1 - b2**step), t(wd))
-        args += (t(1 - lr * wd), bool(decoupled), _tiny(p.dtype))
+        args += (t(1 - lr * wd), bool(decoupled), smallest_normal(p.dtype))
         if not self._update_compiled(self.kernels and self.kernels.adam, (p, g, m, v), args):
             args = (lr, b1, b2, eps, step, wd, decoupled)
             self._update_in_chunks(_adam, (p, g, m, v), args, passes=10)
 
     def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
         t = p.dtype.type
-        args = (t(lr), t(rho), t(1 - rho), t(eps), t(wd), _tiny(p.dtype))
+        args = (t(lr), t(rho), t(1 - rho), t(eps), t(wd), smallest_normal(p.dtype))
         if not self._update_compiled(self.kernels and self.kernels.rmsprop, (p, g, s), args):
             self._update_in_chunks(_rmsprop, (p, g, s), (lr, rho, eps, wd), passes=8)
 
@@ -810,7 +802,7 @@ def _flush(a: Any, t: Any, spare: Any) -> None:
     memory (scratch of a's shape and dtype, as t)."""
     np.abs(a, out=t)
     mask = spare.reshape(-1).view(np.bool_)[: a.size].reshape(a.shape)
-    np.greater_equal(t, _tiny(a.dtype), out=mask)
+    np.greater_equal(t, smallest_normal(a.dtype), out=mask)
     np.multiply(a, mask, out=a)
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import cupy
-import numpy
 
-from nnx.ops import Ops, output_size, windows_tile
+from nnx.ops import Ops, output_size, smallest_normal, windows_tile
 
 _normalize = cupy.ElementwiseKernel(
     "uint8 pixel, T scale, T shift", "T x", "x = (T)pixel * scale - shift", "nnx_normalize"
@@ -201,11 +200,6 @@ _C_TYPES = {"float32": "float", "float64": "double"}
 _softmax_kernels: dict[str, Any] = {}
 
 
-def _tiny(t: Any) -> Any:
-    """The smallest normal number of the float type t, as t: what the updates flush to zero below."""
-    return t(numpy.finfo(t).tiny)
-
-
 def _softmax_kernel(dtype: Any) -> Any:
     c_type = _C_TYPES[cupy.dtype(dtype).name]
     if c_type not in _softmax_kernels:
@@ -321,16 +315,16 @@ class FusedOps(Ops):
         decay = 1 - lr * wd if decoupled else 1.0
         _adam(
             g, t(lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(c1), t(c2), t(wd), t(decay),
-            t(1 if decoupled else 0), _tiny(t), p, m, v,
+            t(1 if decoupled else 0), smallest_normal(t), p, m, v,
         )  # fmt: skip
 
     def rmsprop_update(self, p: Any, g: Any, s: Any, lr: float, rho: float, eps: float, wd: float) -> None:
         t = p.dtype.type
-        _rmsprop(g, t(lr), t(rho), t(1 - rho), t(eps), t(wd), _tiny(t), p, s)
+        _rmsprop(g, t(lr), t(rho), t(1 - rho), t(eps), t(wd), smallest_normal(t), p, s)
 
     def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
         t = p.dtype.type
         if v is None:
             _sgd(g, t(lr), t(wd), p)
         else:
-            _sgd_momentum(g, t(lr), t(mu), t(wd), t(1 if nesterov else 0), _tiny(t), p, v)
+            _sgd_momentum(g, t(lr), t(mu), t(wd), t(1 if nesterov else 0), smallest_normal(t), p, v)

@@ -88,6 +88,19 @@ def to_ink_on_black(grey: np.ndarray) -> np.ndarray:
     return 255 - grey if light_background(grey) else grey
 
 
+def _ink_box(ink: np.ndarray, peak: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and the columns holding ink (brighter than INK_THRESHOLD of the peak)."""
+    lit = ink > INK_THRESHOLD * peak
+    return np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
+
+
+def _mass_centre(image: np.ndarray) -> tuple[float, float]:
+    """(row, column) of an image's centre of mass, its intensities the mass."""
+    ys, xs = np.indices(image.shape)
+    total = image.sum()
+    return (ys * image).sum() / total, (xs * image).sum() / total
+
+
 def mnist_style(ink: np.ndarray) -> np.ndarray:
     """Prepare a drawing as MNIST's digits were (LeCun et al.): crop to the ink's bounding box,
     scale it to fit 20x20 keeping its aspect ratio, place it in 28x28 with its centre of mass at
@@ -97,8 +110,7 @@ def mnist_style(ink: np.ndarray) -> np.ndarray:
     peak = ink.max(initial=0.0)
     if peak <= 0:
         return np.zeros(SIDE * SIDE, dtype=np.uint8)
-    rows = np.flatnonzero((ink > INK_THRESHOLD * peak).any(axis=1))
-    cols = np.flatnonzero((ink > INK_THRESHOLD * peak).any(axis=0))
+    rows, cols = _ink_box(ink, peak)
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = crop.shape
     scale = BOX / max(h, w)
@@ -109,9 +121,7 @@ def mnist_style(ink: np.ndarray) -> np.ndarray:
     top, left = (SIDE - digit.shape[0]) // 2, (SIDE - digit.shape[1]) // 2
     canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     # Move the centre of mass to the middle, as far as the digit can move without leaving the field.
-    total = canvas.sum()
-    ys, xs = np.indices(canvas.shape)
-    cy, cx = (ys * canvas).sum() / total, (xs * canvas).sum() / total
+    cy, cx = _mass_centre(canvas)
     dy = int(np.clip(round((SIDE - 1) / 2 - cy), -top, SIDE - top - digit.shape[0]))
     dx = int(np.clip(round((SIDE - 1) / 2 - cx), -left, SIDE - left - digit.shape[1]))
     canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
@@ -185,12 +195,10 @@ def is_mnist_like(grey: np.ndarray) -> bool:
     peak = ink.max(initial=0.0)
     if peak <= 0:
         return True
-    rows = np.flatnonzero((ink > INK_THRESHOLD * peak).any(axis=1))
-    cols = np.flatnonzero((ink > INK_THRESHOLD * peak).any(axis=0))
+    rows, cols = _ink_box(ink, peak)
     if rows[-1] - rows[0] + 1 > MNIST_LIKE_BOX or cols[-1] - cols[0] + 1 > MNIST_LIKE_BOX:
         return False
-    ys, xs = np.indices(ink.shape)
-    cy, cx = (ys * ink).sum() / ink.sum(), (xs * ink).sum() / ink.sum()
+    cy, cx = _mass_centre(ink)
     return max(abs(cy - (SIDE - 1) / 2), abs(cx - (SIDE - 1) / 2)) <= MNIST_LIKE_OFFSET
 
 
@@ -200,11 +208,12 @@ def is_blank(grey: np.ndarray) -> bool:
 
 
 def prepare_picture(grey: np.ndarray, mnist_like: bool | None = None) -> np.ndarray:
-    """uint8 (784,) from a greyscale picture of any size, as every reader of pictures prepares it
-    (`nnx predict`, `Model.predict`, `nnx serve`): by default (None) a picture that is not MNIST-like
-    already (is_mnist_like) is prepared as MNIST's digits were (mnist_style: cropped, fitted to 20x20,
-    centred by mass, dark ink on light paper inverted); True: always; False: only inverted where its
-    background is light and fitted into 28x28, as it is. A blank picture gives all zeros."""
+    """uint8 (784,) from a greyscale picture of any size, as `nnx predict` and `Model.predict`
+    prepare it: by default (None) a picture that is not MNIST-like already (is_mnist_like) is
+    prepared as MNIST's digits were (mnist_style of ink_only: the paper taken away, cropped,
+    fitted to 20x20, centred by mass); True: always (as `nnx serve` prepares its drawings,
+    image_to_digit); False: only inverted where its background is light and fitted into 28x28, as
+    it is. A blank picture gives all zeros."""
     if is_blank(grey):
         return np.zeros(SIDE * SIDE, dtype=np.uint8)
     if mnist_like is None:

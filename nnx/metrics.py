@@ -25,7 +25,7 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far: Linux's VmHWM where there is one, since
     ru_maxrss also counts the parent's memory at the fork before this program's exec (a run
-    started by a benchmark or a sweep that held 200 MB reported 206 MB; its own peak was 116)."""
+    started by a benchmark, a sweep or a notebook would report its parent's size)."""
     try:
         with open("/proc/self/status") as status:
             for line in status:

@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 _M1, _M2, _GOLDEN = 0x85EBCA6B, 0xC2B2AE35, 0x9E3779B1
 _MASK32 = 0xFFFFFFFF
 
@@ -30,16 +32,27 @@ def mix_key(*parts: int) -> int:
     return h
 
 
+_TINY: dict[Any, Any] = {}  # np.finfo takes ~1 us: once per dtype
+
+
+def smallest_normal(dtype: Any) -> Any:
+    """tiny: the smallest normal number of a float dtype (float32: 1.18e-38), as that dtype's scalar."""
+    key = np.dtype(dtype)
+    tiny = _TINY.get(key)
+    if tiny is None:
+        tiny = _TINY[key] = key.type(np.finfo(key).tiny)
+    return tiny
+
+
 def flush_subnormals(xp: Any, a: Any) -> Any:
-    """a <- a * [|a| >= tiny] in place, tiny = the smallest normal number of a's dtype (float32:
-    1.18e-38): subnormal numbers become zeros of their sign; NaN and infinities stay. The
-    optimizers' state goes through this after every update: a unit whose gradient is (almost)
-    always zero has its momentum decay geometrically (v <- mu v), into the subnormal range within a
-    few hundred steps, and some CPUs take a microcode assist on every subnormal operand. Nothing
-    below tiny can move a parameter anyway: it is below the last bit of any parameter larger than
-    about 1e-31 (float32). A product by the mask, not a masked store: the same work whatever the
-    values (a store under a mask of scattered zeros took 6x as long)."""
-    a *= xp.abs(a) >= xp.finfo(a.dtype).tiny
+    """a <- a * [|a| >= tiny] in place (tiny: smallest_normal): subnormal numbers become zeros of
+    their sign; NaN and infinities stay. The optimizers' state goes through this after every
+    update: a unit whose gradient is (almost) always zero has its momentum decay geometrically
+    (v <- mu v), into the subnormal range within a few hundred steps, and some CPUs take a
+    microcode assist on every subnormal operand. Nothing below tiny can move a parameter anyway:
+    it is below the last bit of any parameter larger than about 1e-31 (float32). A product by the
+    mask, not a masked store, so the work does not depend on the values."""
+    a *= xp.abs(a) >= smallest_normal(a.dtype)
     return a
 
 
@@ -273,6 +286,10 @@ class Ops:
         dz += xp.where(valid, 0, xp.nan).astype(z.dtype)[:, None]  # NaN rows for bad labels
         return loss, dz
 
+    def flush_subnormals(self, a: Any) -> Any:
+        """The updates' flush of their state (flush_subnormals above), in place."""
+        return flush_subnormals(self.xp, a)
+
     def sgd_update(self, p: Any, g: Any, v: Any, lr: float, mu: float, nesterov: bool, wd: float) -> None:
         """In place: d = g + wd p;  v <- flush(mu v + d);  p <- p - lr (d + mu v) (Nesterov) or p - lr v.
         With no velocity buffer (mu = 0): p <- p - lr d. flush: `flush_subnormals`."""
@@ -282,7 +299,7 @@ class Ops:
             return
         v *= mu
         v += d
-        flush_subnormals(self.xp, v)
+        self.flush_subnormals(v)
         p -= lr * (d + mu * v if nesterov else v)
 
     def adam_update(
@@ -310,8 +327,8 @@ class Ops:
         m += (1 - b1) * d
         v *= b2
         v += (1 - b2) * (d * d)
-        flush_subnormals(xp, m)
-        flush_subnormals(xp, v)
+        self.flush_subnormals(m)
+        self.flush_subnormals(v)
         m_hat = m / (1 - b1**step)
         v_hat = v / (1 - b2**step)
         p -= lr * m_hat / (xp.sqrt(v_hat) + eps)
@@ -321,5 +338,5 @@ class Ops:
         d = g + wd * p if wd else g
         s *= rho
         s += (1 - rho) * (d * d)
-        flush_subnormals(self.xp, s)
+        self.flush_subnormals(s)
         p -= lr * d / (self.xp.sqrt(s) + eps)

@@ -107,29 +107,10 @@ def test_training_with_rarely_active_inputs_keeps_no_subnormal_state(mnist_dir, 
 
 
 class _Unflushed(Ops):
-    """The reference updates without the flush: what the state does when nothing stops it."""
+    """The reference updates with their flush taken out: what the state does when nothing stops it."""
 
     def __init__(self) -> None:
         super().__init__(np)
 
-    def sgd_update(self, p, g, v, lr, mu, nesterov, wd) -> None:
-        d = g + wd * p if wd else g
-        v *= mu
-        v += d
-        p -= lr * (d + mu * v if nesterov else v)
-
-    def adam_update(self, p, g, m, v, lr, b1, b2, eps, step, wd, decoupled) -> None:
-        if decoupled and wd:
-            p *= 1 - lr * wd
-        d = g + wd * p if (wd and not decoupled) else g
-        m *= b1
-        m += (1 - b1) * d
-        v *= b2
-        v += (1 - b2) * (d * d)
-        p -= lr * (m / (1 - b1**step)) / (np.sqrt(v / (1 - b2**step)) + eps)
-
-    def rmsprop_update(self, p, g, s, lr, rho, eps, wd) -> None:
-        d = g + wd * p if wd else g
-        s *= rho
-        s += (1 - rho) * (d * d)
-        p -= lr * d / (np.sqrt(s) + eps)
+    def flush_subnormals(self, a):
+        return a
