@@ -26,24 +26,29 @@ MAX_CONFIG_BYTES = 1 << 20
 
 class Strict(BaseModel):
     # No unknown keys; and no inf or nan in a float setting (lr: .inf would pass lr > 0).
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # The docstring under each field is its description: the config reference is generated from it.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 class DataConfig(Strict):
-    # Which dataset (same IDX format): mnist, fashion-mnist or kmnist; class names come with it.
+    """Where the images come from and how pixels become numbers."""
+
     dataset: Literal["mnist", "fashion-mnist", "kmnist"] = "mnist"
+    """Which dataset (all in MNIST's IDX format); its class names come with it."""
     dir: str | None = None
-    # standard: (x/255 - 0.1307) / 0.3081 (MNIST's mean and std); unit: x/255.
+    """The dataset's folder; null: `--data-dir`, then `$NNX_DATA_DIR`, then `./data/mnist`."""
     normalize: Literal["standard", "unit"] = "standard"
-    # Train on only the first N training images (quick experiments); null: all of them.
+    """standard: (x/255 - 0.1307) / 0.3081 (MNIST's mean and std); unit: x/255."""
     limit: int | None = Field(None, ge=1)
-    # The seed's CSV files (label then 784 pixels per row) at explicit paths; a data directory
-    # holding mnist_train.csv and mnist_test.csv is read as CSV without these.
+    """Train on only the first N training images (quick experiments); null: all of them."""
     train_csv: str | None = None
+    """The seed project's CSV training file (a label then 784 pixels a row); give test_csv too.
+    A data directory holding mnist_train.csv and mnist_test.csv is read as CSV without these."""
     test_csv: str | None = None
-    # Base URLs to download the dataset from when it is missing, tried in order (a mirror inside a
-    # network without internet access, file:///shared/mnist/); null: the dataset's known mirrors.
+    """The CSV test file, with train_csv."""
     mirrors: list[str] | None = Field(None, min_length=1)
+    """Base URLs to download a missing dataset from, tried in order (https, http, ftp or
+    file:///folder/); null: the dataset's known mirrors."""
 
     @field_validator("mirrors")
     @classmethod
@@ -69,38 +74,63 @@ Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu", "elu", "gelu"]
 
 # One schema per layer type, for `model.layers`: `- relu`, `- conv2d: {out: 32, padding: 1}`.
 class LinearLayer(Strict):
+    """A fully connected layer: y = x W + b."""
+
     out: int = Field(ge=1)
+    """Output features."""
     init: Init = "he"
+    """Initial weights: he N(0, 2/fan_in), xavier U(-a, a) with a = sqrt(6/(fan_in+fan_out)), uniform U(-0.5, 0.5)."""
 
 
 class Conv2DLayer(Strict):
+    """A 2-D convolution over (N, C, H, W) images."""
+
     out: int = Field(ge=1)
+    """Output channels."""
     kernel: int = Field(3, ge=1)
+    """Kernel height and width."""
     stride: int = Field(1, ge=1)
+    """Step between windows."""
     padding: int = Field(0, ge=0)
+    """Zeros added on each side."""
     init: Init = "he"
+    """Initial weights, as for linear."""
 
 
 class PoolLayer(Strict):
+    """Max or average pooling over size x size windows."""
+
     size: int = Field(2, ge=1)
+    """Window height and width."""
     stride: int | None = Field(None, ge=1)
+    """Step between windows; null: the window's size."""
 
 
 class DropoutLayer(Strict):
+    """Inverted dropout while training; nothing at inference."""
+
     p: float = Field(0.5, ge=0, lt=1)
+    """Probability that an activation is zeroed."""
 
 
 class BatchNormLayer(Strict):
+    """Batch normalisation (per feature after linear, per channel after conv2d)."""
+
     momentum: float = Field(0.1, gt=0, le=1)
+    """Weight of each batch in the running statistics used at inference."""
     eps: float = Field(1e-5, gt=0)
+    """Added to the variance before its square root."""
 
 
 class AlphaLayer(Strict):
+    """An activation with one parameter: leaky_relu (default 0.01), elu (default 1.0)."""
+
     alpha: float = Field(gt=0)
+    """leaky_relu: the slope for x < 0; elu: the limit -alpha for x -> -inf."""
 
 
 class NoOptions(Strict):
-    pass
+    """A layer with no options."""
 
 
 LAYER_SCHEMAS: dict[str, type[Strict]] = {
@@ -150,9 +180,13 @@ class ModelConfig(Strict):
     """An MLP by its hidden sizes, or any network as a list of layers (which then wins)."""
 
     hidden: list[int] = Field(default_factory=lambda: [64])
+    """The MLP's hidden layer sizes: [64] is 784 -> 64 -> 10."""
     activation: Activation = "relu"
+    """The MLP's activation after each hidden layer."""
     init: Init = "he"
+    """The MLP's initial weights: he, xavier or uniform (the seed's U(-0.5, 0.5))."""
     layers: list[Any] | None = None
+    """Any network as a list of layers (see the layer table); null: the MLP of `hidden`."""
 
     @field_validator("hidden")
     @classmethod
@@ -196,15 +230,26 @@ class ModelConfig(Strict):
 
 
 class OptimizerConfig(Strict):
+    """How gradients become updates: see nnx.optim for the update rules."""
+
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    """The update rule."""
     lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)  # sgd
-    nesterov: bool = False  # sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw; each in [0, 1)
-    rho: float = Field(0.99, gt=0, lt=1)  # rmsprop
-    eps: float = Field(1e-8, gt=0)  # adam, adamw, rmsprop
+    """Learning rate (a schedule's peak)."""
+    momentum: float = Field(0.0, ge=0, lt=1)
+    """sgd: velocity v <- momentum v + g."""
+    nesterov: bool = False
+    """sgd: Nesterov's look-ahead momentum."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """adam, adamw: decay of the first and second moment estimates, each in [0, 1)."""
+    rho: float = Field(0.99, gt=0, lt=1)
+    """rmsprop: decay of the mean square."""
+    eps: float = Field(1e-8, gt=0)
+    """adam, adamw, rmsprop: added to the root mean square in the denominator."""
     weight_decay: float = Field(0.0, ge=0)
-    clip_norm: float | None = Field(None, gt=0)  # clip gradients to this global L2 norm
+    """L2 penalty added to the gradient (decoupled, on the weights, for adamw)."""
+    clip_norm: float | None = Field(None, gt=0)
+    """Clip the gradients to this global L2 norm; null: no clipping."""
 
     @field_validator("betas")
     @classmethod
@@ -218,18 +263,30 @@ class ScheduleConfig(Strict):
     """Learning rate per batch: see nnx.optim.Schedule for the formulas."""
 
     name: Literal["none", "step", "exponential", "cosine", "onecycle"] = "none"
+    """The schedule's shape."""
     warmup_epochs: float = Field(0.0, ge=0)
-    step_epochs: int = Field(1, ge=1)  # step
-    gamma: float = Field(0.1, gt=0, le=1)  # step, exponential
-    pct_start: float = Field(0.3, gt=0, lt=1)  # onecycle
-    div_factor: float = Field(25.0, ge=1)  # onecycle
-    final_div_factor: float = Field(1e4, ge=1)  # onecycle
+    """A linear ramp from 0 to lr over this many epochs first."""
+    step_epochs: int = Field(1, ge=1)
+    """step: multiply by gamma every this many epochs."""
+    gamma: float = Field(0.1, gt=0, le=1)
+    """step, exponential: the factor."""
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    """onecycle: the fraction of the run spent rising to lr."""
+    div_factor: float = Field(25.0, ge=1)
+    """onecycle: the run starts at lr / div_factor."""
+    final_div_factor: float = Field(1e4, ge=1)
+    """onecycle: the run ends at lr / (div_factor * final_div_factor)."""
 
 
 class EarlyStoppingConfig(Strict):
+    """Stop when the validation metric stops improving, and keep the best epoch's weights."""
+
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    """What must improve."""
     patience: int = Field(5, ge=1)
+    """Epochs without improvement before stopping."""
     min_delta: float = Field(0.0, ge=0)
+    """The least change that counts as an improvement."""
 
 
 class ElasticConfig(Strict):
@@ -238,7 +295,9 @@ class ElasticConfig(Strict):
     figures used alpha 34, sigma 4."""
 
     alpha: float = Field(34.0, gt=0, le=100)
+    """Scale of the smoothed displacement field, in pixels."""
     sigma: float = Field(4.0, ge=0.5, le=28)
+    """Width of the Gaussian that smooths it, in pixels."""
 
 
 class AugmentConfig(Strict):
@@ -246,9 +305,13 @@ class AugmentConfig(Strict):
     elastic distortion; off by default."""
 
     enabled: bool = False
-    max_shift: int = Field(2, ge=0, le=8)  # pixels
-    max_rotation: float = Field(10.0, ge=0, le=45)  # degrees
-    elastic: ElasticConfig | None = None  # {alpha: 34, sigma: 4}; null: none
+    """Augment the training images."""
+    max_shift: int = Field(2, ge=0, le=8)
+    """Largest shift in each direction, in pixels."""
+    max_rotation: float = Field(10.0, ge=0, le=45)
+    """Largest rotation either way, in degrees."""
+    elastic: ElasticConfig | None = None
+    """An elastic distortion as well ({alpha: 34, sigma: 4}); null: none."""
 
     @model_validator(mode="after")
     def _elastic_needs_enabled(self) -> AugmentConfig:
@@ -258,16 +321,24 @@ class AugmentConfig(Strict):
 
 
 class TrainingConfig(Strict):
+    """The loop: epochs, batches, the seed every random number comes from, and what it writes."""
+
     epochs: int = Field(10, ge=1)
+    """Passes over the training images."""
     batch_size: int = Field(64, ge=1)
+    """Images per step (the global batch in a data-parallel run)."""
     seed: int = Field(0, ge=0)
+    """Initial weights, batch order, dropout and augmentation are all functions of it."""
     validation: int = Field(5000, ge=0)
+    """The last N training images are held out for validation; 0: train on all of them."""
     early_stopping: EarlyStoppingConfig | None = None
+    """Stop early on the validation metric; null: train every epoch."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    # Data-parallel runs: batch norm statistics over the whole global batch, not each rank's rows.
+    """Random changes to each training image."""
     sync_batchnorm: bool = False
-    # Logs other tools read, in the run directory: TensorBoard event files, metrics.csv.
+    """Data-parallel runs: batch norm statistics over the whole global batch, not each rank's rows."""
     log: list[Literal["tensorboard", "csv"]] = Field(default_factory=list)
+    """Logs other tools read, in the run directory: TensorBoard event files, metrics.csv."""
 
     @model_validator(mode="after")
     def _early_stopping_needs_validation(self) -> TrainingConfig:
@@ -280,16 +351,23 @@ class TrainingConfig(Strict):
 
 
 class Config(Strict):
+    """A training run: a config file is this mapping in YAML."""
+
     name: str = "run"
+    """Names the run's folder (runs/<time>-<name>)."""
     device: str = "cpu"
+    """cpu, gpu, gpu:N or auto (a GPU where one is usable, else the CPU)."""
     dtype: Literal["float32", "float64"] = "float32"
+    """The floating-point type of parameters and activations."""
     allow_tf32: bool = False
+    """GPU: let float32 matrix products use TF32 tensor cores (faster, 10-bit mantissa)."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: str | None = None
+    """The run directory; null: runs/<time>-<name>."""
 
     @field_validator("device")
     @classmethod

@@ -37,12 +37,17 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class SearchSpace(BaseModel):
     """One searched key: exactly one of the kinds, e.g. {log_uniform: [1e-4, 1e-1]}."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     uniform: tuple[float, float] | None = None
+    """[low, high]: a float drawn uniformly."""
     log_uniform: tuple[float, float] | None = None
+    """[low, high], both > 0: a float drawn uniformly in log space (learning rates)."""
     int_: tuple[int, int] | None = Field(None, alias="int")  # not `int`: that would shadow the type
+    """[low, high]: an integer, both ends included."""
     log_int: tuple[int, int] | None = None
+    """[low, high], both > 0: an integer drawn in log space (layer sizes)."""
     choice: list[Any] | None = None
+    """A list of values (any YAML: numbers, strings, lists); grid search takes every one."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchSpace:
@@ -95,19 +100,30 @@ def _scalar(value: Any) -> bool:
 
 
 class SweepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A sweep file: which config to start from, what to search and how to judge the trials."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     name: str
+    """Names the sweep's folder (runs/<name>/) and its Optuna study."""
     base: str = "mnist_mlp"
+    """The config every trial starts from: a built-in name, or a path (beside this file first)."""
     metric: Literal["val_accuracy", "val_loss", "test_accuracy"] = "val_accuracy"
+    """What a trial is judged by."""
     direction: Literal["maximize", "minimize"] | None = None
+    """null: maximize for the accuracies, minimize for val_loss."""
     trials: int = Field(20, ge=1, le=100_000)
+    """Trials to finish, over all workers and continuations."""
     sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """How Optuna proposes values (grid: choice lists only)."""
     pruner: Literal["median", "halving", "none"] = "median"
+    """Stops trials whose per-epoch validation metric lags the others'."""
     seed: int = Field(0, ge=0)
-    # Seconds between a running trial's heartbeats; a trial silent for 3 of them (its worker was
-    # killed) is marked failed and retried once.
+    """The sampler's seed."""
     heartbeat: int = Field(10, ge=1, le=3600)
+    """Seconds between a running trial's heartbeats; a trial silent for 3 of them (its worker was
+    killed) is marked failed and retried once."""
     search: dict[str, SearchSpace] = Field(min_length=1)
+    """Dotted config key -> its search space (one of the kinds below)."""
 
     @field_validator("name")
     @classmethod
