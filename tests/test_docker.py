@@ -121,4 +121,4 @@ def test_nnx_info_knows_the_extras_pyproject_defines() -> None:
     for extra, packages in EXTRAS.items():
         here = [r for r in optional[extra] if linux or "sys_platform == 'linux'" not in r]
         assert packages == [re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", r).group(0) for r in here], extra
-    assert set(optional) - set(EXTRAS) == {"gpu", "gpu-cuda13", "dev"}
+    assert set(optional) - set(EXTRAS) == {"gpu", "gpu-cuda13", "dev", "docs"}

@@ -210,15 +210,18 @@ def test_a_training_step_copies_nothing_between_host_and_device(
     assert all(len(set(counts)) == 1 for counts in copies.values()), {e: sorted(set(c)) for e, c in copies.items()}
 
 
-def small_mnist(load_mnist, train: int = 1500, test: int = 500):  # noqa: ANN201
-    """load_mnist cut to a few images of each split, for the benchmarks' code paths (not figures)."""
+def small_mnist(load_mnist, train: int = 1500, test: int = 500, validation: int | None = None):  # noqa: ANN201
+    """load_mnist cut to a few images of each split, for the benchmarks' code paths (not figures);
+    the validation split whole unless `validation` is given."""
     from nnx.data.mnist import Split
 
     def load(*args, **kwargs):  # noqa: ANN202
         mnist = load_mnist(*args, **kwargs)
-        cut = {name: getattr(mnist, name) for name in ("train", "test")}
-        for name, n in (("train", train), ("test", test)):  # validation whole: cnn.py trains on train + it - 5000
-            setattr(mnist, name, Split(cut[name].images[:n], cut[name].labels[:n]))
+        sizes = {"train": train, "test": test, "validation": validation}
+        for name, n in sizes.items():
+            if n is not None:
+                split = getattr(mnist, name)
+                setattr(mnist, name, Split(split.images[:n], split.labels[:n]))
         return mnist
 
     return load
@@ -251,10 +254,12 @@ def test_the_gpu_checks_benchmarks_run_on_the_device(
     assert "Emulated GPU" in mlp["gpu"] and all(row["nnx_gpu"] > 0 and "torch_gpu" not in row for row in mlp["rows"])
     assert len(mlp["gpu_test_accuracies"]) >= 1 and mlp["torch_time_to_97_5"] is None
 
+    # cnn.py trains on the first (train + validation) - training.validation images: with a
+    # validation split of 500 held out too, every config trains on the 600 training images.
     def one_epoch(name: str, assignments: tuple = ()):  # noqa: ANN202
-        return load_config(name, [*assignments, "training.epochs=1"])
+        return load_config(name, [*assignments, "training.epochs=1", "training.validation=500"])
 
-    monkeypatch.setattr(cnn, "load_mnist", small_mnist(cnn.load_mnist))
+    monkeypatch.setattr(cnn, "load_mnist", small_mnist(cnn.load_mnist, train=600, validation=500))
     monkeypatch.setattr(cnn, "load_config", one_epoch)
     monkeypatch.setattr(sys, "argv", ["cnn.py", "gpu", "--json", str(tmp_path / "cnn.json")])
     cnn.main()

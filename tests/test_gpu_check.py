@@ -41,7 +41,8 @@ def run(args: list[str], env_changes: dict[str, str | None] | None = None, timeo
 
 def collected_gpu_tests(on_device_image: bool) -> list[str]:
     runner = [sys.executable, "tests/device_image.py"] if on_device_image else [sys.executable, "-m", "pytest"]
-    args = ["--collect-only", "-q", "-m", "gpu or multigpu", "-p", "no:cacheprovider", "tests"]
+    # -o addopts=: one process, as on the device image, which has no pytest-xdist for pyproject's -n
+    args = ["--collect-only", "-q", "-o", "addopts=", "-m", "gpu or multigpu", "-p", "no:cacheprovider", "tests"]
     result = run([*runner, *args], {"CI": None})
     assert result.returncode == 0, result.stdout + result.stderr
     return [line for line in result.stdout.splitlines() if "::" in line]
@@ -118,7 +119,7 @@ GPU_TEST = "tests/test_gpu_parity.py::test_tf32_is_off_by_default"
 def test_a_skipped_gpu_test_fails_where_a_gpu_is_required() -> None:
     if "cupy" in sys.modules or importlib.util.find_spec("cupy") is not None:
         pytest.fail("this test expects a machine without CuPy (CI); on a GPU machine gpu_check.sh runs")
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", GPU_TEST]
+    args = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", GPU_TEST]
     allowed = run(args, {"NNX_REQUIRE_GPU": None, "CI": None})
     assert allowed.returncode == 0 and "1 skipped" in allowed.stdout
     required = run(args, {"NNX_REQUIRE_GPU": "1", "CI": None})

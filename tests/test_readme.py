@@ -1,4 +1,5 @@
-"""Every YAML block in the README is valid: configs as configs, sweep files as sweep files."""
+"""The README: short, its links and figures traceable, its Python example run (its YAML blocks are
+checked with the docs' in tests/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -6,37 +7,23 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
-
-from nnx.config import validate
-from nnx.sweep.spec import SweepSpec
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def yaml_blocks() -> list[str]:
-    return re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
-
-
-def test_every_yaml_block_in_the_readme_is_valid(tmp_path: Path) -> None:
-    from nnx.config import load_config
-
-    blocks = yaml_blocks()
-    assert len(blocks) >= 2
-    kinds = []
-    for block in blocks:
-        raw = yaml.safe_load(block)
-        if "search" in raw:
-            SweepSpec.model_validate(raw)
-            kinds.append("sweep")
-        elif "base" in raw:  # a config file on a base: read as `nnx train -c` reads it
-            (tmp_path / "experiment.yaml").write_text(block)
-            load_config(str(tmp_path / "experiment.yaml"))
-            kinds.append("config on a base")
-        else:
-            validate(raw, "README.md")
-            kinds.append("config")
-    assert {"sweep", "config", "config on a base"} <= set(kinds)
+def test_the_readme_is_a_front_door() -> None:
+    """Short, every link into the manual resolves, and every headline figure names the
+    benchmark that reproduces it."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    for link in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (README.parent / link).is_file(), f"README links to {link}, which is not there"
+    figures = text.split("## Headline figures", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in figures.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) >= 5
+    for row in rows:
+        script = re.search(r"`((?:benchmarks|scripts)/[\w.]+)", row)
+        assert script and (README.parent / script[1]).is_file(), f"no benchmark named for: {row}"
 
 
 @pytest.mark.mnist
