@@ -7,8 +7,8 @@ does. A network with convolutions, whose per-image copies (im2col) only we can s
 per-row work to `parallel_for`, which cuts the rows into chunks and runs them on a small pool of
 threads: NumPy releases the GIL inside its loops and BLAS calls, and a chunk's copies and product
 stay in cache between one pass and the next. Meanwhile BLAS is held at one thread: its own idle
-threads spin for ~0.1 s after each threaded call and would take the cores from the chunks (a
-section ran 1.8x slower). `network_built` chooses, from the layers, once, before any step.
+threads spin for ~0.1 s after each threaded call and would take the cores from the chunks.
+`network_built` chooses, from the layers, once, before any step.
 
 Chunk boundaries depend only on the sizes of the work, never on the number of threads or on
 timing, and every chunk writes its own rows: a network with convolutions gives the same numbers
@@ -46,23 +46,20 @@ CHUNK_ELEMENTS = 1 << 20
 # Below this many elements in all, the work runs in the calling thread, in one piece.
 SERIAL_ELEMENTS = 1 << 16
 # Work that one chunk would hold is cut in two halves, for both cores, when each half touches at
-# least this many elements: mnist_fast's first convolution (1.05M elements for 64 images) went
-# from 0.83 ms in one piece to 0.47 ms in halves, its step from about 6.3 to 5.8 ms. Not much
-# less: mnist_cnn's batch conversion (128 images, halves of 200K elements) took 0.11 ms in halves
-# against 0.07 ms in one piece, the hand-over to a thread costing more than the half saved.
+# least this many elements; below it the hand-over to a thread costs more than the half saves
+# (the measurements behind each constant here: docs/explanations/performance.md).
 MIN_HALF_ELEMENTS = 1 << 18
 # The optimizer's update runs over at most this many parameters at a time (its scratch arrays are
-# that long): in one piece up to 4M parameters, as fastest (cut into cache-sized pieces on one core,
-# 1.86M parameters updated in 1.18 ms against 1.02 ms in one piece).
+# that long): in one piece up to 4M parameters, which was faster than cache-sized pieces.
 UPDATE_PIECE_ELEMENTS = 1 << 22
 # matmul_tn splits a product's output rows into chunks of at least this many.
 MIN_OUTPUT_ROWS = 256
-# A product of at least this many multiply-adds is cut over the threads (cpu_products): at batch 64,
-# x W for a 784 -> 64 layer (3.2M) took 24.5 us on one thread, 14.9 us on two.
+# A product of at least this many multiply-adds is cut over the threads (cpu_products): smaller
+# ones finish before a second thread would have started.
 PARALLEL_PRODUCT_MACS = 1 << 20
 # Products in chunks go through np.dot, not np.matmul (@): matmul lets go of the GIL only when its
 # result has over 500 elements (NumPy's threshold), so chunks with small results (a first
-# convolution's 32 x 9 dW, the sums of rows) ran one at a time: dW 1.45 ms on two threads, 0.68 with dot.
+# convolution's 32 x 9 dW, the sums of rows) would run one at a time.
 
 
 # A 3x3 stride-1 convolution is a candidate for Winograd's F(2x2, 3x3) (nnx/nn/winograd.py) when
@@ -547,9 +544,8 @@ class CpuOps(Ops):
 
     def sum_rows(self, x: Any, out: Any = None) -> Any:
         """sum_n x[n] as the product 1^T x: BLAS's gemv reads x once, at memory speed, while NumPy's
-        reduction along the rows of a narrow array is about 8x slower (a first convolution's dY,
-        (100352, 32): 0.17 vs 1.33 ms on one core). One call: cut over two threads it was slower
-        (0.19 vs 0.15 ms), handing chunks to a thread costing more than it saves."""
+        reduction along the rows of a narrow array is several times slower. One call: handing
+        chunks of it to a thread costs more than it saves."""
         if x.ndim != 2 or len(x) == 0:
             return Ops.sum_rows(self, x, out)
         if self._takes_sum(x, out):
@@ -697,9 +693,9 @@ class CpuOps(Ops):
         """update(*arrays[i], *scratch, *args) over chunks of rows i, with three scratch arrays (of
         p[i]'s shape) the update writes its temporaries into: NumPy would otherwise allocate them
         afresh at every step, and glibc hands arrays of a few hundred KB back to the system and
-        faults them in again (4x the time of the arithmetic at 50,000 parameters). A chunk longer
+        faults them in again (several times the arithmetic's time for a small network). A chunk longer
         than UPDATE_PIECE_ELEMENTS goes in pieces of that, so the scratch stays that small however
-        large the network (three arrays of all its parameters had been three more copies of it)."""
+        large the network (scratch as long as all its parameters would be three more copies of it)."""
         p = arrays[0]
         if not self.own_threads and p.size <= UPDATE_PIECE_ELEMENTS:  # one piece: one call, no closure
             update(*arrays, *self._scratch(p.shape, p.dtype), *args)

@@ -125,7 +125,7 @@ b = get_backend('gpu'); x = b.xp.arange(10.0); b.synchronize(); print('backend',
 for name in $steps; do
   case $name in
     tests)
-      step "pytest -m gpu" 230 "$out/pytest.log" python3 -m pytest -o addopts= -m "gpu or multigpu" -q -p no:cacheprovider -rfEs tests
+      step "pytest -m gpu" 230 "$out/pytest.log" python3 -m pytest -o addopts=-rfEs -m "gpu or multigpu" -q -p no:cacheprovider tests
       ;;
     mlp | cnn)
       if ((!gpu_ok)); then

@@ -94,12 +94,13 @@ def cpu64():
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The real MNIST (CI: NNX_DATA_DIR=../shared/data/mnist). Missing data fails in CI, where
-    it must be present, and skips elsewhere with the reason."""
+    """The real MNIST: $NNX_DATA_DIR, else ./data/mnist as the quick start leaves it (CI links that
+    to ../shared/data/mnist). Missing data fails in CI, where it must be present, and skips
+    elsewhere with the reason."""
     folder = resolve_data_dir().resolve()  # absolute: tests that change folder still find it
     missing = missing_files(folder)
     if missing:
-        message = f"MNIST not found in {folder} (missing {', '.join(missing)}); set NNX_DATA_DIR"
+        message = f"MNIST not found in {folder} (missing {', '.join(missing)}): nnx data download, or set NNX_DATA_DIR"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

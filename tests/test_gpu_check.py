@@ -41,8 +41,8 @@ def run(args: list[str], env_changes: dict[str, str | None] | None = None, timeo
 
 def collected_gpu_tests(on_device_image: bool) -> list[str]:
     runner = [sys.executable, "tests/device_image.py"] if on_device_image else [sys.executable, "-m", "pytest"]
-    # -o addopts=: one process, as on the device image, which has no pytest-xdist for pyproject's -n
-    args = ["--collect-only", "-q", "-o", "addopts=", "-m", "gpu or multigpu", "-p", "no:cacheprovider", "tests"]
+    # -o addopts=-rfEs: one process, as on the device image, which has no pytest-xdist for the -n in pyproject
+    args = ["--collect-only", "-q", "-o", "addopts=-rfEs", "-m", "gpu or multigpu", "-p", "no:cacheprovider", "tests"]
     result = run([*runner, *args], {"CI": None})
     assert result.returncode == 0, result.stdout + result.stderr
     return [line for line in result.stdout.splitlines() if "::" in line]
@@ -57,7 +57,8 @@ def test_every_gpu_test_is_collected_on_the_device_image() -> None:
 
 def test_the_device_image_lacks_what_it_lacks() -> None:
     assert importlib.util.find_spec("fastapi") is not None, "fastapi is installed here (the dev extra)"
-    args = [sys.executable, "tests/device_image.py", "-q", "--co", "-p", "no:cacheprovider", "tests/test_web.py"]
+    args = [sys.executable, "tests/device_image.py", "-q", "-o", "addopts=-rfEs", "--co", "-p", "no:cacheprovider"]
+    args.append("tests/test_web.py")
     blocked = run(args, {"CI": None})
     assert "No module named 'fastapi' (not on the GPU image)" in blocked.stdout + blocked.stderr
 
@@ -119,7 +120,7 @@ GPU_TEST = "tests/test_gpu_parity.py::test_tf32_is_off_by_default"
 def test_a_skipped_gpu_test_fails_where_a_gpu_is_required() -> None:
     if "cupy" in sys.modules or importlib.util.find_spec("cupy") is not None:
         pytest.fail("this test expects a machine without CuPy (CI); on a GPU machine gpu_check.sh runs")
-    args = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", GPU_TEST]
+    args = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=-rfEs", "-p", "no:cacheprovider", GPU_TEST]
     allowed = run(args, {"NNX_REQUIRE_GPU": None, "CI": None})
     assert allowed.returncode == 0 and "1 skipped" in allowed.stdout
     required = run(args, {"NNX_REQUIRE_GPU": "1", "CI": None})
@@ -129,7 +130,8 @@ def test_a_skipped_gpu_test_fails_where_a_gpu_is_required() -> None:
 
 def test_in_ci_no_test_may_skip() -> None:
     """A module skipped at import (here test_web.py without fastapi, on the device image) fails in CI."""
-    args = [sys.executable, "tests/device_image.py", "-q", "-p", "no:cacheprovider", "tests/test_web.py"]
+    args = [sys.executable, "tests/device_image.py", "-q", "-o", "addopts=-rfEs", "-p", "no:cacheprovider"]
+    args.append("tests/test_web.py")
     outside = run(args, {"CI": None})
     assert outside.returncode in (0, 5) and "1 skipped" in outside.stdout  # 5: nothing else collected
     in_ci = run(args, {"CI": "true"})

@@ -44,8 +44,8 @@ class Sequential:
         self.kept_per_sample = kept_per_sample
         # What one sample holds at a step's peak, estimated (check_batch_fits): the kept outputs,
         # and at the largest output its gradient and one working copy of that (a ReLU's dx, a
-        # flatten's dx in the images' layout). Measured peaks of three networks: 0.92-1.29x it. A
-        # conv2d of 100,000 channels, passed by the kept outputs alone, was killed by the OOM killer.
+        # flatten's dx in the images' layout). Counting the kept outputs alone passes networks
+        # whose step exhausts memory (measured peaks against it: docs/explanations/reliability.md).
         largest = max((math.prod(shape) for shape in output_shapes or []), default=0)
         self.step_per_sample = kept_per_sample + 2 * largest
         # Nothing before the first layer with parameters needs dL/dx: skip computing it.
@@ -87,8 +87,8 @@ class Sequential:
     def inference_rows(self, limit: int) -> int:
         """At most `limit` rows, fewer where a batch of them could not fit beside the parameters
         (theirs, their gradients' and an optimizer's two arrays of state, during training): the
-        network's kept activations, twice over for what its layers allocate on the way. A network
-        that trains on batches of 20 evaluated 500 images at a time, and was killed for it."""
+        network's kept activations, twice over for what its layers allocate on the way: a network
+        that trains on small batches is evaluated on no more rows than fit."""
         itemsize = np.dtype(self.backend.dtype).itemsize
         room = self.backend.memory_bytes() - self.training_bytes(0, state_arrays=2)[1]
         return int(min(max(room // max(2 * self.kept_per_sample * itemsize, 1), 1), limit))
