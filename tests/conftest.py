@@ -33,6 +33,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reason = gpu_skip_reason()
             if reason:
                 item.add_marker(pytest.mark.skip(reason=f"no usable GPU: {reason}"))
+    # The longest tests first: pytest-xdist hands tests out in this order, so they start while the
+    # short ones fill the other worker, instead of one of them running alone at the end.
+    items.sort(key=lambda item: "heavy" not in item.keywords)
 
 
 def must_run(gpu_test: bool | str) -> str | None:

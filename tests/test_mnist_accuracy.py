@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from nnx.cli.app import app
 
-pytestmark = pytest.mark.mnist
+pytestmark = [pytest.mark.mnist, pytest.mark.heavy]
 
 
 def train(config: str, mnist_dir: Path, out: Path) -> dict:

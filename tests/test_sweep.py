@@ -170,6 +170,7 @@ def test_bad_storage_metric_and_data_are_refused_before_anything_is_written(tiny
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.heavy
 def test_two_local_workers_share_the_embedded_study_and_the_best_config_reproduces(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
@@ -234,6 +235,7 @@ def test_a_bad_learning_rate_range_gets_pruned_and_keeps_its_partial_run(tiny_mn
     assert " pruned" in result.stdout
 
 
+@pytest.mark.heavy
 def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "stop", 3, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
     args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
@@ -332,6 +334,7 @@ def test_the_workers_are_given_their_gpus(tiny_mnist: Path, tmp_path: Path) -> N
     assert states(load(tmp_path, "gpus")) == {"COMPLETE": 2}
 
 
+@pytest.mark.heavy
 def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "kill", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
     args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
