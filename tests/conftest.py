@@ -135,14 +135,28 @@ def tiny_mnist(tmp_path: Path) -> Path:
     return make_tiny_mnist(tmp_path / "mnist")
 
 
+def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every worker process of this test run sees (pytest-xdist gives each worker its
+    own temporary folder inside the run's), for what is worth making once per run."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def trained_mlp(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default config trained on the real MNIST once per session (a few seconds)."""
+    """The default config trained on the real MNIST once per test run, whatever the number of
+    workers (the first to ask trains it under a lock, the others wait and read it); read-only."""
+    import fcntl
+
     from typer.testing import CliRunner
 
     from nnx.cli.app import app
 
-    out = tmp_path_factory.mktemp("mlp") / "run"
-    result = CliRunner().invoke(app, ["train", "-q", "--data-dir", str(mnist_dir), "--out", str(out)])
-    assert result.exit_code == 0, result.output
+    folder = shared_folder(tmp_path_factory)
+    out = folder / "trained-mlp"
+    with open(folder / "trained-mlp.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "model.npz").is_file():
+            result = CliRunner().invoke(app, ["train", "-q", "--data-dir", str(mnist_dir), "--out", str(out)])
+            assert result.exit_code == 0, result.output
     return out / "model.npz"
