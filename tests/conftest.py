@@ -6,13 +6,21 @@ import os
 import tempfile
 from pathlib import Path
 
-import emulated_cupy
-import numpy as np
-import pytest
+# Worker processes of pytest-xdist share the machine's cores: each gets its share of BLAS and
+# OpenMP threads (set before NumPy loads OpenBLAS), as data-parallel ranks do, instead of every
+# worker's BLAS spinning on every core. A value set by the caller stays.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_share))
 
-from nnx.backend import get_backend, gpu_unavailable_reason
-from nnx.data.idx import write_idx
-from nnx.data.mnist import missing_files, resolve_data_dir
+import emulated_cupy  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from nnx.backend import get_backend, gpu_unavailable_reason  # noqa: E402
+from nnx.data.idx import write_idx  # noqa: E402
+from nnx.data.mnist import missing_files, resolve_data_dir  # noqa: E402
 
 _gpu_reason: list[str | None] = []
 
