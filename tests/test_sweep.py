@@ -355,6 +355,63 @@ def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, t
     assert states(study) == {"FAIL": 1, "COMPLETE": 2}
 
 
+@pytest.mark.heavy
+def test_continuing_before_a_killed_worker_s_heartbeat_is_stale_waits_then_retries(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """The same command run again at once after a crash: the dead worker's trial still looks
+    RUNNING (its heartbeat is not yet stale), so the sweep waits for it, then runs its retry:
+    never "done" while a trial of the budget is running."""
+    path = sweep_file(tmp_path, "soon", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
+    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
+    proc = start(*args, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "runs" / "soon" / "trial-0000" / "metrics.jsonl").is_file())
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    result = nnx(*args, cwd=tmp_path)  # at once: no sleep until the heartbeat is stale
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "waiting for 1 running trial(s)" in result.stdout
+    study = load(tmp_path, "soon")
+    assert states(study) == {"FAIL": 1, "COMPLETE": 2}
+    retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert "2/2 done" in result.stdout.strip().splitlines()[-1]
+
+
+def test_a_continued_sweep_proposes_new_configurations(tiny_mnist: Path, tmp_path: Path) -> None:
+    """Continuing a random sweep with more trials draws new values: the sampler's stream does
+    not start again from the sweep's seed (which proposed the first trials' values again)."""
+    path = sweep_file(tmp_path, "more", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=1"]
+    for trials in (2, 4):
+        result = nnx(*args, "--trials", trials, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    lrs = [t.params["optimizer.lr"] for t in load(tmp_path, "more").get_trials()]
+    assert len(lrs) == 4 and len(set(lrs)) == 4, lrs
+
+
+def test_each_worker_continuation_and_machine_has_its_own_proposals() -> None:
+    from nnx.sweep.spec import SweepSpec
+    from nnx.sweep.study import sampler_seed
+
+    spec = SweepSpec.model_validate({"name": "s", "seed": 7, "search": {"optimizer.lr": {"uniform": [0.1, 0.2]}}})
+    assert sampler_seed(spec, 0, 0) == 7 and sampler_seed(spec, 1, 0) == 8  # a new sweep: as it always was
+    seeds = {sampler_seed(spec, w, n, m) for w in range(4) for n in (0, 5, 40) for m in ("", "a", "b")}
+    assert len(seeds) == 4 * 3 * 3
+
+
+def test_a_stopped_trial_is_no_failure() -> None:
+    from nnx.sweep.study import count
+
+    study = optuna.create_study()
+    for attrs in ({"interrupted": True}, {"surplus": True}, {}):
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert count(study).failed == 1
+
+
 def postgres_url() -> str:
     url = os.environ.get("NNX_TEST_POSTGRES")
     if not url:

@@ -140,8 +140,20 @@ def run_sweep(
             console.print(f"workers' GPUs (CUDA_VISIBLE_DEVICES): {', '.join(map(str, gpus))}", markup=False)
         _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console)
     else:
+        waited: list[int] = []
+
+        def waiting(counts: Any) -> None:  # said once per number of trials waited for
+            if worker_id is None and waited[-1:] != [counts.running]:
+                waited.append(counts.running)
+                console.print(
+                    f"waiting for {counts.running} running trial(s): another worker's, or a stopped one's whose "
+                    f"heartbeat has not yet gone stale (after {3 * spec.heartbeat} s it is run again here)",
+                    markup=False,
+                )
+
         try:
-            counts = Worker(spec, study, overrides, assignments, report, base_config(spec, file)).run()
+            worker = Worker(spec, study, overrides, assignments, report, base_config(spec, file), waiting)
+            counts = worker.run()
         except KeyboardInterrupt:
             if worker_id is None:
                 console.print(_stopped(spec, file), markup=False)

@@ -14,6 +14,7 @@ import math
 import socket
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +98,21 @@ def open_storage(url: str, heartbeat: int | None = None, create: bool = True) ->
     raise ConfigError(f"--storage {shown_url(given)}: cannot open (its tables could not be created)")
 
 
-def make_sampler(spec: SweepSpec, worker: int) -> Any:
+def sampler_seed(spec: SweepSpec, worker: int, trials_before: int, machine: str = "") -> int:
+    """The seed of one worker's proposals: its own stream for each worker, for each continuation
+    (`trials_before`: the trials the study already holds, so a continued sweep does not propose
+    its first configurations again) and for each machine sharing a study (`machine`: a name; ""
+    for a study only this machine uses). A new sweep on one machine: spec.seed + worker, as before,
+    so that it proposes the same configurations every time it starts afresh."""
+    seed = spec.seed + worker + 1_000_003 * trials_before
+    if machine:
+        seed += zlib.crc32(machine.encode()) << 20
+    return seed % (1 << 32)
+
+
+def make_sampler(spec: SweepSpec, worker: int, trials_before: int = 0, machine: str = "") -> Any:
     optuna = import_optuna()
-    seed = spec.seed + worker  # each worker its own stream: two never propose the same sequence
+    seed = sampler_seed(spec, worker, trials_before, machine)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "grid":
@@ -131,11 +144,14 @@ def open_study(
     """The sweep's study: created with the sweep file and the base config its trials share (`base`:
     the resolved config with --set applied), or continued when both are the ones it began with."""
     optuna = import_optuna()
-    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
-    if spec.name in names:
-        study = optuna.load_study(
-            study_name=spec.name, storage=storage, sampler=make_sampler(spec, worker), pruner=make_pruner(spec)
-        )
+    summaries = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
+    # Machines sharing a study through a server each get their own proposals; an embedded SQLite
+    # file is one machine's.
+    machine = "" if storage.url.startswith("sqlite") else socket.gethostname()
+    if spec.name in [s.study_name for s in summaries]:
+        (summary,) = [s for s in summaries if s.study_name == spec.name]
+        sampler = make_sampler(spec, worker, summary.n_trials, machine)
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
         recorded = study.user_attrs.get("sweep")
         if recorded is not None and _comparable(recorded) != _comparable(spec.model_dump(mode="json", by_alias=True)):
             raise ConfigError(
@@ -145,11 +161,12 @@ def open_study(
         _check_same_base(spec, study.user_attrs.get("base"), base)
         return study
     if not create:
-        raise ConfigError(f"no sweep named {spec.name} in this storage (it has: {', '.join(names) or 'none'})")
+        names = ", ".join(s.study_name for s in summaries)
+        raise ConfigError(f"no sweep named {spec.name} in this storage (it has: {names or 'none'})")
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        sampler=make_sampler(spec, worker),
+        sampler=make_sampler(spec, worker, 0, machine),
         pruner=make_pruner(spec),
         direction=spec.direction,
         load_if_exists=True,  # another worker may create it at the same moment
@@ -214,8 +231,8 @@ def count(study: Any) -> Counts:
             c.complete += 1
         elif state == "PRUNED":
             c.pruned += 1
-        elif state == "FAIL" and not t.user_attrs.get("surplus"):
-            c.failed += 1
+        elif state == "FAIL" and not (t.user_attrs.get("surplus") or t.user_attrs.get("interrupted")):
+            c.failed += 1  # a stopped trial (queued again) is no failure of the sweep's
         elif state == "RUNNING":
             c.running += 1
         elif state == "WAITING":
@@ -275,11 +292,13 @@ class Worker:
         assignments: list[str],
         on_trial_end: Callable[[Any, Counts], None] | None = None,
         base: str | None = None,
+        on_wait: Callable[[Counts], None] | None = None,
     ) -> None:
         self.spec, self.study = spec, study
         self.base = base or spec.base  # the base config's name or path, as spec.base_config finds it
         self.overrides, self.assignments = overrides, assignments
         self.on_trial_end = on_trial_end or (lambda trial, counts: None)
+        self.on_wait = on_wait or (lambda counts: None)
         self.budget = budget(spec)
         self.current: Any = None
 
@@ -290,8 +309,15 @@ class Worker:
             # before counting, so that it is not mistaken for one still running.
             optuna.storages.fail_stale_trials(self.study)
             counts = count(self.study)
-            if counts.finished + counts.running >= self.budget:
+            if counts.finished >= self.budget:
                 return counts
+            if counts.finished + counts.running >= self.budget:
+                # The rest of the budget is running: in other workers, or in one that died and
+                # whose heartbeat has not yet gone stale. Wait for them to end, or to be failed
+                # and queued again, which this worker then runs: never "done" while one runs.
+                self.on_wait(counts)
+                time.sleep(self.spec.heartbeat)
+                continue
             if counts.failed >= max(3, self.budget):
                 raise NnxError(
                     f"sweep {self.spec.name}: {counts.failed} trials failed; see the 'error' of each in "
