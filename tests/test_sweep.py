@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -410,6 +411,74 @@ def test_a_stopped_trial_is_no_failure() -> None:
             trial.set_user_attr(key, value)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
     assert count(study).failed == 1
+
+
+@contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of `size` at `folder` (CI runs as root; elsewhere the test skips with the reason)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        message = f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}): needs root"
+        if os.environ.get("CI"):
+            raise AssertionError(message)
+        pytest.skip(message)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_under_the_study_is_one_line_and_the_sweep_continues_once_there_is_room(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    path = sweep_file(tmp_path, "full", 3, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    with small_disk(tmp_path / "db", "300k") as db:
+        args = ["sweep", path, "--storage", f"sqlite:///{db / 'study.db'}", "--data-dir", tiny_mnist, *TINY,
+                "--set", "training.epochs=1"]  # fmt: skip
+        assert nnx(*args, "--trials", 1, cwd=tmp_path).returncode == 0
+        fill(db)
+        result = nnx(*args, cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: sweep full: its storage sqlite:///") and "database or disk is full" in line
+        (db / "filler").unlink()
+        again = nnx(*args, cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert states(optuna.load_study(study_name="full", storage=f"sqlite:///{db / 'study.db'}")) == {"COMPLETE": 3}
+
+
+def fill(folder: Path) -> None:
+    """Fill a small file system to the last byte."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # no space left: full
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_under_the_trials_stops_the_sweep_in_one_line_and_counts_no_failure(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    path = sweep_file(tmp_path, "room", 3, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["sweep", path, "--storage", storage, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=1"]
+    with small_disk(tmp_path / "runs", "150k") as runs:
+        result = nnx(*args, cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: sweep room: stopped, no space left on device writing runs/room/trial-0000/")
+        subprocess.run(["mount", "-o", "remount,size=8m", str(runs)], check=True)
+        again = nnx(*args, cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+    study = optuna.load_study(study_name="room", storage=storage)
+    assert states(study) == {"FAIL": 1, "COMPLETE": 3}
+    from nnx.sweep.study import count
+
+    assert count(study).failed == 0  # the disk's fault, not the trial's: no failure budget spent
 
 
 def postgres_url() -> str:

@@ -105,65 +105,67 @@ def run_sweep(
     worker_id: int | None,
 ) -> None:
     from nnx.sweep.spec import base_config
-    from nnx.sweep.study import Worker, count, open_study, shown_url, sweep_dir
+    from nnx.sweep.study import Worker, count, open_study, shown_url, storage_faults, sweep_dir
 
     console = stdout_console()
     cores = os.cpu_count() or 1
     if workers > 4 * cores:  # before _prepare writes anything: thousands of processes are a typo
         raise NnxError(f"--workers {workers}: more than 4 a core ({cores} cores here) would only thrash; use fewer")
     file, spec, overrides, url, rdb, base = _prepare(file, trials, storage, device, assignments, data_dir)
-    if worker_id is None:
-        workers = _worker_count(workers, spec)
-    study = open_study(spec, rdb, worker_id or 0, base=base.model_dump(mode="json"))
-    metric = spec.metric
-    if worker_id is None:
-        console.print(
-            f"sweep {spec.name}: {spec.trials} trials of {spec.base}, {metric} ({spec.direction}), sampler "
-            f"{spec.sampler}, pruner {spec.pruner}, {workers} worker(s); storage {shown_url(url)}; "
-            f"runs in {sweep_dir(spec.name)}/",
-            markup=False,
-        )
-
-    def report(trial: Any, counts: Any) -> None:
-        value = "" if trial.value is None else f": {metric} {trial.value:.4f}"
-        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-        state = trial.state.name.lower()
-        why = trial.user_attrs.get("error") or trial.user_attrs.get("diverged")
-        console.print(
-            f"trial {trial.number} {state}{value} ({params}){f' [{why}]' if why else ''} | {_progress(counts, spec)}",
-            markup=False,
-        )
-
-    if workers > 1 and worker_id is None:
-        gpus = worker_gpus(workers, base.device)
-        if any(gpus):
-            console.print(f"workers' GPUs (CUDA_VISIBLE_DEVICES): {', '.join(map(str, gpus))}", markup=False)
-        _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console)
-    else:
-        waited: list[int] = []
-
-        def waiting(counts: Any) -> None:  # said once per number of trials waited for
-            if worker_id is None and waited[-1:] != [counts.running]:
-                waited.append(counts.running)
-                console.print(
-                    f"waiting for {counts.running} running trial(s): another worker's, or a stopped one's whose "
-                    f"heartbeat has not yet gone stale (after {3 * spec.heartbeat} s it is run again here)",
-                    markup=False,
-                )
-
-        try:
-            worker = Worker(spec, study, overrides, assignments, report, base_config(spec, file), waiting)
-            counts = worker.run()
-        except KeyboardInterrupt:
-            if worker_id is None:
-                console.print(_stopped(spec, file), markup=False)
-            raise typer.Exit(130) from None
+    with storage_faults(spec.name, url):  # the storage failing midway: one line, not a traceback
         if worker_id is None:
-            console.print(f"done: {_progress(counts, spec)}; `nnx sweep show {spec.name}` for the table", markup=False)
-    if worker_id is None:
-        final = count(study)
-        if final.finished == 0 and final.failed:
-            raise NnxError(f"sweep {spec.name}: every trial failed; `nnx sweep show {spec.name}` says why")
+            workers = _worker_count(workers, spec)
+        study = open_study(spec, rdb, worker_id or 0, base=base.model_dump(mode="json"))
+        metric = spec.metric
+        if worker_id is None:
+            console.print(
+                f"sweep {spec.name}: {spec.trials} trials of {spec.base}, {metric} ({spec.direction}), sampler "
+                f"{spec.sampler}, pruner {spec.pruner}, {workers} worker(s); storage {shown_url(url)}; "
+                f"runs in {sweep_dir(spec.name)}/",
+                markup=False,
+            )
+
+        def report(trial: Any, counts: Any) -> None:
+            value = "" if trial.value is None else f": {metric} {trial.value:.4f}"
+            params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+            state = trial.state.name.lower()
+            why = trial.user_attrs.get("error") or trial.user_attrs.get("diverged")
+            note = f" [{why}]" if why else ""
+            console.print(
+                f"trial {trial.number} {state}{value} ({params}){note} | {_progress(counts, spec)}", markup=False
+            )
+
+        if workers > 1 and worker_id is None:
+            gpus = worker_gpus(workers, base.device)
+            if any(gpus):
+                console.print(f"workers' GPUs (CUDA_VISIBLE_DEVICES): {', '.join(map(str, gpus))}", markup=False)
+            _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console)
+        else:
+            waited: list[int] = []
+
+            def waiting(counts: Any) -> None:  # said once per number of trials waited for
+                if worker_id is None and waited[-1:] != [counts.running]:
+                    waited.append(counts.running)
+                    console.print(
+                        f"waiting for {counts.running} running trial(s): another worker's, or a stopped one's whose "
+                        f"heartbeat has not yet gone stale (after {3 * spec.heartbeat} s it is run again here)",
+                        markup=False,
+                    )
+
+            try:
+                worker = Worker(spec, study, overrides, assignments, report, base_config(spec, file), waiting)
+                counts = worker.run()
+            except KeyboardInterrupt:
+                if worker_id is None:
+                    console.print(_stopped(spec, file), markup=False)
+                raise typer.Exit(130) from None
+            if worker_id is None:
+                done = f"done: {_progress(counts, spec)}; `nnx sweep show {spec.name}` for the table"
+                console.print(done, markup=False)
+        if worker_id is None:
+            final = count(study)
+            if final.finished == 0 and final.failed:
+                raise NnxError(f"sweep {spec.name}: every trial failed; `nnx sweep show {spec.name}` says why")
 
 
 def _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console) -> None:
@@ -266,7 +268,7 @@ def _short(value: Any) -> str:
 def run_show(name: str | None, storage: str | None, export: Path | None, report: Path | None) -> None:
     from nnx.atomic import check_replaceable, write_atomic
     from nnx.sweep.report import best_config, trial_rows, write_report
-    from nnx.sweep.study import default_storage, import_optuna, open_storage, sweep_dir
+    from nnx.sweep.study import default_storage, import_optuna, open_storage, storage_faults, sweep_dir
 
     optuna = import_optuna()
     console = stdout_console()
@@ -278,44 +280,44 @@ def run_show(name: str | None, storage: str | None, export: Path | None, report:
         if name is None:
             raise ConfigError("nnx sweep show: give the sweep's NAME, or --storage URL")
         storage = default_storage(name)
-    rdb = open_storage(storage, create=False)
-    names = [s.study_name for s in optuna.study.get_all_study_summaries(rdb, include_best_trial=False)]
-    if name is None:
-        if len(names) != 1:
-            raise ConfigError(f"--storage holds {len(names)} sweeps ({', '.join(names) or 'none'}); name one")
-        name = names[0]
-    if name not in names:
-        raise ConfigError(f"no sweep named {name} in this storage (it has: {', '.join(names) or 'none'})")
-    study = optuna.load_study(study_name=name, storage=rdb)
-    rows = trial_rows(study)
-    metric = study.user_attrs.get("sweep", {}).get("metric", "value")
-    keys = sorted({k for r in rows for k in r.params})
-    # Columns headed by each searched key's last part (lr, not optimizer.lr) where that is unambiguous,
-    # no rules: a trial a line in 80 columns; only the note folds.
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    headers = last if len(set(last)) == len(last) else keys
-    table = Table(
-        title=f"sweep {name}: {metric}, {study.direction.name.lower()}", box=None, padding=(0, 1, 0, 0), pad_edge=False
-    )
-    for column in ["trial", "state", metric, *headers, "epochs", "note"]:
-        table.add_column(column, overflow="fold", no_wrap=column != "note")
-    for r in rows:
-        value = "" if r.value is None else f"{r.value:.4f}"
-        params = [_short(r.params[k]) if k in r.params else "" for k in keys]
-        table.add_row(str(r.number), r.state.lower(), value, *params, str(r.epochs or ""), r.note)
-    console.print(table)
-    try:
-        best = best_config(study)
-    except NnxError as exc:
-        best = None
-        console.print(str(exc), markup=False)
-    if best is not None:
-        console.print("best config:", markup=False)
-        console.print(best, markup=False, end="")
-    if export is not None:
-        if best is None:
-            raise NnxError(f"--export {export}: nothing to export yet")
-        write_atomic(export, best.encode())
-        console.print(f"best config written to {export}: nnx train -c {export}", markup=False)
-    path = write_report(study, report or sweep_dir(name) / "report.html")
-    console.print(f"report: {path}", markup=False)
+    with storage_faults(name or "show", storage):
+        rdb = open_storage(storage, create=False)
+        names = [s.study_name for s in optuna.study.get_all_study_summaries(rdb, include_best_trial=False)]
+        if name is None:
+            if len(names) != 1:
+                raise ConfigError(f"--storage holds {len(names)} sweeps ({', '.join(names) or 'none'}); name one")
+            name = names[0]
+        if name not in names:
+            raise ConfigError(f"no sweep named {name} in this storage (it has: {', '.join(names) or 'none'})")
+        study = optuna.load_study(study_name=name, storage=rdb)
+        rows = trial_rows(study)
+        metric = study.user_attrs.get("sweep", {}).get("metric", "value")
+        keys = sorted({k for r in rows for k in r.params})
+        # Columns headed by each searched key's last part (lr, not optimizer.lr) where that is unambiguous,
+        # no rules: a trial a line in 80 columns; only the note folds.
+        last = [k.rsplit(".", 1)[-1] for k in keys]
+        headers = last if len(set(last)) == len(last) else keys
+        title = f"sweep {name}: {metric}, {study.direction.name.lower()}"
+        table = Table(title=title, box=None, padding=(0, 1, 0, 0), pad_edge=False)
+        for column in ["trial", "state", metric, *headers, "epochs", "note"]:
+            table.add_column(column, overflow="fold", no_wrap=column != "note")
+        for r in rows:
+            value = "" if r.value is None else f"{r.value:.4f}"
+            params = [_short(r.params[k]) if k in r.params else "" for k in keys]
+            table.add_row(str(r.number), r.state.lower(), value, *params, str(r.epochs or ""), r.note)
+        console.print(table)
+        try:
+            best = best_config(study)
+        except NnxError as exc:
+            best = None
+            console.print(str(exc), markup=False)
+        if best is not None:
+            console.print("best config:", markup=False)
+            console.print(best, markup=False, end="")
+        if export is not None:
+            if best is None:
+                raise NnxError(f"--export {export}: nothing to export yet")
+            write_atomic(export, best.encode())
+            console.print(f"best config written to {export}: nnx train -c {export}", markup=False)
+        path = write_report(study, report or sweep_dir(name) / "report.html")
+        console.print(f"report: {path}", markup=False)

@@ -15,11 +15,13 @@ import socket
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnx.atomic import WriteError
 from nnx.errors import ConfigError, NnxError
 from nnx.runs import config_differences, flatten
 from nnx.sweep.spec import SweepSpec
@@ -38,6 +40,50 @@ def import_optuna() -> Any:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
+
+
+class SweepFaultError(NnxError):
+    """The sweep's storage or disk failed, not its trials: finished trials are kept, and the same
+    command continues once the cause is fixed."""
+
+    exit_code = 1
+
+
+def root_cause(exc: BaseException) -> str:
+    """The first line of the innermost error behind `exc` (sqlite3's "database or disk is full",
+    psycopg's "connection refused"), not the wrappers' boilerplate around it."""
+    inner, depth = exc, 0
+    while (inner.__cause__ is not None or inner.__context__ is not None) and depth < 20:
+        inner, depth = inner.__cause__ or inner.__context__, depth + 1
+    text = str(getattr(inner, "orig", None) or inner).strip()
+    return text.splitlines()[0] if text else type(inner).__name__
+
+
+@contextmanager
+def storage_faults(name: str, url: str) -> Iterator[None]:
+    """Optuna's storage failing (a full or read-only disk under an SQLite file, a PostgreSQL server
+    stopped, restarted or unreachable) becomes one line naming the storage and the cause."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    storage_errors = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
+    try:
+        yield
+    except NnxError:
+        raise
+    except Exception as exc:
+        # Also what a storage error leads to: Optuna, failing to record a trial's end, can raise
+        # an UnboundLocalError of its own while handling it (the storage's error in its context).
+        chain, inner = [], exc
+        while inner is not None and len(chain) < 20:
+            chain.append(inner)
+            inner = inner.__cause__ or inner.__context__
+        if not any(isinstance(e, storage_errors) for e in chain):
+            raise
+        raise SweepFaultError(
+            f"sweep {name}: its storage {shown_url(url)} failed ({root_cause(exc)}); finished trials are kept: "
+            "run the same command again once it is back"
+        ) from None
 
 
 def sweep_dir(name: str) -> Path:
@@ -272,6 +318,10 @@ class TrialInterruptedError(Exception):
     """Ctrl-C stopped the trial's run."""
 
 
+class TrialDiskError(Exception):
+    """The trial's run could not be written (a full or read-only disk)."""
+
+
 def metric_value(run: Any, metric: str) -> float:
     """The trial's value: the test accuracy, or the validation metric of the epoch whose weights
     the run kept (the best one under early stopping, else the last)."""
@@ -331,6 +381,12 @@ class Worker:
             except TrialInterruptedError:
                 self._retry_interrupted()
                 raise KeyboardInterrupt from None
+            except TrialDiskError as exc:  # every next trial would fail alike: stop, naming the disk
+                self._retry_interrupted()
+                raise SweepFaultError(
+                    f"sweep {self.spec.name}: stopped, {exc}; finished trials are kept and this one is queued "
+                    "again: run the same command once there is room"
+                ) from None
             except KeyboardInterrupt:
                 self._retry_interrupted()
                 raise
@@ -372,6 +428,10 @@ class Worker:
         except TrainingDivergedError as exc:  # a bad corner of the space: pruned, not broken
             trial.set_user_attr("diverged", str(exc))
             raise optuna.TrialPruned() from None
+        except WriteError as exc:  # the disk's fault, not the trial's
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("error", str(exc))
+            raise TrialDiskError(str(exc).split("; ")[0]) from None  # (its resume hint is for nnx train)
         except NnxError as exc:
             trial.set_user_attr("error", str(exc))
             raise
