@@ -481,6 +481,85 @@ def test_a_full_disk_under_the_trials_stops_the_sweep_in_one_line_and_counts_no_
     assert count(study).failed == 0  # the disk's fault, not the trial's: no failure budget spent
 
 
+class PrivateServer:
+    """A PostgreSQL server of this test's own (Debian's binaries, as .ci/run uses), which the test
+    may stop and start again without disturbing the shared one."""
+
+    def __init__(self, folder: Path) -> None:
+        import glob
+        import socket
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found or shutil.which("runuser") is None or os.geteuid() != 0:
+            message = "needs Debian's PostgreSQL server binaries and root (.ci/run has both)"
+            if os.environ.get("CI"):
+                raise AssertionError(message)
+            pytest.skip(message)
+        self.bin = Path(found[-1]).parent
+        self.folder = folder
+        folder.mkdir()
+        shutil.chown(folder, "postgres")
+        folder.parent.chmod(0o755)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.postgres("initdb", "-D", folder / "data", "-A", "trust", "-U", "postgres")
+        self.start()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def postgres(self, program: str, *args) -> None:
+        command = ["runuser", "-u", "postgres", "--", str(self.bin / program), *map(str, args)]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder}"
+        self.postgres("pg_ctl", "-D", self.folder / "data", "-l", self.folder / "log", "-w", "-o", options, "start")
+
+    def stop(self) -> None:
+        self.postgres("pg_ctl", "-D", self.folder / "data", "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def private_server():
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="nnx-pg-"))  # in /tmp: the pytest folders are root's alone
+    try:
+        server = PrivateServer(folder / "pg")
+        yield server
+        subprocess.run(["runuser", "-u", "postgres", "--", str(server.bin / "pg_ctl"), "-D",
+                        str(server.folder / "data"), "-m", "immediate", "stop"], capture_output=True)  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.heavy
+def test_postgresql_stopped_mid_sweep_is_one_line_and_the_sweep_continues_once_it_is_back(
+    tiny_mnist: Path, tmp_path: Path, private_server: PrivateServer
+) -> None:
+    pytest.importorskip("psycopg")
+    path = sweep_file(tmp_path, "outage", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
+    args = ["sweep", path, "--storage", private_server.url, "--data-dir", tiny_mnist, *TINY]
+    proc = start(*args, "--set", "training.epochs=400", cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "runs" / "outage" / "trial-0000" / "metrics.jsonl").is_file())
+    private_server.stop()
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1 and "Traceback" not in output, output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"error: sweep outage: its storage postgresql://postgres@127.0.0.1:{private_server.port}")
+    assert "finished trials are kept" in last
+    private_server.start()
+    again = nnx(*args, "--set", "training.epochs=400", cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    shown = nnx("sweep", "show", "outage", "--storage", private_server.url, cwd=tmp_path)
+    assert shown.returncode == 0 and "best config:" in shown.stdout, shown.stdout + shown.stderr
+    private_server.stop()
+    gone = nnx("sweep", "show", "outage", "--storage", private_server.url, cwd=tmp_path)
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr, gone.stderr
+    (line,) = gone.stderr.strip().splitlines()
+    assert line.startswith("error: --storage postgresql://postgres@127.0.0.1") and "cannot open" in line
+
+
 def postgres_url() -> str:
     url = os.environ.get("NNX_TEST_POSTGRES")
     if not url:
