@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -245,7 +246,9 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tiny_mnist: Path, t
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
-    assert "stopped" in output and "run `nnx sweep" in output and "Traceback" not in output
+    assert "stopped" in output and "Traceback" not in output
+    (hint,) = [line.split("to continue: ", 1)[1] for line in output.splitlines() if "to continue: " in line]
+    assert "--set training.epochs=200" in hint and "--data-dir" in hint  # every flag the trials share
     study = load(tmp_path, "stop")
     first = study.get_trials()[0]
     assert first.state.name == "FAIL" and first.user_attrs.get("interrupted")
@@ -259,12 +262,50 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tiny_mnist: Path, t
         changed.stderr
     )
     assert changed.stderr.count("\n") == 1 and states(load(tmp_path, "stop"))["WAITING"] == 1
-    result = nnx(*args, cwd=tmp_path)  # the same command continues
+    result = nnx(*shlex.split(hint)[1:], cwd=tmp_path)  # the printed command continues, as printed
     assert result.returncode == 0, result.stdout + result.stderr
     study = load(tmp_path, "stop")
     assert states(study) == {"FAIL": 1, "COMPLETE": 3}
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == 0]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE" and retried[0].params == first.params
+
+
+@pytest.mark.heavy
+def test_ctrl_c_in_a_terminal_stops_every_worker_and_queues_their_trials(tiny_mnist: Path, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group (the sweep and its workers at once):
+    within seconds every worker stops, the running trials are queued again and count as no
+    failure, the message says so, and the printed command finishes the budget exactly."""
+    from nnx.sweep.study import count
+
+    path = sweep_file(tmp_path, "group", 4, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    args = ["sweep", path, "--workers", 2, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=300"]
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "nnx", *map(str, args)]
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=environment, start_new_session=True, **output)
+    runs = tmp_path / "runs" / "group"
+    wait_for(lambda: len(list(runs.glob("trial-*/metrics.jsonl"))) >= 2)  # both workers are training
+    os.killpg(proc.pid, signal.SIGINT)
+    started = time.monotonic()
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and time.monotonic() - started < 30, output
+    assert "Traceback" not in output and "a stopped one is queued again" in output
+    study = load(tmp_path, "group")
+    stopped = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    assert len(stopped) == 2, [(t.number, t.user_attrs) for t in stopped]
+    assert all(t.user_attrs.get("interrupted") for t in stopped), [(t.number, t.user_attrs) for t in stopped]
+    assert count(study).failed == 0 and count(study).running == 0
+    queued = [t for t in study.get_trials() if t.state.name == "WAITING"]
+    assert sorted(t.user_attrs["retry_of"] for t in queued) == sorted(t.number for t in stopped)
+    (hint,) = [line.split("to continue: ", 1)[1] for line in output.splitlines() if "to continue: " in line]
+    result = nnx(*shlex.split(hint)[1:], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(tmp_path, "group")
+    complete = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(complete) == 4 and len({t.params["optimizer.lr"] for t in complete}) == 4
+    # Each finished trial's run is complete; the stopped ones keep their partial runs, nothing else.
+    assert all((runs / f"trial-{t.number:04d}" / "model.npz").is_file() for t in complete)
+    assert sorted(p.name for p in runs.glob("trial-*")) == sorted(f"trial-{t.number:04d}" for t in complete + stopped)
 
 
 def test_a_sweep_continues_from_another_machines_data_folder_and_device(tiny_mnist: Path, tmp_path: Path) -> None:
@@ -363,7 +404,8 @@ def test_continuing_before_a_killed_worker_s_heartbeat_is_stale_waits_then_retri
     """The same command run again at once after a crash: the dead worker's trial still looks
     RUNNING (its heartbeat is not yet stale), so the sweep waits for it, then runs its retry:
     never "done" while a trial of the budget is running."""
-    path = sweep_file(tmp_path, "soon", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
+    # heartbeat 3: stale after 9 s, well after the continuing command has started, even on a busy machine
+    path = sweep_file(tmp_path, "soon", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=3)
     args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
     proc = start(*args, cwd=tmp_path)
     wait_for(lambda: (tmp_path / "runs" / "soon" / "trial-0000" / "metrics.jsonl").is_file())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from nnx.cli.common import stdout_console
 from nnx.errors import ConfigError, NnxError
 
 WORKER_WAIT_SECONDS = 120  # after Ctrl-C: a worker finishes its batch and records its trial
+FORWARD_AFTER_SECONDS = 3  # a worker the terminal's Ctrl-C reached has stopped within a batch by then
 
 
 def _prepare(file: Path, trials: int | None, storage: str | None, device: str | None, assignments: list[str],
@@ -111,7 +113,17 @@ def run_sweep(
     cores = os.cpu_count() or 1
     if workers > 4 * cores:  # before _prepare writes anything: thousands of processes are a typo
         raise NnxError(f"--workers {workers}: more than 4 a core ({cores} cores here) would only thrash; use fewer")
+    given = file
     file, spec, overrides, url, rdb, base = _prepare(file, trials, storage, device, assignments, data_dir)
+    # The command that continues this sweep: every setting it was given (its trials must share them).
+    again = ["nnx", "sweep", str(given), *(["--trials", str(trials)] if trials else [])]
+    again += ["--workers", str(workers)] if workers > 1 else []
+    again += ["--storage", shown_url(storage)] if storage else []
+    again += ["--device", device] if device else []
+    again += ["--data-dir", str(data_dir)] if data_dir else []
+    for assignment in assignments:
+        again += ["--set", assignment]
+    continue_with = shlex.join(again)
     with storage_faults(spec.name, url):  # the storage failing midway: one line, not a traceback
         if worker_id is None:
             workers = _worker_count(workers, spec)
@@ -139,7 +151,9 @@ def run_sweep(
             gpus = worker_gpus(workers, base.device)
             if any(gpus):
                 console.print(f"workers' GPUs (CUDA_VISIBLE_DEVICES): {', '.join(map(str, gpus))}", markup=False)
-            _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console)
+            _run_workers(
+                file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console, continue_with
+            )
         else:
             waited: list[int] = []
 
@@ -157,7 +171,7 @@ def run_sweep(
                 counts = worker.run()
             except KeyboardInterrupt:
                 if worker_id is None:
-                    console.print(_stopped(spec, file), markup=False)
+                    console.print(_stopped(spec, continue_with), markup=False)
                 raise typer.Exit(130) from None
             if worker_id is None:
                 done = f"done: {_progress(counts, spec)}; `nnx sweep show {spec.name}` for the table"
@@ -168,7 +182,9 @@ def run_sweep(
                 raise NnxError(f"sweep {spec.name}: every trial failed; `nnx sweep show {spec.name}` says why")
 
 
-def _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console) -> None:
+def _run_workers(
+    file, spec, gpus, url, device, assignments, data_dir, trials, study, report, console, continue_with
+) -> None:
     """A worker process on this machine for each of `gpus` (its CUDA_VISIBLE_DEVICES, or None),
     sharing the study's storage; this one shows progress."""
     from nnx.sweep.study import count, sweep_dir
@@ -215,7 +231,13 @@ def _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, s
                 break
             time.sleep(1.0)
     except KeyboardInterrupt:
-        for p in procs:  # a terminal's Ctrl-C reached them too; a signal to this process alone did not
+        # A terminal's Ctrl-C reached the workers too, and they are stopping: a second SIGINT from
+        # here would make them abort instead of recording their trials. A signal to this process
+        # alone did not reach them: those still running after a grace period are passed it.
+        grace = time.monotonic() + FORWARD_AFTER_SECONDS
+        while time.monotonic() < grace and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
         deadline = time.monotonic() + WORKER_WAIT_SECONDS
@@ -224,7 +246,7 @@ def _run_workers(file, spec, gpus, url, device, assignments, data_dir, trials, s
                 p.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
-        console.print(_stopped(spec, file), markup=False)
+        console.print(_stopped(spec, continue_with), markup=False)
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -247,10 +269,10 @@ def _worker_count(asked: int, spec: Any) -> int:
     return min(asked, budget(spec))
 
 
-def _stopped(spec, file: Path) -> str:
+def _stopped(spec, continue_with: str) -> str:
     return (
         f"sweep {spec.name} stopped: finished trials are kept and a stopped one is queued again; "
-        f"run `nnx sweep {file}` again to continue"
+        f"to continue: {continue_with}"
     )
 
 

@@ -406,10 +406,17 @@ class Worker:
         self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
     def objective(self, trial: Any) -> float:
+        self.current = trial
+        try:
+            return self._objective(trial)
+        except KeyboardInterrupt:  # Ctrl-C before or after the run itself: a stop, as within it
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def _objective(self, trial: Any) -> float:
         optuna = import_optuna()
         from nnx import api
 
-        self.current = trial
         self._check_budget(trial)
         params = {key: space.suggest(trial, key) for key, space in self.spec.search.items()}
         run_dir = sweep_dir(self.spec.name) / f"trial-{trial.number:04d}"
@@ -428,6 +435,9 @@ class Worker:
         except TrainingDivergedError as exc:  # a bad corner of the space: pruned, not broken
             trial.set_user_attr("diverged", str(exc))
             raise optuna.TrialPruned() from None
+        except api.InterruptedRunError:  # stopped while it was being finished: a stop all the same
+            trial.set_user_attr("interrupted", True)
+            raise TrialInterruptedError() from None
         except WriteError as exc:  # the disk's fault, not the trial's
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("error", str(exc))
