@@ -282,7 +282,10 @@ def test_ctrl_c_in_a_terminal_stops_every_worker_and_queues_their_trials(tiny_mn
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "nnx", *map(str, args)]
     output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-    proc = subprocess.Popen(command, cwd=tmp_path, env=environment, start_new_session=True, **output)
+    # As from a terminal: its own process group, and SIGINT handled (pytest-xdist's workers, whose
+    # children we are, ignore it, and an ignored signal stays ignored in the children).
+    proc = subprocess.Popen(command, cwd=tmp_path, env=environment, start_new_session=True, **output,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     runs = tmp_path / "runs" / "group"
     wait_for(lambda: len(list(runs.glob("trial-*/metrics.jsonl"))) >= 2)  # both workers are training
     os.killpg(proc.pid, signal.SIGINT)
