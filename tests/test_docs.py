@@ -6,6 +6,7 @@ notebook executed."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -215,7 +216,7 @@ def test_the_python_guide_runs(mnist_dir: Path, tmp_path: Path, monkeypatch) -> 
 @pytest.mark.mnist
 def test_the_site_builds_strictly_with_the_notebook_executed(mnist_dir: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
-    env = {**__import__("os").environ, "NNX_DATA_DIR": str(mnist_dir), "NO_MKDOCS_2_WARNING": "1"}
+    env = {**os.environ, "NNX_DATA_DIR": str(mnist_dir), "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,

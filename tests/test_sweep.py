@@ -379,14 +379,21 @@ def test_the_workers_are_given_their_gpus(tiny_mnist: Path, tmp_path: Path) -> N
     assert states(load(tmp_path, "gpus")) == {"COMPLETE": 2}
 
 
+def kill_mid_trial(path: Path, name: str, tiny_mnist: Path, tmp_path: Path) -> list:
+    """Start a one-worker sweep of long trials, SIGKILL it while its first trial trains, and return
+    the command's arguments (the same command continues it)."""
+    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
+    proc = start(*args, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "runs" / name / "trial-0000" / "metrics.jsonl").is_file())
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    return args
+
+
 @pytest.mark.heavy
 def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "kill", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
-    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
-    proc = start(*args, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "runs" / "kill" / "trial-0000" / "metrics.jsonl").is_file())
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    args = kill_mid_trial(path, "kill", tiny_mnist, tmp_path)
     killed = load(tmp_path, "kill").get_trials()[0]
     assert killed.state.name == "RUNNING"
     time.sleep(4)  # three heartbeats of silence: stale
@@ -409,11 +416,7 @@ def test_continuing_before_a_killed_worker_s_heartbeat_is_stale_waits_then_retri
     never "done" while a trial of the budget is running."""
     # heartbeat 3: stale after 9 s, well after the continuing command has started, even on a busy machine
     path = sweep_file(tmp_path, "soon", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=3)
-    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
-    proc = start(*args, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "runs" / "soon" / "trial-0000" / "metrics.jsonl").is_file())
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    args = kill_mid_trial(path, "soon", tiny_mnist, tmp_path)
     result = nnx(*args, cwd=tmp_path)  # at once: no sleep until the heartbeat is stale
     assert result.returncode == 0, result.stdout + result.stderr
     assert "waiting for 1 running trial(s)" in result.stdout

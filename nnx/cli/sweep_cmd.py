@@ -116,13 +116,8 @@ def run_sweep(
     given = file
     file, spec, overrides, url, rdb, base = _prepare(file, trials, storage, device, assignments, data_dir)
     # The command that continues this sweep: every setting it was given (its trials must share them).
-    again = ["nnx", "sweep", str(given), *(["--trials", str(trials)] if trials else [])]
-    again += ["--workers", str(workers)] if workers > 1 else []
-    again += ["--storage", shown_url(storage)] if storage else []
-    again += ["--device", device] if device else []
-    again += ["--data-dir", str(data_dir)] if data_dir else []
-    for assignment in assignments:
-        again += ["--set", assignment]
+    again = ["nnx", "sweep", str(given), *(["--workers", str(workers)] if workers > 1 else [])]
+    again += _flags(shown_url(storage) if storage else None, device, data_dir, trials, assignments)
     continue_with = shlex.join(again)
     with storage_faults(spec.name, url):  # the storage failing midway: one line, not a traceback
         if worker_id is None:
@@ -189,12 +184,7 @@ def _run_workers(
     sharing the study's storage; this one shows progress."""
     from nnx.sweep.study import count, sweep_dir
 
-    args = [sys.executable, "-m", "nnx", "sweep", str(file), "--storage", url]
-    args += ["--device", device] if device else []
-    args += ["--data-dir", str(data_dir)] if data_dir else []
-    args += ["--trials", str(trials)] if trials else []
-    for assignment in assignments:
-        args += ["--set", assignment]
+    args = [sys.executable, "-m", "nnx", "sweep", str(file), *_flags(url, device, data_dir, trials, assignments)]
     env = dict(os.environ)
     threads = str(max(1, (os.cpu_count() or 1) // len(gpus)))  # the cores shared out, not oversubscribed
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -259,6 +249,19 @@ def _run_workers(
     console.print(f"done: {_progress(count(study), spec)}; `nnx sweep show {spec.name}` for the table", markup=False)
     if broken:
         raise typer.Exit(1)
+
+
+def _flags(
+    storage: str | None, device: str | None, data_dir: Path | None, trials: int | None, assignments: list[str]
+) -> list[str]:
+    """The options a sweep's command passes on (to its workers, or to the command that continues it)."""
+    flags = ["--storage", storage] if storage else []
+    flags += ["--device", device] if device else []
+    flags += ["--data-dir", str(data_dir)] if data_dir else []
+    flags += ["--trials", str(trials)] if trials else []
+    for assignment in assignments:
+        flags += ["--set", assignment]
+    return flags
 
 
 def _worker_count(asked: int, spec: Any) -> int:

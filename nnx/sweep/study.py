@@ -49,12 +49,20 @@ class SweepFaultError(NnxError):
     exit_code = 1
 
 
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors behind it (each one's cause, else its context), outermost first."""
+    chain: list[BaseException] = []
+    inner: BaseException | None = exc
+    while inner is not None and len(chain) < 20:  # (a chain is short; 20 bounds a cycle)
+        chain.append(inner)
+        inner = inner.__cause__ or inner.__context__
+    return chain
+
+
 def root_cause(exc: BaseException) -> str:
     """The first line of the innermost error behind `exc` (sqlite3's "database or disk is full",
     psycopg's "connection refused"), not the wrappers' boilerplate around it."""
-    inner, depth = exc, 0
-    while (inner.__cause__ is not None or inner.__context__ is not None) and depth < 20:
-        inner, depth = inner.__cause__ or inner.__context__, depth + 1
+    inner = exception_chain(exc)[-1]
     text = str(getattr(inner, "orig", None) or inner).strip()
     return text.splitlines()[0] if text else type(inner).__name__
 
@@ -74,11 +82,7 @@ def storage_faults(name: str, url: str) -> Iterator[None]:
     except Exception as exc:
         # Also what a storage error leads to: Optuna, failing to record a trial's end, can raise
         # an UnboundLocalError of its own while handling it (the storage's error in its context).
-        chain, inner = [], exc
-        while inner is not None and len(chain) < 20:
-            chain.append(inner)
-            inner = inner.__cause__ or inner.__context__
-        if not any(isinstance(e, storage_errors) for e in chain):
+        if not any(isinstance(e, storage_errors) for e in exception_chain(exc)):
             raise
         raise SweepFaultError(
             f"sweep {name}: its storage {shown_url(url)} failed ({root_cause(exc)}); finished trials are kept: "
