@@ -663,3 +663,41 @@ def test_two_workers_join_one_study_on_postgresql(tiny_mnist: Path, tmp_path: Pa
     assert sorted(dirs) == sorted(f"trial-{n:04d}" for n in numbers)  # each trial ran on one machine only
     shown = nnx("sweep", "show", name, "--storage", url, cwd=machines[0])
     assert shown.returncode == 0 and "best config:" in shown.stdout, shown.stderr
+
+
+def _claim_queued(url: str, start: float, asks: int, claimed) -> None:
+    """One worker process: its own connection to the storage, then `asks` trials asked for as
+    fast as it can, starting with the others at `start`."""
+    from nnx.sweep.study import open_storage
+
+    study = optuna.load_study(study_name="claims", storage=open_storage(url))
+    while time.time() < start:
+        pass
+    claimed.put([study.ask().number for _ in range(asks)])
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_a_queued_trial_is_claimed_by_one_worker_only(storage: str, tmp_path: Path, request) -> None:
+    """Four processes take 100 queued trials at once: each is taken exactly once (SQLite has no
+    row locks; without serialized transactions about one claim in ten was a double)."""
+    import multiprocessing
+
+    from nnx.sweep.study import open_storage
+
+    if storage == "sqlite":
+        url = f"sqlite:///{tmp_path / 'study.db'}"
+    else:
+        url = request.getfixturevalue("fresh_database")
+    study = optuna.create_study(study_name="claims", storage=open_storage(url))
+    for k in range(100):
+        study.enqueue_trial({"x": k}, skip_if_exists=False)
+    context = multiprocessing.get_context("spawn")  # (each process opens its own connections)
+    claimed = context.Queue()
+    start = time.time() + 3  # every process connected and waiting by then
+    workers = [context.Process(target=_claim_queued, args=(url, start, 25, claimed)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    numbers = [n for _ in workers for n in claimed.get(timeout=120)]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert sorted(numbers) == list(range(100)), f"claimed twice: {sorted({n for n in numbers if numbers.count(n) > 1})}"

@@ -306,7 +306,7 @@ def run_show(name: str | None, storage: str | None, export: Path | None, report:
             raise ConfigError("nnx sweep show: give the sweep's NAME, or --storage URL")
         storage = default_storage(name)
     with storage_faults(name or "show", storage):
-        rdb = open_storage(storage, create=False)
+        rdb = open_storage(storage, create=False, claims=False)
         names = [s.study_name for s in optuna.study.get_all_study_summaries(rdb, include_best_trial=False)]
         if name is None:
             if len(names) != 1:

@@ -107,9 +107,11 @@ def shown_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-def open_storage(url: str, heartbeat: int | None = None, create: bool = True) -> Any:
+def open_storage(url: str, heartbeat: int | None = None, create: bool = True, claims: bool = True) -> Any:
     """An Optuna RDB storage for sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB,
-    checked by connecting; heartbeats (seconds) let a killed worker's trial be found and retried."""
+    checked by connecting; heartbeats (seconds) let a killed worker's trial be found and retried.
+    `claims`: this process takes trials (a worker), so an SQLite file's transactions are serialized;
+    a reader (`nnx sweep show`) leaves them as they are and can read a file on a read-only disk."""
     optuna = import_optuna()
     given = url
     scheme, sep, rest = url.partition("://")
@@ -136,7 +138,7 @@ def open_storage(url: str, heartbeat: int | None = None, create: bool = True) ->
         )
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            storage = optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:  # SQLAlchemy's OperationalError and friends: unreachable, refused, bad name
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             # Workers started together on a new database race to create its tables: the loser
@@ -145,7 +147,34 @@ def open_storage(url: str, heartbeat: int | None = None, create: bool = True) ->
                 time.sleep(0.2 * (attempt + 1))
                 continue
             raise ConfigError(f"--storage {shown_url(given)}: cannot open ({reason})") from None
+        if scheme == "sqlite" and claims:
+            serialize_transactions(storage.engine)
+        return storage
     raise ConfigError(f"--storage {shown_url(given)}: cannot open (its tables could not be created)")
+
+
+def serialize_transactions(engine: Any) -> None:
+    """Every transaction on this SQLite engine takes the database's write lock when it begins
+    (BEGIN IMMEDIATE), so that a read and the write that depends on it are one atomic step.
+
+    Optuna claims a queued trial by reading its state and setting RUNNING only if it was WAITING,
+    and fails a stale trial only if it is still RUNNING. PostgreSQL locks the row it read (SELECT
+    ... FOR UPDATE); SQLite has no row locks, and Python's sqlite3 begins a transaction only at the
+    first write, so two workers could both read WAITING and both claim the trial. Serialized, the
+    second reads RUNNING and takes the next one. Transactions here are a few milliseconds; a
+    worker waits for the lock up to the connection's timeout.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # sqlite3 leaves BEGIN to SQLAlchemy's event below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners (creating the tables) are closed
 
 
 def sampler_seed(spec: SweepSpec, worker: int, trials_before: int, machine: str = "") -> int:
