@@ -427,6 +427,23 @@ def test_continuing_before_a_killed_worker_s_heartbeat_is_stale_waits_then_retri
     assert "2/2 done" in result.stdout.strip().splitlines()[-1]
 
 
+def test_a_trial_taken_by_a_worker_killed_before_its_first_heartbeat_is_retried(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """A worker killed between taking a trial and its first heartbeat leaves a RUNNING trial with
+    no heartbeat, which Optuna never finds stale: the sweep gives it one, and retries it once that
+    is stale, instead of waiting for it forever."""
+    path = sweep_file(tmp_path, "silent", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
+    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=1"]
+    assert nnx(*args, "--trials", 1, cwd=tmp_path).returncode == 0
+    silent = load(tmp_path, "silent").ask()  # taken without a heartbeat, as by a worker killed at once
+    result = nnx(*args, "--trials", 2, cwd=tmp_path, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(tmp_path, "silent")
+    assert study.get_trials()[silent.number].state.name == "FAIL"
+    assert states(study) == {"FAIL": 1, "COMPLETE": 2}
+
+
 def test_a_continued_sweep_proposes_new_configurations(tiny_mnist: Path, tmp_path: Path) -> None:
     """Continuing a random sweep with more trials draws new values: the sampler's stream does
     not start again from the sweep's seed (which proposed the first trials' values again)."""

@@ -287,6 +287,29 @@ def _comparable(recorded: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recorded.items() if k != "trials"}
 
 
+def start_silent_heartbeats(study: Any) -> None:
+    """Gives a first heartbeat to each RUNNING trial of `study` that has none.
+
+    A worker killed after taking a trial but before its first heartbeat leaves a RUNNING trial
+    that Optuna never finds stale (it compares heartbeats, and there is none), so the sweep would
+    wait for it forever. Started here, the heartbeat goes stale after the grace period unless the
+    trial's own worker is alive and beating, and the trial is then failed and retried like any
+    other dead one. A trial that has heartbeats is left alone (refreshing it would hide its death).
+    """
+    from sqlalchemy import text
+
+    storage = getattr(study._storage, "_backend", study._storage)  # the RDB storage under Optuna's cache
+    silent = text(
+        "SELECT trials.trial_id FROM trials LEFT OUTER JOIN trial_heartbeats "
+        "ON trial_heartbeats.trial_id = trials.trial_id "
+        "WHERE trials.study_id = :study AND trials.state = 'RUNNING' AND trial_heartbeats.trial_id IS NULL"
+    )
+    with storage.engine.connect() as connection:
+        trial_ids = connection.execute(silent, {"study": study._study_id}).scalars().all()
+    for trial_id in trial_ids:
+        storage.record_heartbeat(trial_id)  # (a race with the trial's own first beat is harmless)
+
+
 @dataclass
 class Counts:
     complete: int = 0
@@ -390,6 +413,7 @@ class Worker:
         while True:
             # A trial whose worker died (no heartbeat for 3 intervals) is failed and queued again
             # before counting, so that it is not mistaken for one still running.
+            start_silent_heartbeats(self.study)
             optuna.storages.fail_stale_trials(self.study)
             counts = count(self.study)
             if counts.finished >= self.budget:
