@@ -41,9 +41,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reason = gpu_skip_reason()
             if reason:
                 item.add_marker(pytest.mark.skip(reason=f"no usable GPU: {reason}"))
-    # The longest tests first: pytest-xdist hands tests out in this order, so they start while the
-    # short ones fill the other worker, instead of one of them running alone at the end.
-    items.sort(key=lambda item: "heavy" not in item.keywords)
+    items[:] = in_worker_order(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def heavy_seconds(item: pytest.Item) -> float:
+    """A heavy test's rough duration (`@pytest.mark.heavy(seconds)`: alone, on 2 cores), used only
+    to share heavy tests out between workers; 0 for the rest."""
+    mark = item.get_closest_marker("heavy")
+    return 0.0 if mark is None else float(mark.args[0])
+
+
+def in_worker_order(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """The tests in the order that keeps pytest-xdist's workers busy until the end.
+
+    Its work stealing (`--dist worksteal`) gives each of the N workers a contiguous Nth of the list,
+    and a worker that runs out takes the far half of a busy worker's queue. So each worker's Nth
+    starts with a share of the heavy tests, the longest first and each to the share with the fewest
+    heavy seconds so far, and is filled up with the light tests in their order: the heavy tests all
+    start early and on every worker, and the light ones balance the end. With one worker: the heavy
+    tests first.
+    """
+    heavy = sorted((item for item in items if heavy_seconds(item)), key=heavy_seconds, reverse=True)
+    light = [item for item in items if not heavy_seconds(item)]
+    shares: list[list[pytest.Item]] = [[] for _ in range(max(1, workers))]
+    for item in heavy:
+        min(shares, key=lambda share: sum(map(heavy_seconds, share))).append(item)
+    ordered: list[pytest.Item] = []
+    left = len(items)
+    for k, share in enumerate(shares):
+        size = left // (len(shares) - k)  # as pytest-xdist splits the list
+        fill = max(0, size - len(share))
+        ordered += share + light[:fill]
+        light = light[fill:]
+        left -= size
+    return ordered + light
 
 
 def must_run(gpu_test: bool | str) -> str | None:

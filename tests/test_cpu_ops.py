@@ -470,7 +470,7 @@ def test_a_long_update_goes_in_pieces_with_small_scratch(monkeypatch: pytest.Mon
         assert max(v.size for k, views in ops._local.scratch.items() if isinstance(k, tuple) for v in views) == 7
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(9)
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from Linux's /proc")
 def test_building_a_large_network_takes_about_twice_its_parameters(tmp_path) -> None:
     """The weights were drawn whole in float64 and every gradient filled with zeros: 4x the

@@ -183,7 +183,7 @@ def run_page(page: str, folder: Path) -> int:
     return ran
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(8)
 @pytest.mark.mnist
 @pytest.mark.parametrize("page", RUN_PAGES)
 def test_a_tutorial_runs_as_written(page: str, mnist_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -194,7 +194,7 @@ def test_a_tutorial_runs_as_written(page: str, mnist_dir: Path, tmp_path: Path, 
     assert run_page(page, tmp_path) >= 2
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(3)
 @pytest.mark.mnist
 def test_the_python_guide_runs(mnist_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -212,7 +212,7 @@ def test_the_python_guide_runs(mnist_dir: Path, tmp_path: Path, monkeypatch) -> 
 # The site
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(6)
 @pytest.mark.mnist
 def test_the_site_builds_strictly_with_the_notebook_executed(mnist_dir: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"

@@ -227,7 +227,7 @@ def small_mnist(load_mnist, train: int = 1500, test: int = 500, validation: int 
     return load
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(28)
 def test_the_gpu_checks_benchmarks_run_on_the_device(
     device, mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

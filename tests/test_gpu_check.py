@@ -163,7 +163,7 @@ def test_gpu_check_without_a_gpu_fails_loudly_with_the_summary_last(tmp_path: Pa
     assert seconds < 60
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(20)
 def test_gpu_check_keeps_to_its_budget_when_a_step_hangs(tmp_path: Path) -> None:
     """pytest hangs (a stand-in python3 sleeps): the step times out within the budget and the
     summary still comes last."""

@@ -172,7 +172,7 @@ def test_bad_storage_metric_and_data_are_refused_before_anything_is_written(tiny
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(22)
 def test_two_local_workers_share_the_embedded_study_and_the_best_config_reproduces(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
@@ -237,7 +237,7 @@ def test_a_bad_learning_rate_range_gets_pruned_and_keeps_its_partial_run(tiny_mn
     assert " pruned" in result.stdout
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(12)
 def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "stop", 3, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
     args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=200"]
@@ -270,7 +270,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tiny_mnist: Path, t
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE" and retried[0].params == first.params
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(14)
 def test_ctrl_c_in_a_terminal_stops_every_worker_and_queues_their_trials(tiny_mnist: Path, tmp_path: Path) -> None:
     """A terminal's Ctrl-C reaches the whole process group (the sweep and its workers at once):
     within seconds every worker stops, the running trials are queued again and count as no
@@ -390,7 +390,7 @@ def kill_mid_trial(path: Path, name: str, tiny_mnist: Path, tmp_path: Path) -> l
     return args
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(10)
 def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "kill", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
     args = kill_mid_trial(path, "kill", tiny_mnist, tmp_path)
@@ -407,7 +407,7 @@ def test_a_killed_worker_leaves_its_trial_failed_and_retried(tiny_mnist: Path, t
     assert states(study) == {"FAIL": 1, "COMPLETE": 2}
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(15)
 def test_continuing_before_a_killed_worker_s_heartbeat_is_stale_waits_then_retries(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
@@ -598,7 +598,7 @@ def private_server():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.heavy
+@pytest.mark.heavy(18)
 def test_postgresql_stopped_mid_sweep_is_one_line_and_the_sweep_continues_once_it_is_back(
     tiny_mnist: Path, tmp_path: Path, private_server: PrivateServer
 ) -> None:
