@@ -10,7 +10,9 @@ the storage, so no two workers run the same trial.
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 import socket
 import time
 import warnings
@@ -28,6 +30,9 @@ from nnx.sweep.spec import SweepSpec
 from nnx.trainer import Callback, EpochMetrics, TrainingDivergedError
 
 SWEEPS = Path("runs")
+# A worker waiting for others' trials looks at the study this often: it goes on (or is done) within
+# a second of their end, while a dead worker's trial is found by its heartbeat (every few seconds).
+WAIT_POLL_SECONDS = 1.0
 FINISHED = ("COMPLETE", "PRUNED")
 
 
@@ -192,10 +197,8 @@ def sampler_seed(spec: SweepSpec, worker: int, trials_before: int, machine: str 
 def make_sampler(spec: SweepSpec, worker: int, trials_before: int = 0, machine: str = "") -> Any:
     optuna = import_optuna()
     seed = sampler_seed(spec, worker, trials_before, machine)
-    if spec.sampler == "random":
+    if spec.sampler in ("random", "grid"):  # (a grid's trials all come from its queue: never sampled)
         return optuna.samplers.RandomSampler(seed=seed)
-    if spec.sampler == "grid":
-        return optuna.samplers.GridSampler({k: s.grid_values() for k, s in spec.search.items()}, seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
 
@@ -238,15 +241,17 @@ def open_study(
                 "give the new one another name"
             )
         _check_same_base(spec, study.user_attrs.get("base"), base)
+        queue_grid(spec, study, storage)
         return study
     if not create:
         names = ", ".join(s.study_name for s in summaries)
         raise ConfigError(f"no sweep named {spec.name} in this storage (it has: {names or 'none'})")
+    sampler, pruner = make_sampler(spec, worker, 0, machine), make_pruner(spec)
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        sampler=make_sampler(spec, worker, 0, machine),
-        pruner=make_pruner(spec),
+        sampler=sampler,
+        pruner=pruner,
         direction=spec.direction,
         load_if_exists=True,  # another worker may create it at the same moment
     )
@@ -254,7 +259,65 @@ def open_study(
     if base is not None and "base" not in study.user_attrs:  # (another worker may have set it first)
         study.set_user_attr("base", _shared_settings(spec, base))
     _check_same_base(spec, study.user_attrs.get("base"), base)
+    queue_grid(spec, study, storage)
     return study
+
+
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every point of a grid sweep (Optuna's values: a list choice as its JSON text), shuffled by
+    the sweep's seed so that a budget smaller than the grid spreads over it."""
+    keys = list(spec.search)
+    grid = itertools.product(*(spec.search[key].grid_values() for key in keys))
+    points = [dict(zip(keys, values, strict=True)) for values in grid]
+    random.Random(spec.seed).shuffle(points)
+    return points
+
+
+def queue_grid(spec: SweepSpec, study: Any, storage: Any) -> None:
+    """Puts each point of a grid sweep in the study's queue, once.
+
+    Workers take queued trials one at a time and atomically (a WAITING trial is claimed by one
+    worker: serialize_transactions on SQLite, a row lock on PostgreSQL), and a grid worker never
+    asks the sampler for a point, so no point runs twice, whatever the number of workers and
+    machines. (Optuna's GridSampler picks an unvisited point in each worker, and two workers asking
+    at once could pick the same one.) The first process to start the sweep queues the points under
+    the study's lock; one that dies while queueing leaves the rest to the next start.
+    """
+    if spec.sampler != "grid" or study.user_attrs.get("grid_queued"):
+        return
+    with study_lock(storage, spec.name):
+        if study.user_attrs.get("grid_queued"):  # (another process queued them while this one waited)
+            return
+        present = [t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
+        for point in grid_points(spec):
+            if point not in present:
+                study.enqueue_trial(point, skip_if_exists=False)
+        study.set_user_attr("grid_queued", True)
+
+
+@contextmanager
+def study_lock(storage: Any, name: str) -> Iterator[None]:
+    """Holds a lock that one process at a time holds for sweep `name`, across every process and
+    machine that opens its storage, and that its holder's death releases: a file lock beside an
+    SQLite study (one machine's), or a PostgreSQL advisory lock of the holder's session."""
+    if storage.engine.name == "sqlite":
+        import fcntl
+
+        with open(f"{storage.engine.url.database}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        return
+    from sqlalchemy import text
+
+    key = zlib.crc32(f"nnx sweep {name}".encode())
+    with storage.engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
 
 
 # Where a worker runs and reads its data may differ between machines; the results do not.
@@ -333,8 +396,11 @@ def count(study: Any) -> Counts:
             c.complete += 1
         elif state == "PRUNED":
             c.pruned += 1
-        elif state == "FAIL" and not (t.user_attrs.get("surplus") or t.user_attrs.get("interrupted")):
-            c.failed += 1  # a stopped trial (queued again) is no failure of the sweep's
+        elif state == "FAIL" and "error" in t.user_attrs and not t.user_attrs.get("interrupted"):
+            # A failure of the trial's own (its error recorded). A stopped trial (queued again), a
+            # surplus record, or a trial whose worker died (failed when its heartbeat went stale,
+            # and retried) is the environment's, not a failure of the sweep's.
+            c.failed += 1
         elif state == "RUNNING":
             c.running += 1
         elif state == "WAITING":
@@ -423,8 +489,14 @@ class Worker:
                 # whose heartbeat has not yet gone stale. Wait for them to end, or to be failed
                 # and queued again, which this worker then runs: never "done" while one runs.
                 self.on_wait(counts)
-                time.sleep(self.spec.heartbeat)
+                time.sleep(WAIT_POLL_SECONDS)
                 continue
+            if self.spec.sampler == "grid" and not counts.waiting:
+                if counts.running:  # the last points run elsewhere: wait, as above
+                    self.on_wait(counts)
+                    time.sleep(WAIT_POLL_SECONDS)
+                    continue
+                return counts  # every point of the grid has run
             if counts.failed >= max(3, self.budget):
                 raise NnxError(
                     f"sweep {self.spec.name}: {counts.failed} trials failed; see the 'error' of each in "
@@ -463,11 +535,17 @@ class Worker:
         self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
 
     def objective(self, trial: Any) -> float:
+        optuna = import_optuna()
         self.current = trial
         try:
             return self._objective(trial)
         except KeyboardInterrupt:  # Ctrl-C before or after the run itself: a stop, as within it
             trial.set_user_attr("interrupted", True)
+            raise
+        except (optuna.TrialPruned, SurplusTrialError, TrialInterruptedError, TrialDiskError, NnxError):
+            raise
+        except Exception as exc:  # a fault of nnx's: the worker stops with it; the trial says what it was
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
 
     def _objective(self, trial: Any) -> float:
@@ -513,11 +591,17 @@ class Worker:
 
     def _check_budget(self, trial: Any) -> None:
         """Two workers may ask for a trial at the same moment with one left in the budget: the
-        lower trial number runs, the other is recorded as a surplus failure and skipped."""
+        lower trial number runs, the other is recorded as a surplus failure and skipped. So is a
+        grid trial that did not come from the grid's queue (another worker took the last queued
+        point between this one's look at the queue and its asking)."""
+        trials = self.study.get_trials(deepcopy=False)
+        if self.spec.sampler == "grid":
+            (this,) = [t for t in trials if t.number == trial.number]
+            if not (this.params or "fixed_params" in this.system_attrs):  # (a retry has its params)
+                trial.set_user_attr("surplus", True)
+                raise SurplusTrialError()
         counts = count(self.study)
-        ahead = sum(
-            1 for t in self.study.get_trials(deepcopy=False) if t.state.name == "RUNNING" and t.number < trial.number
-        )
+        ahead = sum(1 for t in trials if t.state.name == "RUNNING" and t.number < trial.number)
         if counts.finished + ahead >= self.budget:
             trial.set_user_attr("surplus", True)
             raise SurplusTrialError()
