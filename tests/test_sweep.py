@@ -467,10 +467,12 @@ def test_each_worker_continuation_and_machine_has_its_own_proposals() -> None:
 
 
 def test_a_stopped_trial_is_no_failure() -> None:
+    """Only a trial that failed with an error of its own counts: not one stopped (queued again),
+    a surplus record, or one whose worker died (no error recorded; failed when stale, retried)."""
     from nnx.sweep.study import count
 
     study = optuna.create_study()
-    for attrs in ({"interrupted": True}, {"surplus": True}, {}):
+    for attrs in ({"interrupted": True}, {"surplus": True}, {}, {"error": "lr 5.0: diverged"}):
         trial = study.ask()
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -718,3 +720,29 @@ def test_a_queued_trial_is_claimed_by_one_worker_only(storage: str, tmp_path: Pa
     for worker in workers:
         worker.join(timeout=30)
     assert sorted(numbers) == list(range(100)), f"claimed twice: {sorted({n for n in numbers if numbers.count(n) > 1})}"
+
+
+@pytest.mark.parametrize(
+    ("sampler", "storage"),
+    [
+        pytest.param("grid", "sqlite", marks=pytest.mark.heavy(25)),
+        pytest.param("random", "postgresql", marks=pytest.mark.heavy(25)),
+    ],
+)
+def test_a_sweep_soaked_in_kills_runs_every_trial_exactly_once(
+    sampler: str, storage: str, tiny_mnist: Path, tmp_path: Path, request
+) -> None:
+    """benchmarks/sweep_soak.py, small: three workers of short trials SIGKILLed at random moments
+    (one worker, or the whole sweep), each time continued with the same command. The study then
+    holds exactly its budget of finished trials, no configuration twice (on a grid, no point
+    twice), no trial retried twice, and every finished trial's folder holds a finished run."""
+    url = request.getfixturevalue("fresh_database") if storage == "postgresql" else None
+    command = [sys.executable, str(ROOT / "benchmarks" / "sweep_soak.py"), "--json", "--sampler", sampler,
+               "--trials", "15", "--workers", "3", "--kills", "6", "--seed", "1", "--data-dir", str(tiny_mnist),
+               "--set", "training.validation=100", "--set", "data.limit=600"]  # fmt: skip
+    command += ["--storage", url] if url else []
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert done.stdout.strip(), done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["missed"] == [] and done.returncode == 0, result
+    assert result["kills"] == 6 and result["finished"] == 15
