@@ -496,10 +496,12 @@ def small_disk(folder: Path, size: str):
         subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
+@pytest.mark.heavy(12)
 def test_a_full_disk_under_the_study_is_one_line_and_the_sweep_continues_once_there_is_room(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
-    path = sweep_file(tmp_path, "full", 3, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    search = {"optimizer.lr": {"uniform": [0.01, 0.05]}}
+    path = sweep_file(tmp_path, "full", 3, search, pruner="none", storage_patience=2)
     with small_disk(tmp_path / "db", "300k") as db:
         args = ["sweep", path, "--storage", f"sqlite:///{db / 'study.db'}", "--data-dir", tiny_mnist, *TINY,
                 "--set", "training.epochs=1"]  # fmt: skip
@@ -507,7 +509,8 @@ def test_a_full_disk_under_the_study_is_one_line_and_the_sweep_continues_once_th
         fill(db)
         result = nnx(*args, cwd=tmp_path)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
-        (line,) = result.stderr.strip().splitlines()
+        retried, line = result.stderr.strip().splitlines()  # retried for storage_patience, then one line
+        assert retried == "sweep full: the storage failed (database or disk is full); retrying for up to 2 s"
         assert line.startswith("error: sweep full: its storage sqlite:///") and "database or disk is full" in line
         (db / "filler").unlink()
         again = nnx(*args, cwd=tmp_path)
@@ -600,18 +603,29 @@ def private_server():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.heavy(18)
+@pytest.mark.heavy(40)
 def test_postgresql_stopped_mid_sweep_is_one_line_and_the_sweep_continues_once_it_is_back(
     tiny_mnist: Path, tmp_path: Path, private_server: PrivateServer
 ) -> None:
+    """A restart within the sweep's storage_patience is ridden out (one line says so); an outage
+    that outlasts it stops the sweep with one line, and the same command continues it."""
     pytest.importorskip("psycopg")
-    path = sweep_file(tmp_path, "outage", 2, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none", heartbeat=1)
+    search = {"optimizer.lr": {"uniform": [0.01, 0.05]}}
+    path = sweep_file(tmp_path, "outage", 2, search, pruner="none", heartbeat=1, storage_patience=6)
     args = ["sweep", path, "--storage", private_server.url, "--data-dir", tiny_mnist, *TINY]
     proc = start(*args, "--set", "training.epochs=400", cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "runs" / "outage" / "trial-0000" / "metrics.jsonl").is_file())
-    private_server.stop()
+    metrics = tmp_path / "runs" / "outage" / "trial-0000" / "metrics.jsonl"
+    wait_for(metrics.is_file)
+    private_server.stop()  # a restart: back within the patience
+    time.sleep(2)
+    private_server.start()
+    epochs = len(metrics.read_text().splitlines())
+    wait_for(lambda: len(metrics.read_text().splitlines()) > epochs + 2)  # training on, reporting again
+    assert proc.poll() is None
+    private_server.stop()  # gone for longer than the patience
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 1 and "Traceback" not in output, output
+    assert "sweep outage: the storage failed (" in output and "retrying for up to 6 s" in output
     last = output.strip().splitlines()[-1]
     assert last.startswith(f"error: sweep outage: its storage postgresql://postgres@127.0.0.1:{private_server.port}")
     assert "finished trials are kept" in last

@@ -47,7 +47,12 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
     if storage is None:
         sweep_dir(spec.name).mkdir(parents=True, exist_ok=True)
         storage = default_storage(spec.name)
-    return file, spec, overrides, storage, open_storage(storage, spec.heartbeat), base
+
+    def say(message: str) -> None:  # (on stderr: a worker's goes to its log)
+        print(f"sweep {spec.name}: {message}", file=sys.stderr, flush=True)
+
+    rdb = open_storage(storage, spec.heartbeat, patience=spec.storage_patience, on_retry=say)
+    return file, spec, overrides, storage, rdb, base
 
 
 def _refuse_searched(spec: Any, assignments: list[str]) -> None:

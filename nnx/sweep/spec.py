@@ -122,6 +122,10 @@ class SweepSpec(BaseModel):
     heartbeat: int = Field(10, ge=1, le=3600)
     """Seconds between a running trial's heartbeats; a trial silent for 3 of them (its worker was
     killed) is marked failed and retried once."""
+    storage_patience: int = Field(60, ge=0, le=86_400)
+    """Seconds a worker keeps retrying a storage that fails (a database server restarting, a
+    network blip, a full disk), waiting longer each time, before the sweep stops with one line;
+    0 stops at the first failure."""
     search: dict[str, SearchSpace] = Field(min_length=1)
     """Dotted config key -> its search space (one of the kinds below)."""
 

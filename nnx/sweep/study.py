@@ -112,11 +112,20 @@ def shown_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-def open_storage(url: str, heartbeat: int | None = None, create: bool = True, claims: bool = True) -> Any:
+def open_storage(
+    url: str,
+    heartbeat: int | None = None,
+    create: bool = True,
+    claims: bool = True,
+    patience: float = 0,
+    on_retry: Callable[[str], None] | None = None,
+) -> Any:
     """An Optuna RDB storage for sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB,
     checked by connecting; heartbeats (seconds) let a killed worker's trial be found and retried.
     `claims`: this process takes trials (a worker), so an SQLite file's transactions are serialized;
-    a reader (`nnx sweep show`) leaves them as they are and can read a file on a read-only disk."""
+    a reader (`nnx sweep show`) leaves them as they are and can read a file on a read-only disk.
+    `patience`: seconds each storage call is retried for when the storage fails (see `retrying`),
+    with `on_retry` told once per outage."""
     optuna = import_optuna()
     given = url
     scheme, sep, rest = url.partition("://")
@@ -154,8 +163,77 @@ def open_storage(url: str, heartbeat: int | None = None, create: bool = True, cl
             raise ConfigError(f"--storage {shown_url(given)}: cannot open ({reason})") from None
         if scheme == "sqlite" and claims:
             serialize_transactions(storage.engine)
+        if patience > 0:
+            retrying(storage, patience, on_retry or (lambda message: None))
         return storage
     raise ConfigError(f"--storage {shown_url(given)}: cannot open (its tables could not be created)")
+
+
+# What Optuna's cached storage and its heartbeat thread call on the RDB storage: the database calls.
+STORAGE_CALLS = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
+    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+    "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id", "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials",
+    "get_best_trial", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs", "_get_trials",
+    "_get_stale_trial_ids", "record_heartbeat", "_create_new_trial", "_set_trial_param", "_get_best_trial_id",
+)  # fmt: skip
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` is the storage being unreachable or unwritable (a connection refused or cut, a
+    database or disk full, a database locked past its timeout), which may pass, rather than a
+    refusal of the call itself (a constraint, a finished trial)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return any(isinstance(e, (OperationalError, InterfaceError)) for e in exception_chain(exc))
+
+
+def retrying(storage: Any, patience: float, on_retry: Callable[[str], None]) -> None:
+    """Makes each database call of `storage` retry an outage for up to `patience` seconds, waiting
+    0.5 s, then twice as long each time (at most 10 s), before it raises the outage's error.
+
+    A call may fail after the database did what it asked (the connection cut before the answer
+    came): a trial's state set again then finds it already set, and that is its success. A
+    heartbeat that cannot be recorded is given up silently (the worker's own next call meets the
+    outage and says so)."""
+    import optuna
+
+    outage = {"told": False}  # on_retry is told once per outage: until a call succeeds again
+
+    def patient(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def attempt(*args: Any, **kwargs: Any) -> Any:
+            deadline, wait, retried = math.inf, 0.5, False
+            while True:
+                try:
+                    result = call(*args, **kwargs)
+                    outage["told"] = False
+                    return result
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    if retried and name == "set_trial_state_values":
+                        return True
+                    raise
+                except Exception as exc:
+                    if not is_outage(exc):
+                        raise
+                    if not retried:  # (patience counts from the first failure: a call may hang a while first)
+                        deadline = time.monotonic() + patience
+                    if time.monotonic() + wait > deadline:
+                        if name == "record_heartbeat":
+                            return None
+                        raise
+                    if not outage["told"]:
+                        outage["told"] = True
+                        on_retry(f"the storage failed ({root_cause(exc)}); retrying for up to {patience:g} s")
+                    retried = True
+                    time.sleep(wait)
+                    wait = min(2 * wait, 10.0)
+
+        return attempt
+
+    for name in STORAGE_CALLS:
+        setattr(storage, name, patient(name, getattr(storage, name)))
 
 
 def serialize_transactions(engine: Any) -> None:
@@ -346,8 +424,9 @@ def _check_same_base(spec: SweepSpec, recorded: dict[str, Any] | None, base: dic
 
 
 def _comparable(recorded: dict[str, Any]) -> dict[str, Any]:
-    # More trials on a later run continues the same study; anything else makes it another sweep.
-    return {k: v for k, v in recorded.items() if k != "trials"}
+    # More trials, or another patience with the storage, on a later run continues the same study;
+    # anything else makes it another sweep.
+    return {k: v for k, v in recorded.items() if k not in ("trials", "storage_patience")}
 
 
 def start_silent_heartbeats(study: Any) -> None:
