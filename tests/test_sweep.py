@@ -760,3 +760,23 @@ def test_a_sweep_soaked_in_kills_runs_every_trial_exactly_once(
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["missed"] == [] and done.returncode == 0, result
     assert result["kills"] == 6 and result["finished"] == 15
+
+
+def test_a_same_named_sweep_in_another_storage_is_refused_its_folder(
+    tiny_mnist: Path, tmp_path: Path, fresh_database: str
+) -> None:
+    """runs/<name>/ holds one study's trials: the same sweep run against another storage from the
+    same folder would number its trials from 0 again, into the first study's trial folders."""
+    path = sweep_file(tmp_path, "twice", 1, {"optimizer.lr": {"uniform": [0.01, 0.05]}}, pruner="none")
+    args = ["sweep", path, "--data-dir", tiny_mnist, *TINY, "--set", "training.epochs=1"]
+    assert nnx(*args, cwd=tmp_path).returncode == 0
+    other = nnx(*args, "--storage", fresh_database, cwd=tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stdout + other.stderr
+    (line,) = other.stderr.strip().splitlines()
+    assert line.startswith(
+        "error: runs/twice/: holds the trials of sweep twice in its own study.db, not in postgresql://"
+    )
+    assert sorted(p.name for p in (tmp_path / "runs" / "twice").glob("trial-*")) == ["trial-0000"]
+    again = nnx(*args, "--trials", 2, cwd=tmp_path)  # its own storage continues as before
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / "runs" / "twice" / "storage.txt").read_text() == "default\n"

@@ -28,7 +28,7 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
     from nnx.api import resolve_config
     from nnx.data.mnist import missing_files, resolve_data_dir
     from nnx.sweep.spec import base_config, check_against_config, read_sweep, resolve_sweep_path
-    from nnx.sweep.study import default_storage, open_storage, sweep_dir
+    from nnx.sweep.study import claim_folder, default_storage, open_storage, sweep_dir
 
     file = resolve_sweep_path(file)
     spec = read_sweep(file)
@@ -52,6 +52,7 @@ def _prepare(file: Path, trials: int | None, storage: str | None, device: str | 
         print(f"sweep {spec.name}: {message}", file=sys.stderr, flush=True)
 
     rdb = open_storage(storage, spec.heartbeat, patience=spec.storage_patience, on_retry=say)
+    claim_folder(spec.name, storage)
     return file, spec, overrides, storage, rdb, base
 
 

@@ -99,6 +99,31 @@ def sweep_dir(name: str) -> Path:
     return SWEEPS / name
 
 
+def claim_folder(name: str, url: str) -> None:
+    """The sweep's folder (runs/<name>/) holds the trials of one study: the first run records its
+    storage there (storage.txt), and a run of a same-named sweep in another storage is refused,
+    since its trial numbers start again at 0 and its trials' folders would collide."""
+    from nnx.atomic import write_atomic
+
+    folder = sweep_dir(name)
+    marker = folder / "storage.txt"
+    ours = "default" if url == default_storage(name) else shown_url(url)
+    if marker.is_file():
+        recorded = marker.read_text(errors="replace").strip()
+    elif any(folder.glob("trial-*")):  # (a folder from before nnx recorded it: the default storage's)
+        recorded = "default"
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, f"{ours}\n".encode())
+        return
+    if recorded != ours:
+        where = "its own study.db" if recorded == "default" else recorded
+        raise ConfigError(
+            f"{folder}/: holds the trials of sweep {name} in {where}, not in {shown_url(url)}; give this sweep "
+            f"another name, or run it from another folder (or, if both are one database, correct {marker})"
+        )
+
+
 def default_storage(name: str) -> str:
     return f"sqlite:///{(sweep_dir(name) / 'study.db').resolve()}"
 
