@@ -626,8 +626,8 @@ class Worker:
             if self.current is None:  # the sampler ran out (a grid): nothing more to try
                 return count(self.study)
             trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == self.current.number)
-            if trial.user_attrs.get("surplus"):
-                return count(self.study)
+            if trial.user_attrs.get("surplus"):  # (another worker took the last of the budget:
+                continue  # wait for it, and retry it if its worker dies, or be done)
             self.on_trial_end(trial, count(self.study))
 
     def _retry_interrupted(self) -> None:
