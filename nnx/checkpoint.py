@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nnx import __version__
 from nnx.atomic import write_atomic
@@ -116,7 +117,59 @@ def load_checkpoint(path: Path, model: Sequential, optimizer: Optimizer) -> Trai
     optim_arrays = {k.removeprefix("optim/"): v for k, v in arrays.items() if k.startswith("optim/")}
     try:
         model.load_state(model_arrays)
-        optimizer.load_state_arrays(optim_arrays, int(header["optimizer_steps"]))
+        steps = header.get("optimizer_steps")
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < 1 << 62:
+            raise ValueError(f"optimizer_steps {str(steps)[:40]} is not a count of steps")
+        optimizer.load_state_arrays(optim_arrays, steps)
     except (KeyError, ValueError) as exc:
         raise NnxError(f"{path}: does not match the run's model or optimizer ({exc})") from None
-    return TrainState.from_dict(header["state"])
+    return training_state(path, header)
+
+
+COUNT = Field(0, ge=0, le=1 << 62)  # a count of batches, images or epochs
+
+
+class _EpochSchema(BaseModel):
+    """One entry of a checkpoint's history, as nnx writes it (nnx.trainer.EpochMetrics)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    epoch: int = Field(ge=1, le=1 << 62)
+    train_loss: float
+    train_accuracy: float = Field(ge=0, le=1)
+    val_loss: float | None
+    val_accuracy: float | None = Field(ge=0, le=1)
+    seconds: float = Field(ge=0)
+    lr: float = Field(ge=0)
+
+
+class _StateSchema(BaseModel):
+    """A checkpoint's training state, as nnx writes it (nnx.trainer.TrainState); a key an older
+    nnx did not write takes TrainState's default. Losses may be any float (a diverging run's)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    epoch: int = Field(1, ge=1, le=1 << 62)
+    batch: int = COUNT
+    loss_sum: float = 0.0
+    correct: int = COUNT
+    seen: int = COUNT
+    epoch_seconds: float = Field(0.0, ge=0)
+    history: list[_EpochSchema] = Field(default_factory=list, max_length=1 << 20)
+    train_seconds: float = Field(0.0, ge=0)
+    samples_seen: int = COUNT
+    best_metric: float | None = None
+    best_epoch: int = COUNT
+    epochs_without_improvement: int = COUNT
+
+
+def training_state(path: Path, header: dict[str, Any]) -> TrainState:
+    """The loop's state from a checkpoint's header, checked first: a state nnx did not write (a
+    missing or extra key, a wrong type, a count out of range) is one line naming the key."""
+    try:
+        state = _StateSchema.model_validate(header.get("state"))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "state"
+        raise NnxError(
+            f"{path}: the checkpoint's training state is not what nnx writes ({where}: {error['msg']})"
+        ) from None
+    return TrainState.from_dict(state.model_dump())

@@ -310,3 +310,29 @@ def test_checkpoint_reader_on_arbitrary_bytes(tmp_path: Path, data: bytes) -> No
     model, optimizer = checkpoint_file(tmp_path / "good.npz")
     path.write_bytes(data)
     only_nnx_errors(load_checkpoint, path, model, optimizer)
+
+
+STATE_KEYS = list(TrainState().to_dict()) + ["bogus"]
+good_entry = {"epoch": 1, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": None, "val_accuracy": None,
+              "seconds": 1.0, "lr": 0.1}  # fmt: skip
+history_entries = st.fixed_dictionaries({k: metric_values for k in good_entry}) | json_values
+
+
+@SETTINGS
+@given(
+    key=st.sampled_from([*STATE_KEYS, "state", "optimizer_steps"]),
+    value=metric_values | st.lists(history_entries, max_size=3) | st.integers(-(10**20), 10**20),
+)
+def test_checkpoint_training_states_with_one_field_changed(tmp_path: Path, key: str, value: object) -> None:
+    """The training state a resume continues from (epoch, batch position, accumulators, history)
+    is checked like the rest of the file: a state or a value nnx did not write is one NnxError."""
+    path = tmp_path / "checkpoint.npz"
+    model, optimizer = checkpoint_file(path)
+    with np.load(path, allow_pickle=False) as npz:
+        header = json.loads(npz["__header__"].tobytes())
+    if key in ("state", "optimizer_steps"):
+        header[key] = value
+    else:
+        header["state"] = {**header["state"], "history": [good_entry], key: value}
+    rewrite(path, header=header)
+    only_nnx_errors(load_checkpoint, path, model, optimizer)
