@@ -336,3 +336,41 @@ def test_checkpoint_training_states_with_one_field_changed(tmp_path: Path, key: 
         header["state"] = {**header["state"], "history": [good_entry], key: value}
     rewrite(path, header=header)
     only_nnx_errors(load_checkpoint, path, model, optimizer)
+
+
+CNN_SPEC = [
+    {"type": "conv2d", "out": 2, "kernel": 3, "stride": 1, "padding": 1}, {"type": "batchnorm"},
+    {"type": "leaky_relu", "alpha": 0.01}, {"type": "maxpool2d", "size": 2}, {"type": "dropout", "p": 0.25},
+    {"type": "flatten"}, {"type": "linear", "out": 10},
+]  # fmt: skip
+odd_numbers = st.sampled_from([0, -1, 8.5, "8", True, None, 1e300, 2**40, float("nan"), float("inf"), [8], 1.0])
+
+
+# Every (layer, key) of CNN_SPEC's saved architecture, "in" and "features" included.
+LAYER_KEYS = [
+    (i, key)
+    for i, item in enumerate(build_model(CNN_SPEC, get_backend("cpu"), np.random.default_rng(0)).spec())
+    for key in item
+    if key not in ("type", "init")
+]
+
+
+@SETTINGS
+@given(place=st.sampled_from(LAYER_KEYS), value=odd_numbers)
+def test_model_headers_with_an_odd_number_in_a_layer(tmp_path: Path, place: tuple, value: object) -> None:
+    """A model file's layer sizes and constants are checked as a config's are: a zero, a fraction,
+    text, a boolean, NaN or an absurd size is one error naming the layer, never a traceback (a
+    linear layer of 0 inputs divided by zero) and never a network built from it (8.5 read as 8)."""
+    model = build_model(CNN_SPEC, get_backend("cpu"), np.random.default_rng(0))
+    path = tmp_path / "m.npz"
+    save_model(path, model, Preprocess.named("standard"))
+    with np.load(path, allow_pickle=False) as npz:
+        header = json.loads(npz["__header__"].tobytes())
+    layer, key = place
+    header["architecture"][layer][key] = value
+    rewrite(path, header=header)
+    try:
+        loaded = load_model(path, get_backend("cpu"))
+    except NnxError:
+        return
+    assert loaded.model.spec() == header["architecture"] or value is None, "built from a value it changed"

@@ -226,7 +226,8 @@ def build_model(
     budget = ParameterBudget(backend)
     kept = 0  # elements per sample of the outputs that layers allocate (Sequential.kept_per_sample)
     first = spec[0] if spec else {}
-    shape: tuple[int, ...] = (int(first["in"]),) if first.get("type") == "linear" and "in" in first else INPUT_SHAPE
+    linear_first = first.get("type") == "linear" and "in" in first
+    shape: tuple[int, ...] = (_count(first, "in", "layer 0 (linear)"),) if linear_first else INPUT_SHAPE
     for i, item in enumerate(spec):
         kind = item.get("type")
         where = f"layer {i} ({kind})"
@@ -274,18 +275,16 @@ class ParameterBudget:
         self.limit = backend.memory_bytes() // 4
 
     def add(self, kind: Any, item: dict[str, Any], shape: tuple[int, ...], where: str) -> None:
-        try:
-            if kind == "linear":
-                size = shape[0] * int(item["out"]) + int(item["out"])
-            elif kind == "conv2d":
-                k = int(item.get("kernel", 3))
-                size = int(item["out"]) * shape[0] * k * k + int(item["out"])
-            elif kind == "batchnorm":
-                size = 4 * shape[0]
-            else:
-                return
-        except (KeyError, TypeError, ValueError):
-            return  # the layer's own checks name what is wrong
+        if kind == "linear":
+            out = _count(item, "out", where)
+            size = shape[0] * out + out
+        elif kind == "conv2d":
+            k, out = _count(item, "kernel", where, 3), _count(item, "out", where)
+            size = out * shape[0] * k * k + out
+        elif kind == "batchnorm":
+            size = 4 * shape[0]
+        else:
+            return
         self.count += max(size, 0)
         if self.count * self.itemsize > self.limit:
             raise ValueError(
@@ -295,8 +294,25 @@ class ParameterBudget:
 
 
 def _expect_in(item: dict[str, Any], key: str, actual: int, where: str) -> None:
-    if item.get(key) is not None and int(item[key]) != actual:
+    if item.get(key) is not None and _count(item, key, where) != actual:
         raise ValueError(f"{where}: {key} is {item[key]} but its input has {actual}")
+
+
+def _count(item: dict[str, Any], key: str, where: str, default: int | None = None, least: int = 1) -> int:
+    """A layer's size, kernel, stride or padding: a whole number from `least` to 2**31 (a config's
+    are checked before; a model file's header is not, and 0, 8.5, "8", true or 1e300 are refused)."""
+    value = item.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 1 << 31:
+        raise ValueError(f"{where}: {key} must be a whole number from {least} to 2^31, not {str(value)[:40]}")
+    return value
+
+
+def _real(item: dict[str, Any], key: str, where: str, default: float, low: float, high: float) -> float:
+    """A layer's rate or constant: a finite number in [low, high] (NaN, infinities and text refused)."""
+    value = item.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"{where}: {key} must be a number from {low:g} to {high:g}, not {str(value)[:40]}")
+    return float(value)
 
 
 def _plan_layer(
@@ -308,15 +324,15 @@ def _plan_layer(
         if len(shape) != 1:
             raise ValueError(f"{where}: needs a flat input but gets shape {shape}; add a flatten layer before it")
         _expect_in(item, "in", shape[0], where)
-        out = int(item["out"])
+        out = _count(item, "out", where)
         init = item.get("init", "he")
         return (lambda rng: Linear(backend, shape[0], out, init, rng)), (out,)
     if kind == "conv2d":
         if len(shape) != 3:
             raise ValueError(f"{where}: needs (channels, height, width) but gets shape {shape}")
         _expect_in(item, "in", shape[0], where)
-        k, stride, pad = int(item.get("kernel", 3)), int(item.get("stride", 1)), int(item.get("padding", 0))
-        out = int(item["out"])
+        k, stride = _count(item, "kernel", where, 3), _count(item, "stride", where, 1)
+        pad, out = _count(item, "padding", where, 0, least=0), _count(item, "out", where)
         oh, ow = output_size(shape[1], k, stride, pad), output_size(shape[2], k, stride, pad)
         if oh < 1 or ow < 1:
             raise ValueError(f"{where}: a {k}x{k} kernel does not fit its {shape[1]}x{shape[2]} input")
@@ -325,8 +341,8 @@ def _plan_layer(
     if kind in ("maxpool2d", "avgpool2d"):
         if len(shape) != 3:
             raise ValueError(f"{where}: needs (channels, height, width) but gets shape {shape}")
-        size = int(item.get("size", 2))
-        stride = int(item.get("stride") or size)
+        size = _count(item, "size", where, 2)
+        stride = _count(item, "stride", where, size) if item.get("stride") is not None else size
         cls = MaxPool2D if kind == "maxpool2d" else AvgPool2D
         oh, ow = output_size(shape[1], size, stride, 0), output_size(shape[2], size, stride, 0)
         if oh < 1 or ow < 1:
@@ -335,19 +351,21 @@ def _plan_layer(
     if kind == "flatten":
         return (lambda _rng: Flatten(backend)), (math.prod(shape),)
     if kind == "reshape":
-        target = tuple(int(s) for s in item["shape"])
+        if not isinstance(item.get("shape"), list):
+            raise ValueError(f"{where}: shape must be a list of sizes")
+        target = tuple(_count({"size": s}, "size", f"{where} shape") for s in item["shape"])
         if math.prod(target) != math.prod(shape):
             raise ValueError(f"{where}: cannot reshape {shape} to {target}")
         return (lambda _rng: Reshape(backend, target)), target
     if kind == "dropout":
-        p = float(item.get("p", 0.5))
+        p = _real(item, "p", where, 0.5, 0.0, 0.999999)
         return (lambda _rng: Dropout(backend, p)), shape
     if kind == "batchnorm":
         _expect_in(item, "features", shape[0], where)
-        momentum, eps = float(item.get("momentum", 0.1)), float(item.get("eps", 1e-5))
+        momentum, eps = _real(item, "momentum", where, 0.1, 0.0, 1.0), _real(item, "eps", where, 1e-5, 1e-30, 1.0)
         return (lambda _rng: BatchNorm(backend, shape[0], momentum, eps)), shape
     if kind in ACTIVATIONS:
-        extra = {"alpha": float(item["alpha"])} if "alpha" in item else {}
+        extra = {"alpha": _real(item, "alpha", where, 0.0, 1e-12, 1e6)} if "alpha" in item else {}
         return (lambda _rng: ACTIVATIONS[kind](backend, **extra)), shape
     raise ValueError(f"{where}: unknown layer type {kind!r}")
 
