@@ -301,9 +301,12 @@ def _expect_in(item: dict[str, Any], key: str, actual: int, where: str) -> None:
 def _count(item: dict[str, Any], key: str, where: str, default: int | None = None, least: int = 1) -> int:
     """A layer's size, kernel, stride or padding: a whole number from `least` to 2**31 (a config's
     are checked before; a model file's header is not, and 0, 8.5, "8", true or 1e300 are refused)."""
-    value = item.get(key, default)
+    return _whole(item.get(key, default), f"{where}: {key}", least)
+
+
+def _whole(value: Any, what: str, least: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 1 << 31:
-        raise ValueError(f"{where}: {key} must be a whole number from {least} to 2^31, not {str(value)[:40]}")
+        raise ValueError(f"{what} must be a whole number from {least} to 2^31, not {str(value)[:40]}")
     return value
 
 
@@ -353,7 +356,7 @@ def _plan_layer(
     if kind == "reshape":
         if not isinstance(item.get("shape"), list):
             raise ValueError(f"{where}: shape must be a list of sizes")
-        target = tuple(_count({"size": s}, "size", f"{where} shape") for s in item["shape"])
+        target = tuple(_whole(size, f"{where}: shape") for size in item["shape"])
         if math.prod(target) != math.prod(shape):
             raise ValueError(f"{where}: cannot reshape {shape} to {target}")
         return (lambda _rng: Reshape(backend, target)), target

@@ -44,7 +44,7 @@ def trial_rows(study: Any) -> list[TrialRow]:
         if t.user_attrs.get("interrupted"):
             note = "stopped by Ctrl-C (queued again)"
         elif t.state.name == "FAIL" and not note:
-            note = "its worker died (killed, or its machine lost): retried once"
+            note = "its worker died (killed, or its machine lost)"  # (its retry's row says whose it is)
         if t.state.name == "PRUNED" and not note:
             note = f"pruned after epoch {max(t.intermediate_values)}" if t.intermediate_values else "pruned"
         if t.system_attrs.get("failed_trial") is not None:

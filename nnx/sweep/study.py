@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnx.atomic import WriteError
+from nnx.atomic import WriteError, write_atomic
 from nnx.errors import ConfigError, NnxError
 from nnx.runs import config_differences, flatten
 from nnx.sweep.spec import SweepSpec
@@ -103,8 +103,6 @@ def claim_folder(name: str, url: str) -> None:
     """The sweep's folder (runs/<name>/) holds the trials of one study: the first run records its
     storage there (storage.txt), and a run of a same-named sweep in another storage is refused,
     since its trial numbers start again at 0 and its trials' folders would collide."""
-    from nnx.atomic import write_atomic
-
     folder = sweep_dir(name)
     marker = folder / "storage.txt"
     ours = "default" if url == default_storage(name) else shown_url(url)
@@ -588,18 +586,15 @@ class Worker:
             counts = count(self.study)
             if counts.finished >= self.budget:
                 return counts
-            if counts.finished + counts.running >= self.budget:
-                # The rest of the budget is running: in other workers, or in one that died and
-                # whose heartbeat has not yet gone stale. Wait for them to end, or to be failed
-                # and queued again, which this worker then runs: never "done" while one runs.
+            grid_emptied = self.spec.sampler == "grid" and not counts.waiting  # (its queue taken)
+            if counts.finished + counts.running >= self.budget or (grid_emptied and counts.running):
+                # The rest of the budget (or of the grid) is running: in other workers, or in one
+                # that died and whose heartbeat has not yet gone stale. Wait for them to end, or to
+                # be failed and queued again, which this worker then runs: never "done" while one runs.
                 self.on_wait(counts)
                 time.sleep(WAIT_POLL_SECONDS)
                 continue
-            if self.spec.sampler == "grid" and not counts.waiting:
-                if counts.running:  # the last points run elsewhere: wait, as above
-                    self.on_wait(counts)
-                    time.sleep(WAIT_POLL_SECONDS)
-                    continue
+            if grid_emptied:
                 return counts  # every point of the grid has run
             if counts.failed >= max(3, self.budget):
                 raise NnxError(
@@ -623,8 +618,6 @@ class Worker:
             except KeyboardInterrupt:
                 self._retry_interrupted()
                 raise
-            if self.current is None:  # the sampler ran out (a grid): nothing more to try
-                return count(self.study)
             trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == self.current.number)
             if trial.user_attrs.get("surplus"):  # (another worker took the last of the budget:
                 continue  # wait for it, and retry it if its worker dies, or be done)
